@@ -1,0 +1,53 @@
+"""Exceptions shared across the update pipeline.
+
+Every failure the user can see carries a short, stable ``reason`` label: it is what the
+tray shows next to the message and what metrics count failures by.
+"""
+
+from __future__ import annotations
+
+
+class TrayUpdaterError(Exception):
+    """Base class: an expected failure with a message meant for the user."""
+
+    reason = "error"
+
+
+class ConfigError(TrayUpdaterError):
+    reason = "config"
+
+
+class SourceError(TrayUpdaterError):
+    """The release source could not be asked or answered nonsense."""
+
+    reason = "source"
+
+
+class RateLimitedError(SourceError):
+    reason = "rate_limited"
+
+    def __init__(self, message: str, retry_at: float) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at  # time.time() value after which asking again is allowed
+
+
+class NoMatchingAssetError(TrayUpdaterError):
+    reason = "no_asset"
+
+
+class DownloadError(TrayUpdaterError):
+    reason = "download"
+
+
+class VerificationError(TrayUpdaterError):
+    reason = "verification"
+
+
+class ExtractionError(TrayUpdaterError):
+    reason = "extraction"
+
+
+class ChildError(TrayUpdaterError):
+    """A child version failed to start, to become healthy or to stay healthy."""
+
+    reason = "child"
