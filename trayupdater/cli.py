@@ -1,0 +1,208 @@
+"""Command line: ``trayupdater [global options] COMMAND``.
+
+Each command is a small function taking the parsed arguments; the ones that act on a
+running app go through its control endpoint. Expected failures print one line and exit 1;
+a traceback is a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from trayupdater import __version__
+from trayupdater.config import Config, describe, load_config
+from trayupdater.errors import TrayUpdaterError
+
+log = logging.getLogger("trayupdater")
+
+# Flags that map straight onto config keys (the rest go through --set KEY=VALUE).
+CONFIG_FLAGS: dict[str, str] = {
+    "repo": "owner/name of the child's GitHub repository",
+    "api_url": "GitHub API base (GitHub Enterprise: https://HOST/api/v3)",
+    "channel": "stable or prerelease",
+    "check_interval": "seconds between checks",
+    "port": "proxy port",
+    "bind": "proxy bind address (default 127.0.0.1)",
+    "data_dir": "where versions, state and logs live",
+    "asset_pattern": "asset name pattern with {os} {arch} {version}",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trayupdater",
+        description="Keep a server program running and up to date from GitHub Releases.",
+    )
+    parser.add_argument("--version", action="version", version=f"trayupdater {__version__}")
+    parser.add_argument("--config", type=Path, help="config file (TOML)")
+    for key, text in CONFIG_FLAGS.items():
+        parser.add_argument("--" + key.replace("_", "-"), dest=f"cfg_{key}", help=text)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("check", help="ask for a newer release and install it")
+    p.add_argument("--dry-run", action="store_true", help="only report, install nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("pick-asset", help="which asset of a release JSON fits each platform")
+    p.add_argument("release_json", help="GitHub release JSON file, or - for stdin")
+    p.add_argument("--platform", action="append", default=[], metavar="OS-ARCH")
+
+    sub.add_parser("config", help="print the effective configuration")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    for key in CONFIG_FLAGS:
+        value = getattr(args, f"cfg_{key}", None)
+        if value is not None:
+            overrides[key] = value
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TrayUpdaterError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip().replace("-", "_")] = value
+    return load_config(args.config, overrides=overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(json.dumps(describe(config_from_args(args)), indent=2))
+    return 0
+
+
+def cmd_pick_asset(args: argparse.Namespace) -> int:
+    from trayupdater.platforms import Platform, pick_asset
+
+    try:
+        text = sys.stdin.read() if args.release_json == "-" else Path(args.release_json).read_text()
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise TrayUpdaterError(f"cannot read release JSON {args.release_json}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("assets"), list):
+        raise TrayUpdaterError(f"{args.release_json}: not a GitHub release object (no assets)")
+    names = [str(a.get("name")) for a in data["assets"] if isinstance(a, dict) and a.get("name")]
+    repo = _repo_from_release(data)
+    try:
+        platforms = [Platform.parse(p) for p in args.platform] or [Platform.current()]
+    except ValueError as exc:
+        raise TrayUpdaterError(str(exc)) from None
+    tag = str(data.get("tag_name") or "")
+    for platform in platforms:
+        chosen = pick_asset(names, platform, repo=repo, version=tag.lstrip("vV") or None)
+        print(f"{platform}\t{chosen or '-'}")
+    return 0
+
+
+def _repo_from_release(data: dict[str, Any]) -> str | None:
+    # "url": ".../repos/OWNER/NAME/releases/ID" names the repo, which helps pick between
+    # several programs in one release (kubectx vs kubens).
+    url = str(data.get("url") or "")
+    parts = url.split("/repos/", 1)
+    if len(parts) == 2:
+        owner_name = parts[1].split("/")[:2]
+        if len(owner_name) == 2:
+            return "/".join(owner_name)
+    return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from trayupdater.pipeline import ReleasePipeline
+    from trayupdater.store import VersionStore
+
+    config = config_from_args(args)
+    store = VersionStore(config.data_dir)
+    state = store.load_state()
+    progress = None if args.json else _ProgressPrinter()
+    pipeline = ReleasePipeline(config, store, progress=progress)
+    plan = pipeline.plan(state)
+    report: dict[str, Any] = {
+        "repo": config.repo,
+        "platform": str(pipeline.platform),
+        "current": plan.current,
+        "latest": plan.latest,
+        "tag": plan.release.tag if plan.release else None,
+        "asset": plan.asset.name if plan.asset else None,
+        "update_available": plan.should_install,
+        "blocked": plan.blocked,
+        "skipped_tags": plan.skipped_tags,
+        "installed": None,
+    }
+    if not args.json:
+        print(
+            f"{config.repo} ({pipeline.platform}): current {plan.current or 'none'}, "
+            f"latest {plan.latest or 'none'}"
+        )
+        for tag in plan.skipped_tags:
+            print(f"skipped tag {tag!r}: not a version")
+        print(f"asset: {plan.asset.name if plan.asset else '-'}")
+        print(plan.summary())
+    if plan.should_install and not args.dry_run:
+        release, asset = pipeline.require_asset(plan)
+        installed = pipeline.install(release, asset)
+        report["installed"] = str(installed.executable)
+        if not args.json:
+            print(f"installed {installed.version}: {installed.executable}")
+    elif plan.release is not None and plan.asset is None and plan.newer:
+        pipeline.require_asset(plan)  # raises the clear "no asset for this platform" error
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+class _ProgressPrinter:
+    """A one-line progress display on stderr, throttled to a few updates per second."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.2 and (total is None or done < total):
+            return
+        self._last = now
+        text = f"{done / 1e6:.1f} MB" + (f" / {total / 1e6:.1f} MB" if total else "")
+        end = "\n" if total and done >= total else ""
+        print(f"\rdownloading {text}", end=end, file=sys.stderr, flush=True)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "check": cmd_check,
+    "pick-asset": cmd_pick_asset,
+    "config": cmd_config,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    command = args.command or "run"
+    handler = COMMANDS.get(command)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except TrayUpdaterError as exc:
+        print(f"trayupdater: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""One validated configuration from a TOML file, ``TRAYUPDATER_*`` variables and CLI flags.
+
+Precedence, lowest first: built-in defaults, the TOML file, the environment, command-line
+flags. Every key is declared once in ``FIELDS`` with its TOML section, type and check, so
+the file, the environment and the flags cannot drift apart. A bad value raises one
+``ConfigError`` naming the key and where the value came from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import platformdirs
+
+from trayupdater import APP_NAME
+from trayupdater.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "TRAYUPDATER_"
+REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "config.toml"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+@dataclass(frozen=True)
+class Config:
+    # [source]
+    repo: str = "jischr/simple-server"
+    api_url: str = "https://api.github.com"
+    token: str | None = field(default=None, repr=False)  # never printed: repr=False
+    channel: str = "stable"
+    check_interval: float = 3600.0
+    asset_pattern: str | None = None
+    # [child]
+    command: tuple[str, ...] = ("{exe}", "{port}")
+    exe_name: str | None = None
+    health_path: str = "/version"
+    health_expect: str | None = None  # None: the release's version
+    health_timeout: float = 30.0
+    probation_seconds: float = 30.0
+    # [proxy]
+    bind: str = "127.0.0.1"
+    port: int = 8080
+    # [store]
+    data_dir: Path = field(default_factory=default_data_dir)
+    keep_versions: int = 3
+    max_download_bytes: int = 1024 * 1024 * 1024
+    # [security]
+    require_checksum: bool = True
+    public_key: str | None = None  # minisign public key (base64 line); required signatures
+    # [app]
+    start_at_login: bool = True
+    self_update_repo: str | None = None
+    self_update_asset_pattern: str | None = None
+
+    @property
+    def repo_name(self) -> str:
+        return self.repo.split("/", 1)[1]
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.data_dir / "versions"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+# --- value parsers: each takes the raw value and returns the typed one or raises ValueError ---
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    text = _str(value).strip()
+    return text or None
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _number(minimum: float, maximum: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if not minimum <= number <= maximum:
+            raise ValueError(f"must be between {minimum:g} and {maximum:g}, got {number:g}")
+        return number
+
+    return parse
+
+
+def _integer(minimum: int, maximum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a whole number, got {value!r}") from None
+        if not minimum <= number <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum}, got {number}")
+        return number
+
+    return parse
+
+
+def _repo(value: Any) -> str:
+    text = _str(value).strip()
+    if not REPO_RE.match(text):
+        raise ValueError(f"expected owner/name, got {text!r}")
+    return text
+
+
+def _opt_repo(value: Any) -> str | None:
+    return _repo(value) if _opt_str(value) else None
+
+
+def _api_url(value: Any) -> str:
+    text = _str(value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL, got {text!r}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        # Release metadata decides what we execute: plain HTTP only where nobody can intercept.
+        raise ValueError("plain http is only allowed for loopback hosts; use https")
+    return text
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _channel(value: Any) -> str:
+    text = _str(value).strip().lower()
+    if text not in ("stable", "prerelease"):
+        raise ValueError(f"expected 'stable' or 'prerelease', got {text!r}")
+    return text
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        import shlex
+
+        value = shlex.split(value)
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise ValueError('expected a non-empty list of strings such as ["{exe}", "{port}"]')
+    if "{port}" not in " ".join(value):
+        raise ValueError("must pass {port} to the child, or it cannot know where to listen")
+    return tuple(value)
+
+
+def _health_path(value: Any) -> str:
+    text = _str(value).strip()
+    if not text.startswith("/"):
+        raise ValueError(f"must start with '/', got {text!r}")
+    return text
+
+
+def _bind(value: Any) -> str:
+    text = _str(value).strip()
+    if text == "localhost":
+        return "127.0.0.1"
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"expected an IP address such as 127.0.0.1, got {text!r}") from None
+    return text
+
+
+def _path(value: Any) -> Path:
+    return Path(os.path.expanduser(_str(value).strip()))
+
+
+def _opt_pattern(value: Any) -> str | None:
+    text = _opt_str(value)
+    if text is not None:
+        unknown = set(re.findall(r"\{(\w*)\}", text)) - {"os", "arch", "version"}
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {sorted(unknown)}; use {{os}} {{arch}} {{version}}"
+            )
+    return text
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    section: str
+    parse: Callable[[Any], Any]
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("repo", "source", _repo),
+    FieldSpec("api_url", "source", _api_url),
+    FieldSpec("token", "source", _opt_str),
+    FieldSpec("channel", "source", _channel),
+    FieldSpec("check_interval", "source", _number(1, 7 * 24 * 3600)),
+    FieldSpec("asset_pattern", "source", _opt_pattern),
+    FieldSpec("command", "child", _command),
+    FieldSpec("exe_name", "child", _opt_str),
+    FieldSpec("health_path", "child", _health_path),
+    FieldSpec("health_expect", "child", _opt_str),
+    FieldSpec("health_timeout", "child", _number(0.5, 3600)),
+    FieldSpec("probation_seconds", "child", _number(0, 24 * 3600)),
+    FieldSpec("bind", "proxy", _bind),
+    FieldSpec("port", "proxy", _integer(0, 65535)),
+    FieldSpec("data_dir", "store", _path),
+    FieldSpec("keep_versions", "store", _integer(2, 100)),
+    FieldSpec("max_download_bytes", "store", _integer(1024, 64 * 1024**3)),
+    FieldSpec("require_checksum", "security", _bool),
+    FieldSpec("public_key", "security", _opt_str),
+    FieldSpec("start_at_login", "app", _bool),
+    FieldSpec("self_update_repo", "app", _opt_repo),
+    FieldSpec("self_update_asset_pattern", "app", _opt_pattern),
+)
+SPECS = {spec.name: spec for spec in FIELDS}
+assert set(SPECS) == {f.name for f in fields(Config)}, "FIELDS and Config must list the same keys"
+
+
+def _apply(values: dict[str, Any], raw: Mapping[str, Any], origin: Callable[[str], str]) -> None:
+    for name, value in raw.items():
+        spec = SPECS.get(name)
+        if spec is None:
+            raise ConfigError(f"{origin(name)}: unknown setting {name!r}")
+        try:
+            values[name] = spec.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{origin(name)}: invalid {name}: {exc}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    flat: dict[str, Any] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section!r} must be a [section] table")
+        for key, value in table.items():
+            spec = SPECS.get(key)
+            if spec is None or spec.section != section:
+                where = f" (it belongs in [{spec.section}])" if spec else ""
+                raise ConfigError(f"{path}: unknown setting [{section}] {key}{where}")
+            flat[key] = value
+    return flat
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective Config: defaults < TOML file < environment < ``overrides`` (flags).
+
+    ``path`` None means the platform's default location, which may be absent; an explicitly
+    given path must exist.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+
+    explicit = path is not None or bool(env.get(ENV_PREFIX + "CONFIG"))
+    config_path = path or Path(env.get(ENV_PREFIX + "CONFIG") or default_config_path())
+    if config_path.exists() or explicit:
+        file_values = _read_toml(config_path)
+        _apply(
+            values,
+            file_values,
+            lambda key: (
+                f"{config_path} [{SPECS[key].section}] {key}" if key in SPECS else str(config_path)
+            ),
+        )
+
+    env_values = {
+        spec.name: env[ENV_PREFIX + spec.name.upper()]
+        for spec in FIELDS
+        if ENV_PREFIX + spec.name.upper() in env
+    }
+    _apply(values, env_values, lambda key: f"environment {ENV_PREFIX}{key.upper()}")
+
+    if "token" not in values and env.get("GITHUB_TOKEN"):
+        values["token"] = env["GITHUB_TOKEN"]
+
+    _apply(values, dict(overrides or {}), lambda key: f"command line --{key.replace('_', '-')}")
+    return replace(Config(), **values)
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The config as plain data for `trayupdater config`, with the token masked."""
+    out: dict[str, Any] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name == "token" and value:
+            value = "***"
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out

@@ -1,0 +1,277 @@
+"""Release source: the GitHub REST API (github.com or a GitHub Enterprise ``/api/v3`` base).
+
+Polite by construction: conditional requests with the ETag (a 304 re-uses the release parsed
+last time), a timeout on every request, back-off with jitter on 5xx and network errors, and
+rate-limit answers (403/429 with ``x-ratelimit-*`` or ``retry-after``) turned into a
+"do not ask before T" that is honoured without sending anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from trayupdater import __version__
+from trayupdater.errors import RateLimitedError, SourceError
+from trayupdater.release_model import Asset, Release, release_from_github
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"trayupdater/{__version__}"
+MAX_TEXT_ASSET_BYTES = 1024 * 1024  # checksums files and signatures are small; cap what we read
+
+
+@dataclass
+class CheckResult:
+    release: Release | None  # None: the repository has no usable release
+    not_modified: bool = False  # the server answered 304: nothing new since the last check
+    skipped_tags: list[str] = field(default_factory=list)  # tags that are not versions
+
+
+@dataclass
+class _Answer:
+    data: Any
+    url: str
+    etag: str | None
+
+
+@dataclass
+class _Cache:
+    url: str
+    etag: str
+    result: CheckResult
+
+
+class GitHubSource:
+    """Asks one repository for its newest release."""
+
+    def __init__(
+        self,
+        repo: str,
+        *,
+        api_url: str = "https://api.github.com",
+        token: str | None = None,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = (5.0, 20.0),
+        retries: int = 2,
+        backoff_base: float = 0.5,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.repo = repo
+        self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_base = backoff_base
+        self._clock = clock
+        self._sleep = sleep
+        self._token = token
+        self.session = session or requests.Session()
+        self.session.headers.update(
+            {"User-Agent": USER_AGENT, "X-GitHub-Api-Version": "2022-11-28"}
+        )
+        self._cache: _Cache | None = None
+        self.blocked_until = 0.0  # rate limit: no request before this time.time()
+
+    # --- public API ---
+
+    def check(self, *, include_prereleases: bool = False) -> CheckResult:
+        """The newest release on the channel; raises SourceError / RateLimitedError."""
+        if include_prereleases:
+            return self._newest_from_list(include_prereleases=True)
+        try:
+            answer = self._get_json(f"/repos/{self.repo}/releases/latest")
+        except _NotFoundError:
+            return CheckResult(release=None)  # no published release yet (drafts are invisible)
+        if isinstance(answer, CheckResult):
+            return answer
+        data = answer.data
+        release = self._parse_release(data)
+        if release is not None:
+            return self._remember(answer, CheckResult(release=release))
+        # "latest" carries a tag that is not a version: report it and look at the others.
+        tag = str(data.get("tag_name"))
+        log.warning("%s: latest release tag %r is not a version; skipped", self.repo, tag)
+        result = self._newest_from_list(include_prereleases=False)
+        if tag not in result.skipped_tags:
+            result.skipped_tags.insert(0, tag)
+        return result
+
+    def download_headers(self, asset: Asset) -> tuple[str, dict[str, str]]:
+        """URL and headers to fetch an asset's bytes (the API URL works for private repos)."""
+        if asset.api_url:
+            headers = {"Accept": "application/octet-stream", **self._auth_headers()}
+            return asset.api_url, headers
+        return asset.download_url, {}
+
+    def fetch_text(self, asset: Asset) -> str:
+        """A small text asset (a checksums file, a signature) as text, size capped."""
+        url, headers = self.download_headers(asset)
+        try:
+            with self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as r:
+                if r.status_code != 200:
+                    raise SourceError(f"{asset.name}: download answered HTTP {r.status_code}")
+                body = r.raw.read(MAX_TEXT_ASSET_BYTES + 1, decode_content=True)
+        except requests.RequestException as exc:
+            raise SourceError(f"{asset.name}: download failed: {_short(exc)}") from None
+        if len(body) > MAX_TEXT_ASSET_BYTES:
+            raise SourceError(f"{asset.name}: larger than {MAX_TEXT_ASSET_BYTES} bytes")
+        return body.decode("utf-8", errors="replace")
+
+    @property
+    def etag(self) -> str | None:
+        return self._cache.etag if self._cache else None
+
+    # --- internals ---
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    def _newest_from_list(self, *, include_prereleases: bool) -> CheckResult:
+        answer = self._get_json(f"/repos/{self.repo}/releases?per_page=30")
+        if isinstance(answer, CheckResult):
+            return answer
+        data = answer.data
+        if not isinstance(data, list):
+            raise SourceError(f"{self.repo}: /releases answered {type(data).__name__}, not a list")
+        best: Release | None = None
+        skipped: list[str] = []
+        for item in data:
+            if not isinstance(item, dict) or item.get("draft"):
+                continue
+            release = self._parse_release(item)
+            if release is None:
+                skipped.append(str(item.get("tag_name")))
+                continue
+            if release.prerelease and not include_prereleases:
+                continue
+            if best is None or release.version > best.version:
+                best = release
+        for tag in skipped:
+            log.warning("%s: release tag %r is not a version; skipped", self.repo, tag)
+        return self._remember(answer, CheckResult(release=best, skipped_tags=skipped))
+
+    def _parse_release(self, data: Any) -> Release | None:
+        if not isinstance(data, dict) or "tag_name" not in data:
+            raise SourceError(f"{self.repo}: answer is not a release object")
+        try:
+            return release_from_github(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SourceError(f"{self.repo}: malformed release object: {exc}") from None
+
+    def _remember(self, answer: _Answer, result: CheckResult) -> CheckResult:
+        if answer.etag:
+            self._cache = _Cache(answer.url, answer.etag, result)
+        return result
+
+    def _get_json(self, path: str) -> _Answer | CheckResult:
+        """GET with retries; the parsed JSON, or the cached CheckResult on 304."""
+        url = self.api_url + path
+        now = self._clock()
+        if now < self.blocked_until:
+            raise RateLimitedError(
+                f"GitHub rate limit: not asking again for {self.blocked_until - now:.0f} s",
+                self.blocked_until,
+            )
+        headers = {"Accept": "application/vnd.github+json", **self._auth_headers()}
+        cache = self._cache if self._cache and self._cache.url == url else None
+        if cache:
+            headers["If-None-Match"] = cache.etag
+
+        attempt = 0
+        while True:
+            try:
+                response = self.session.get(url, headers=headers, timeout=self.timeout)
+            except requests.RequestException as exc:
+                error: SourceError = SourceError(f"cannot reach {self.api_url}: {_short(exc)}")
+            else:
+                self._note_rate_limit(response)
+                if response.status_code == 304 and cache:
+                    return CheckResult(
+                        release=cache.result.release,
+                        not_modified=True,
+                        skipped_tags=list(cache.result.skipped_tags),
+                    )
+                if response.status_code == 200:
+                    return _Answer(self._decode(response), url, response.headers.get("ETag"))
+                if response.status_code == 404:
+                    raise _NotFoundError
+                error = self._status_error(response)
+                if not _retryable(response.status_code):
+                    raise error
+            if attempt >= self.retries:
+                raise error
+            delay = self.backoff_base * (2**attempt) * random.uniform(0.5, 1.5)  # noqa: S311
+            log.info("%s; retrying in %.1f s", error, delay)
+            self._sleep(delay)
+            attempt += 1
+
+    def _decode(self, response: requests.Response) -> Any:
+        kind = response.headers.get("Content-Type", "")
+        if "json" not in kind:
+            raise SourceError(
+                f"{self.api_url} answered {kind or 'no content type'}, not JSON "
+                "(is api_url the API base, e.g. https://HOST/api/v3?)"
+            )
+        try:
+            return json.loads(response.content)
+        except ValueError as exc:
+            raise SourceError(f"{self.api_url} answered invalid JSON: {exc}") from None
+
+    def _note_rate_limit(self, response: requests.Response) -> None:
+        """Turn rate-limit headers into blocked_until; raise on a rate-limited answer."""
+        h = response.headers
+        retry_after = h.get("Retry-After")
+        remaining = h.get("X-RateLimit-Remaining")
+        reset = h.get("X-RateLimit-Reset")
+        limited = response.status_code in (403, 429) and (retry_after or remaining == "0")
+        until = 0.0
+        if retry_after and retry_after.strip().isdigit():
+            until = self._clock() + int(retry_after)
+        elif remaining == "0" and reset and reset.strip().isdigit():
+            until = float(reset)
+        elif limited:
+            until = self._clock() + 60  # secondary limit without a hint: GitHub asks for >= 1 min
+        if until:
+            self.blocked_until = max(self.blocked_until, until)
+        if limited:
+            wait = max(0.0, self.blocked_until - self._clock())
+            raise RateLimitedError(
+                f"GitHub rate limit reached (HTTP {response.status_code}); "
+                f"next check in {wait:.0f} s"
+                + ("" if self._token else "; a token raises the limit"),
+                self.blocked_until,
+            )
+
+    def _status_error(self, response: requests.Response) -> SourceError:
+        code = response.status_code
+        if code == 401:
+            return SourceError("GitHub refused the token (HTTP 401): check token / GITHUB_TOKEN")
+        if code == 403:
+            return SourceError(f"GitHub denied access to {self.repo} (HTTP 403)")
+        return SourceError(f"{self.api_url} answered HTTP {code} for {self.repo}")
+
+
+class _NotFoundError(Exception):
+    pass
+
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status == 408
+
+
+def _short(exc: Exception) -> str:
+    """A one-line reason without URLs' query strings or headers (no token can leak)."""
+    name = type(exc).__name__
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed"
+    return name

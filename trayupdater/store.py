@@ -1,0 +1,245 @@
+"""The version store on disk: ``versions/<version>/`` folders and ``state.json``.
+
+Invariant: a folder under ``versions/`` that holds a ``manifest.json`` is a complete, verified
+install. Installs are built in ``versions/<version>.tmp-*`` and renamed into place; the
+rename is the commit point, so a crash at any moment leaves either nothing or a whole
+version. ``state.json`` is replaced atomically (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+_SAFE_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+!_-]*$")
+
+
+@dataclass
+class State:
+    """What survives a restart. Only the update worker writes it."""
+
+    active: str | None = None
+    previous: str | None = None
+    blocked: list[str] = field(default_factory=list)  # versions never to update to again
+    etag: str | None = None
+    last_check: float | None = None
+    last_error: str | None = None
+    latest_seen: str | None = None
+    child_pid: int | None = None  # so a restarted app can adopt or clean up its child
+    child_port: int | None = None
+    paused: bool = False  # the user rolled back: no automatic updates until resumed
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> State:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        state = cls(**known)
+        state.blocked = [str(v) for v in state.blocked or []]
+        return state
+
+
+@dataclass(frozen=True)
+class InstalledVersion:
+    version: str
+    folder: Path
+    executable: Path
+    sha256: str
+    asset: str
+    installed_at: float
+
+
+def version_key(text: str) -> tuple[int, Version | str]:
+    try:
+        return (1, Version(text))
+    except InvalidVersion:
+        return (0, text)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder, fsync, rename: readers see old or new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":
+        return  # Windows cannot open a directory for fsync; NTFS renames are journaled
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class VersionStore:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.versions_dir = data_dir / "versions"
+        self.downloads_dir = data_dir / "downloads"
+        self.state_path = data_dir / "state.json"
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self.downloads_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- state ---
+
+    def load_state(self) -> State:
+        try:
+            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            return State.from_json(data)
+        except FileNotFoundError:
+            return State()
+        except (ValueError, TypeError) as exc:
+            # Atomic writes make this unlikely; if it happens keep a copy and start fresh
+            # rather than refuse to run (the installed versions are still on disk).
+            backup = self.state_path.with_suffix(f".corrupt-{int(time.time())}")
+            self.state_path.replace(backup)
+            log.error("state.json was unreadable (%s); moved to %s", exc, backup.name)
+            return State()
+
+    def save_state(self, state: State) -> None:
+        atomic_write_text(self.state_path, json.dumps(asdict(state), indent=2, sort_keys=True))
+
+    # --- versions ---
+
+    def folder(self, version: str) -> Path:
+        if not _SAFE_VERSION.match(version):
+            raise ValueError(f"unsafe version name {version!r}")
+        return self.versions_dir / version
+
+    def installed(self) -> list[str]:
+        """Complete installs, oldest first."""
+        # Install folders are named str(Version); temp and trash folders never parse as one.
+        found = [
+            p.name
+            for p in self.versions_dir.iterdir()
+            if p.is_dir() and (p / MANIFEST).is_file() and version_key(p.name)[0] == 1
+        ]
+        return sorted(found, key=version_key)
+
+    def get(self, version: str) -> InstalledVersion | None:
+        folder = self.folder(version)
+        try:
+            data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            exe = (folder / data["executable"]).resolve()
+            exe.relative_to(folder.resolve())  # the manifest cannot point outside its folder
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not exe.is_file():
+            return None
+        return InstalledVersion(
+            version=version,
+            folder=folder,
+            executable=exe,
+            sha256=str(data.get("sha256", "")),
+            asset=str(data.get("asset", "")),
+            installed_at=float(data.get("installed_at", 0)),
+        )
+
+    def install(
+        self,
+        version: str,
+        populate: Callable[[Path], Path],
+        *,
+        sha256: str,
+        asset: str,
+    ) -> InstalledVersion:
+        """Build a version in a temp folder with ``populate(tmp) -> exe``, then commit it.
+
+        ``populate`` extracts the verified download into the folder and returns the program's
+        path inside it. Anything it raises leaves no trace in the store.
+        """
+        final = self.folder(version)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{version}.tmp-", dir=self.versions_dir))
+        try:
+            exe = populate(tmp)
+            manifest = {
+                "version": version,
+                "executable": exe.resolve().relative_to(tmp.resolve()).as_posix(),
+                "sha256": sha256,
+                "asset": asset,
+                "installed_at": time.time(),
+            }
+            # The manifest is written last: without it the folder is never taken as installed.
+            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
+            if final.exists():
+                # A re-install of the same version (say, after a corrupt copy): move the old
+                # one aside first so the rename below cannot fail half-way.
+                self._discard(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.versions_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        installed = self.get(version)
+        assert installed is not None
+        return installed
+
+    def remove(self, version: str) -> None:
+        folder = self.folder(version)
+        if folder.exists():
+            self._discard(folder)
+
+    def _discard(self, folder: Path) -> None:
+        # Rename first (atomic: the version disappears at once), then delete at leisure.
+        trash = folder.with_name(f"{folder.name}.trash-{time.monotonic_ns()}")
+        os.replace(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def prune(self, keep: int, protect: set[str]) -> list[str]:
+        """Delete the oldest installs beyond ``keep``, never one in ``protect``."""
+        removed: list[str] = []
+        versions = self.installed()
+        excess = len(versions) - keep
+        for version in versions:  # oldest first
+            if excess <= 0:
+                break
+            if version in protect:
+                continue
+            self.remove(version)
+            removed.append(version)
+            excess -= 1
+        return removed
+
+    def clean_temporary(self) -> list[str]:
+        """Remove what interrupted installs left: temp and trash folders, folders without manifest."""
+        removed: list[str] = []
+        for path in self.versions_dir.iterdir():
+            incomplete = not (path / MANIFEST).is_file() or version_key(path.name)[0] == 0
+            if path.is_dir() and incomplete:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+            elif path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        for path in self.data_dir.glob(".state.json.*.tmp"):
+            path.unlink(missing_ok=True)
+        return removed
+
+    def download_path(self, asset_name: str) -> Path:
+        """Where an asset is downloaded; a ``.part`` beside it is resumed after a crash."""
+        return self.downloads_dir / Path(asset_name).name
