@@ -1,0 +1,920 @@
+"""Start, health-check, stop and supervise a child server process.
+
+A :class:`Child` is one version of the server program running on one loopback port. Its
+stdout and stderr go straight to a log file (no pipe, so nothing is lost if the app dies).
+The :class:`Supervisor` watches the current child on a thread and restarts it with back-off
+when it exits on its own.
+
+Children must not outlive the app:
+
+- POSIX: each child starts in its own session (so its own process group): Ctrl-C in the
+  app's terminal reaches only the app, which stops children in order, and stopping a child
+  signals its whole group, grandchildren included. When the leader has exited, what is left
+  of its group is SIGKILLed *before* the leader is reaped: an unreaped leader keeps its pid,
+  hence the group id, from being recycled, so the kill cannot hit a stranger.
+- Linux: the child also gets ``PR_SET_PDEATHSIG(SIGTERM)``, so it is told to stop when the
+  app dies, even by SIGKILL. The kernel sends that signal when the *thread* that forked the
+  child exits, not the process; so every child is forked by one long-lived daemon thread of
+  this module (``_Spawner``), never by the (possibly short-lived) calling thread.
+- macOS has no pdeathsig: the app records child pids (state.json) and calls
+  :func:`kill_stale` (or :func:`adopt`) at its next start.
+- Windows: children get their own process group (``CREATE_NEW_PROCESS_GROUP``) and are
+  stopped with CTRL_BREAK_EVENT, then TerminateProcess. That event needs a console shared
+  with the app; a windowed app without one goes straight to TerminateProcess. A Job object
+  with KILL_ON_JOB_CLOSE would also end children when the app dies; it is not done here.
+  Grandchildren are not reached on Windows, and kill_stale / adopt do nothing there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import http.client
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TypeVar
+
+from .errors import ChildError, ConfigError
+from .release_model import parse_version
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMMAND: tuple[str, ...] = ("{exe}", "{port}")
+PLACEHOLDERS = ("exe", "port", "version", "host")
+
+_POSIX = os.name == "posix"
+_WINDOWS = os.name == "nt"
+_LINUX = sys.platform.startswith("linux")
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_KILL_WAIT = 10.0  # after SIGKILL only a process stuck in the kernel keeps us waiting
+_LOG_TAIL_LINES = 20
+_T = TypeVar("_T")
+
+
+# --- small helpers ---------------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free on ``host`` a moment ago (the child may still lose a race for it:
+    it then fails to bind, exits, and the caller sees a ChildError and can try again)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def render_command(
+    template: Sequence[str],
+    *,
+    exe: Path,
+    port: int,
+    version: str,
+    host: str = "127.0.0.1",
+) -> list[str]:
+    """The child's argv: ``template`` with ``{exe} {port} {version} {host}`` filled in.
+
+    ``{{`` and ``}}`` stand for literal braces. Raises ConfigError for anything else in braces.
+    """
+    if isinstance(template, (str, bytes)):
+        raise ConfigError(
+            f"child command must be a list of arguments, not one string: {template!r}"
+        )
+    if not template:
+        raise ConfigError("child command is empty; the default is ['{exe}', '{port}']")
+    values = {"exe": str(exe), "port": str(port), "version": version, "host": host}
+    argv = []
+    for arg in template:
+        try:
+            argv.append(str(arg).format_map(values))
+        except KeyError as exc:
+            raise ConfigError(
+                f"child command {list(template)!r}: unknown placeholder {{{exc.args[0]}}} "
+                f"in {arg!r}; known: " + " ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+            ) from None
+        except (ValueError, IndexError, AttributeError) as exc:
+            raise ConfigError(
+                f"child command {list(template)!r}: bad placeholder in {arg!r} ({exc}); "
+                "write {{ and }} for literal braces"
+            ) from None
+    return argv
+
+
+def _strip_v(text: str) -> str:
+    text = text.strip()
+    return text[1:] if text[:1] in ("v", "V") else text
+
+
+def version_matches(answer: str, expect: str) -> bool:
+    """Does a health answer match the expectation? A leading ``v`` is tolerated on both
+    sides and equal versions in other spellings match (``1.3.0-rc.1`` == ``1.3.0rc1``, the
+    form the release model normalises to). An empty expectation accepts any answer."""
+    if expect == "":
+        return True
+    got, want = _strip_v(answer), _strip_v(expect)
+    if got == want:
+        return True
+    got_v, want_v = parse_version(got), parse_version(want)
+    return got_v is not None and got_v == want_v
+
+
+def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close", "User-Agent": "trayupdater"})
+        response = conn.getresponse()
+        return response.status, response.read(65536).decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "exited (exit code unknown: not our child)"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
+def _pid_running(pid: int) -> bool:
+    """Is ``pid`` a live process (a zombie counts as gone)?"""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, belongs to someone else
+    if _LINUX:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    return True
+
+
+def _cmdline_mentions(pid: int, exe: Path) -> bool:
+    """Does process ``pid``'s command line contain the path ``exe`` as one argument?"""
+    wanted = {str(exe), os.path.realpath(exe)}
+    if _LINUX:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        args = [os.fsdecode(a) for a in raw.split(b"\0") if a]
+        return any(
+            a in wanted or (os.path.isabs(a) and os.path.realpath(a) in wanted) for a in args
+        )
+    if _POSIX:  # macOS and BSDs: no /proc; ps prints the command line as one string
+        try:
+            out = subprocess.run(
+                ["ps", "-ww", "-o", "command=", "-p", str(pid)],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return any(w in out for w in wanted)
+    return False
+
+
+def _signal_group(pid: int, sig: int, *, leader_is_ours: bool) -> None:
+    """Send ``sig`` to the process group led by ``pid``, or just to ``pid`` if it leads none.
+
+    Only call while ``pid`` is alive or an unreaped child: then it cannot have been recycled.
+    """
+    try:
+        if leader_is_ours or os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+            return
+    except ProcessLookupError:
+        pass  # left its group (or gone): fall back to the process itself
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd pins one process (no pid-reuse confusion) and polls readable when it exits."""
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, resolved in the parent so the forked child only has to call it."""
+    if not _LINUX:
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    prctl.restype = ctypes.c_int
+    return prctl  # type: ignore[no-any-return]
+
+
+def _make_preexec(header: str) -> Callable[[], None]:
+    """What the forked child runs before exec: pdeathsig, then the log header with its pid.
+
+    Writing the header here, not in the parent after Popen returns, puts it before anything
+    the program prints.
+    """
+    prctl = _prctl()
+    parent = os.getpid()
+    sigterm = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+            if os.getppid() != parent:  # the app died between fork and prctl: too late
+                os._exit(128 + sigterm)
+        os.write(1, f"{header.format(pid=os.getpid())}\n".encode())
+
+    return preexec
+
+
+class _Spawner:
+    """Runs every Popen on one long-lived daemon thread (see PR_SET_PDEATHSIG above)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[Callable[[], object], Future[object]]] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+
+    def run(self, func: Callable[[], _T]) -> _T:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():  # also after os.fork()
+                self._thread = threading.Thread(
+                    target=self._loop, name="trayupdater-spawner", daemon=True
+                )
+                self._thread.start()
+            if threading.current_thread() is self._thread:
+                return func()
+        future: Future[object] = Future()
+        self._queue.put((func, future))
+        return future.result()  # type: ignore[return-value]
+
+    def _loop(self) -> None:
+        while True:
+            func, future = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(func())
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                future.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
+
+
+# --- one child ---------------------------------------------------------------------------------
+
+
+class Child:
+    """One version of the server program, on one port.
+
+    ``command`` is the argv template (placeholders ``{exe} {port} {version} {host}``); ``env``
+    adds variables to the app's environment. ``stop_signal`` (POSIX) is SIGTERM unless given:
+    note that jischr/simple-server shuts down gracefully on SIGINT only and simply dies on
+    SIGTERM, which is harmless once the proxy has drained it.
+    """
+
+    def __init__(
+        self,
+        exe: Path,
+        version: str,
+        *,
+        command: Sequence[str] = DEFAULT_COMMAND,
+        port: int | None = None,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        host: str = "127.0.0.1",
+        stop_signal: int | None = None,
+    ) -> None:
+        if port is not None and not 1 <= port <= 65535:
+            raise ConfigError(f"child port must be 1..65535, got {port}")
+        self.exe = Path(exe)
+        self.version = version
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.command = tuple(command)
+        render_command(self.command, exe=self.exe, port=self.port, version=version, host=host)
+        self.log_path = Path(log_path)
+        self._env = dict(env) if env is not None else None
+        self._cwd = cwd
+        self._stop_signal = int(stop_signal if stop_signal is not None else signal.SIGTERM)
+
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+        self._pidfd: int | None = None
+        self._running = False
+        self._adopted = False
+        self._generation = 0  # bumped at each start: waits on an older process are ignored
+        self._returncode: int | None = None
+        self._log_offset = 0
+        self.started_at: float | None = None  # time.monotonic() of the last start
+        self.exited_at: float | None = None  # time.monotonic() when its exit was noticed
+        # Set by stop(): the exit that follows is on purpose and must not be restarted.
+        self.stop_requested = False
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else describe_exit(self._returncode)
+        return f"<Child {self.name} port {self.port} pid {self._pid} {state}>"
+
+    @property
+    def name(self) -> str:
+        return f"{self.exe.name} {self.version}"
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the current (or last) process; None before the first start."""
+        return self._pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit code once exited (negative: killed by that signal); None while running,
+        before start, and for an adopted process (not our child: its code is unknown)."""
+        self.is_alive()
+        return self._returncode
+
+    @property
+    def uptime(self) -> float:
+        """Seconds the last process ran (so far, if it still runs)."""
+        if self.started_at is None:
+            return 0.0
+        end = time.monotonic() if self._running or self.exited_at is None else self.exited_at
+        return max(0.0, end - self.started_at)
+
+    # -- start -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the process. Raises ChildError (with the log tail) if it cannot be executed."""
+        with self._lock:
+            if self._running and not self.wait_exit(0):
+                raise ChildError(f"{self.name} is already running (pid {self._pid})")
+            self.stop_requested = False
+            self._start_locked()
+
+    def _relaunch(self) -> bool:
+        """Start again for the supervisor, unless stop() was called meanwhile."""
+        with self._lock:
+            if self.stop_requested:
+                return False
+            if not self._running:
+                self._start_locked()
+            return True
+
+    def _start_locked(self) -> None:
+        argv = render_command(
+            self.command, exe=self.exe, port=self.port, version=self.version, host=self.host
+        )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+        header = f"--- started {stamp} pid {{pid}} port {self.port}"
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            try:
+                proc = _SPAWNER.run(lambda: self._popen(argv, log, header))
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.write(f"--- could not start {argv!r}: {exc}\n".encode())
+                log.flush()
+                raise ChildError(
+                    f"could not start {self.name} ({self.exe}): "
+                    f"{getattr(exc, 'strerror', None) or exc}\n{self.log_tail()}"
+                ) from exc
+            if not _POSIX:  # no preexec_fn there: the header follows the fork instead
+                log.write(f"{header.format(pid=proc.pid)}\n".encode())
+        self._proc = proc
+        self._pid = proc.pid
+        self._pidfd = _open_pidfd(proc.pid)
+        self._running = True
+        self._adopted = False
+        self._returncode = None
+        self._generation += 1
+        self.started_at = time.monotonic()
+        self.exited_at = None
+        logger.info("started %s on port %d, pid %d", self.name, self.port, proc.pid)
+
+    def _popen(self, argv: list[str], log: IO[bytes], header: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self._cwd,
+            env=self._child_env(),
+            close_fds=True,
+            start_new_session=_POSIX,
+            preexec_fn=_make_preexec(header) if _POSIX else None,
+            creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
+        )
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if getattr(sys, "frozen", False) and not _WINDOWS:
+            # PyInstaller's bootloader points LD_LIBRARY_PATH at the app's bundled libraries
+            # and keeps the user's value in *_ORIG; the child must get the user's.
+            original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+            if original is None:
+                env.pop("LD_LIBRARY_PATH", None)
+            else:
+                env["LD_LIBRARY_PATH"] = original
+        if self._env:
+            env.update(self._env)
+        return env
+
+    def _adopt(self, pid: int) -> None:
+        """Take over a process a previous run of the app started (see adopt())."""
+        with self._lock:
+            self._proc = None
+            self._pid = pid
+            self._pidfd = _open_pidfd(pid)
+            self._running = True
+            self._adopted = True
+            self._returncode = None
+            self._generation += 1
+            self.started_at = time.monotonic()
+            self.exited_at = None
+            with contextlib.suppress(OSError):
+                self._log_offset = self.log_path.stat().st_size
+
+    # -- health ------------------------------------------------------------------------------
+
+    def wait_healthy(
+        self,
+        *,
+        path: str = "/version",
+        expect: str | None = None,
+        timeout: float = 20.0,
+        interval: float = 0.025,
+    ) -> None:
+        """Poll ``GET path`` until it answers 200 with ``expect`` (default: the version).
+
+        Raises ChildError at once if the process exits (with its exit code and last log
+        lines), or after ``timeout`` seconds saying what the server last answered. It does
+        not stop an unhealthy child: the caller decides.
+        """
+        if self._pid is None:
+            raise ChildError(f"{self.name} was never started")
+        want = self.version if expect is None else expect
+        deadline = time.monotonic() + timeout
+        last = "never answered"
+        while True:
+            if self.wait_exit(0):
+                raise ChildError(self._exit_message("before it became healthy"))
+            remaining = deadline - time.monotonic()
+            try:
+                status, body = _http_get(self.host, self.port, path, max(0.1, min(2.0, remaining)))
+            except (OSError, http.client.HTTPException) as exc:
+                last = f"never answered ({exc})" if last.startswith("never") else last
+            else:
+                if status == 200 and version_matches(body, want):
+                    return
+                shown = body.strip()[:80] or "an empty body"
+                last = f"answered {shown}" if status == 200 else f"answered HTTP {status} {shown}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                expected = f"expected {want}" if want else "expected any 200 answer"
+                raise ChildError(
+                    f"{self.name} on port {self.port} not healthy after {timeout:g} s: "
+                    f"GET {path} {last}, {expected}"
+                )
+            if self.wait_exit(min(interval, remaining)):  # wakes at once if it dies
+                raise ChildError(self._exit_message("before it became healthy"))
+
+    def _exit_message(self, when: str) -> str:
+        return (
+            f"{self.name} (pid {self._pid}, port {self.port}) {describe_exit(self._returncode)} "
+            f"{when}; its log ends with:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last lines this run wrote to the log (from its header on)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                log.seek(max(self._log_offset, size - 16384))
+                text = log.read().decode("utf-8", "replace")
+        except OSError as exc:
+            return f"(log {self.log_path} unreadable: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- exit --------------------------------------------------------------------------------
+
+    def is_alive(self) -> bool:
+        return not self.wait_exit(0)
+
+    def wait_exit(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` s (None: forever) for the process to exit; True once it has.
+
+        On exit, what is left of its process group is killed and the process is reaped.
+        """
+        with self._lock:
+            if not self._running:
+                return True
+            generation = self._generation
+            proc, pid, adopted = self._proc, self._pid, self._adopted
+            # A private copy: another thread may close the original when it reaps.
+            pidfd = os.dup(self._pidfd) if self._pidfd is not None else None
+        assert pid is not None
+        try:
+            exited = _wait_process(proc, pid, pidfd, adopted, timeout)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        if exited:
+            with self._lock:
+                if self._generation == generation and self._running:
+                    self._finish_locked()
+        return exited
+
+    def _finish_locked(self) -> None:
+        proc = self._proc
+        if proc is not None:
+            if _POSIX and proc.returncode is None:
+                # The leader is exited but unreaped, so its pid (the group id) is still ours:
+                # this reaches only the leftovers of its group (grandchildren, workers).
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            self._returncode = proc.wait()
+        else:
+            self._returncode = None  # adopted: its real parent (init) reaps it
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._running = False
+        self.exited_at = time.monotonic()
+        logger.info("%s (pid %s) %s", self.name, self._pid, describe_exit(self._returncode))
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Stop on purpose: the stop signal to its group, SIGKILL after ``timeout`` s, reap.
+
+        Idempotent; returns the exit code (None if unknown, see ``returncode``).
+        """
+        with self._lock:
+            self.stop_requested = True
+        return self._terminate(timeout)
+
+    def _terminate(self, timeout: float) -> int | None:
+        with self._lock:
+            if not self._running or self.wait_exit(0):
+                return self._returncode
+            self._send(self._stop_signal)
+        if not self.wait_exit(timeout):
+            with self._lock:
+                if self._running:
+                    logger.warning(
+                        "%s ignored its stop signal for %g s: killing", self.name, timeout
+                    )
+                    self._send(int(getattr(signal, "SIGKILL", 9)))
+            if not self.wait_exit(_KILL_WAIT):
+                logger.error("%s (pid %s) survives SIGKILL", self.name, self._pid)
+                return None
+        return self._returncode
+
+    def _send(self, sig: int) -> None:
+        """Signal the running process (lock held, so it is unreaped or alive)."""
+        assert self._pid is not None
+        if _WINDOWS:
+            assert self._proc is not None
+            if sig == signal.SIGTERM or sig == getattr(signal, "SIGINT", None):
+                try:
+                    os.kill(self._pid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+                    return
+                except OSError:  # no console shared with the child
+                    pass
+            self._proc.kill()
+            return
+        _signal_group(self._pid, sig, leader_is_ours=not self._adopted)
+
+
+def _wait_process(
+    proc: subprocess.Popen[bytes] | None,
+    pid: int,
+    pidfd: int | None,
+    adopted: bool,
+    timeout: float | None,
+) -> bool:
+    """Has the process exited within ``timeout``? POSIX: without reaping it."""
+    if _WINDOWS:
+        assert proc is not None
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    if pidfd is not None:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+    # No pidfd (macOS, old kernels): poll with growing steps.
+    deadline = None if timeout is None else time.monotonic() + timeout
+    step = 0.005
+    while True:
+        if adopted:
+            exited = not _pid_running(pid)
+        elif hasattr(os, "waitid"):
+            try:
+                exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            except ChildProcessError:
+                exited = True  # already reaped
+        else:
+            assert proc is not None
+            exited = proc.poll() is not None  # reaps: the group clean-up is skipped then
+        if exited:
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        wait = step if deadline is None else min(step, max(0.0, deadline - time.monotonic()))
+        time.sleep(wait)
+        step = min(step * 2, 0.05)
+
+
+# --- leftovers of an earlier run of the app ----------------------------------------------------
+
+
+def adopt(
+    pid: int,
+    version: str,
+    port: int,
+    *,
+    exe: Path,
+    log_path: Path,
+    command: Sequence[str] = DEFAULT_COMMAND,
+    host: str = "127.0.0.1",
+    path: str = "/version",
+    expect: str | None = None,
+    timeout: float = 2.0,
+) -> Child | None:
+    """Take over a child that survived an app restart, or None if ``pid`` is not it.
+
+    It must be alive, have ``exe`` on its command line and answer health on ``port``. An
+    adopted child can be watched, stopped and restarted; its exit code is never known.
+    Windows: always None.
+    """
+    if not _POSIX or not _pid_running(pid) or not _cmdline_mentions(pid, exe):
+        return None
+    child = Child(exe, version, command=command, port=port, log_path=log_path, host=host)
+    child._adopt(pid)
+    try:
+        child.wait_healthy(path=path, expect=expect, timeout=timeout)
+    except ChildError as exc:
+        logger.info("not adopting pid %d: %s", pid, exc)
+        return None
+    return child
+
+
+def kill_stale(pid: int, exe: Path, *, timeout: float = 5.0) -> bool:
+    """Kill an orphan child an earlier (crashed) run of the app left behind.
+
+    Only if ``pid`` is alive and has ``exe`` on its command line: a recycled pid belonging to
+    something else is left alone. Its group gets SIGTERM, then SIGKILL after ``timeout`` s;
+    if it happens to be our own child it is reaped. True if it was ours and is now gone.
+    Windows: always False.
+    """
+    if not _POSIX or pid <= 1 or pid == os.getpid():
+        return False
+    pidfd = _open_pidfd(pid)  # pins the process: it cannot be swapped between check and kill
+    try:
+        if not _pid_running(pid) or not _cmdline_mentions(pid, exe):
+            return False
+        logger.info("stopping stale child pid %d (%s)", pid, exe)
+        try:
+            leads_group = os.getpgid(pid) == pid
+        except ProcessLookupError:
+            return True  # it went away by itself meanwhile
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, _KILL_WAIT)):
+            _signal_group(pid, sig, leader_is_ours=False)
+            if _wait_process(None, pid, pidfd, True, wait):  # a zombie counts as exited
+                break
+        if leads_group:
+            # Leftovers of its group (grandchildren that ignored SIGTERM). While the group has
+            # members its id cannot be handed out as a new pid; once empty this is ESRCH.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return not _pid_running(pid)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+# --- supervision -------------------------------------------------------------------------------
+
+
+class Supervisor:
+    """Watches one child at a time on a thread; restarts it when it exits on its own.
+
+    Restarts use the same Child (same port, new pid) after an exponential back-off from
+    ``min_delay`` to ``max_delay`` s; a child that stayed up ``reset_after`` s starts over
+    at ``min_delay``. A restart counts only once it is healthy again; after
+    ``give_up_after`` failures in a row (None: never) the supervisor gives up on it.
+
+    Callbacks run on the supervisor thread (keep them short, e.g. post to a queue):
+    ``on_exit(child, returncode)`` for each unexpected exit (and each restart that failed its
+    health check and was terminated), ``on_restart(child)`` once a restart is healthy,
+    ``on_give_up(child, reason)`` when it stops trying (also when the program cannot be
+    executed any more). A child stopped with Child.stop(), or no longer watched after
+    replace() / stop(), is never restarted. A replace() that comes while a restart is
+    being health-checked takes effect when that check ends (at most ``health_timeout``).
+    """
+
+    def __init__(
+        self,
+        *,
+        on_exit: Callable[[Child, int | None], None] | None = None,
+        on_restart: Callable[[Child], None] | None = None,
+        on_give_up: Callable[[Child, str], None] | None = None,
+        min_delay: float = 0.5,
+        max_delay: float = 30.0,
+        reset_after: float = 60.0,
+        give_up_after: int | None = 10,
+        health_path: str = "/version",
+        health_expect: str | None = None,
+        health_timeout: float = 20.0,
+        stop_timeout: float = 5.0,
+        poll_interval: float = 0.25,
+    ) -> None:
+        self._on_exit = on_exit
+        self._on_restart = on_restart
+        self._on_give_up = on_give_up
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self.reset_after = reset_after
+        self.give_up_after = give_up_after
+        self.health_path = health_path
+        self.health_expect = health_expect
+        self.health_timeout = health_timeout
+        self.stop_timeout = stop_timeout
+        self._poll = poll_interval  # how soon a replace() is noticed while waiting on a child
+
+        self._cond = threading.Condition()
+        self._child: Child | None = None
+        self._generation = 0  # bumped by replace()/stop(): decisions about older children lapse
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.failures = 0  # unexpected exits in a row
+        self.restarts = 0  # successful restarts in total
+        self.delays: deque[float] = deque(maxlen=64)  # back-off delays used, newest last
+
+    @property
+    def child(self) -> Child | None:
+        with self._cond:
+            return self._child
+
+    def delay_for(self, failures: int) -> float:
+        """The back-off before restart number ``failures`` in a row (1-based)."""
+        return float(min(self.max_delay, self.min_delay * 2 ** max(0, failures - 1)))
+
+    def watch(self, child: Child | None) -> Child | None:
+        """Same as replace()."""
+        return self.replace(child)
+
+    def replace(self, child: Child | None) -> Child | None:
+        """Watch ``child`` from now on; returns the previously watched child, which the
+        caller owns from here (it may be running, even just restarted): stop it when done."""
+        with self._cond:
+            if self._closed:
+                raise ChildError("supervisor is stopped")
+            old, self._child = self._child, child
+            self._generation += 1
+            self.failures = 0
+            self._cond.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="trayupdater-supervisor", daemon=True
+                )
+                self._thread.start()
+        return old
+
+    def stop(self, timeout: float | None = 10.0) -> Child | None:
+        """Stop supervising (the child keeps running); returns the child that was watched."""
+        with self._cond:
+            self._closed = True
+            old, self._child = self._child, None
+            self._generation += 1
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        return old
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _current(self, generation: int) -> bool:
+        with self._cond:
+            return not self._closed and self._generation == generation
+
+    def _drop(self, generation: int) -> None:
+        with self._cond:
+            if self._generation == generation:
+                self._child = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and self._child is None:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                child, generation = self._child, self._generation
+            assert child is not None
+            if not child.wait_exit(self._poll) or not self._current(generation):
+                continue
+            if child.stop_requested:
+                self._drop(generation)  # stopped on purpose: nothing to do
+                continue
+            try:
+                self._recover(child, generation)
+            except Exception:  # the thread must survive a bug in a callback or elsewhere
+                logger.exception("supervising %s failed", child.name)
+                self._drop(generation)
+
+    def _recover(self, child: Child, generation: int) -> None:
+        returncode = child.returncode
+        last = describe_exit(returncode)
+        if child.uptime >= self.reset_after:
+            self.failures = 0
+        while True:
+            self.failures += 1
+            logger.warning("%s %s unexpectedly (failure %d)", child.name, last, self.failures)
+            self._call(self._on_exit, child, returncode)
+            if self.give_up_after is not None and self.failures > self.give_up_after:
+                self._give_up(child, generation, f"failed {self.failures} times in a row; {last}")
+                return
+            delay = self.delay_for(self.failures)
+            self.delays.append(delay)
+            with self._cond:
+                end = time.monotonic() + delay
+                while self._current_locked(generation) and (left := end - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                if not self._current_locked(generation):
+                    return
+            try:
+                if not child._relaunch():
+                    return  # stopped on purpose while we waited
+            except ChildError as exc:  # the program cannot be executed any more
+                self._give_up(child, generation, str(exc))
+                return
+            try:
+                child.wait_healthy(
+                    path=self.health_path, expect=self.health_expect, timeout=self.health_timeout
+                )
+            except ChildError as exc:
+                if child.stop_requested or not self._current(generation):
+                    return
+                last = str(exc).split("\n", 1)[0]
+                returncode = child._terminate(self.stop_timeout)
+                continue
+            self.restarts += 1
+            logger.info("restarted %s, pid %s", child.name, child.pid)
+            self._call(self._on_restart, child)
+            return
+
+    def _current_locked(self, generation: int) -> bool:
+        return not self._closed and self._generation == generation
+
+    def _give_up(self, child: Child, generation: int, reason: str) -> None:
+        logger.error("giving up on %s: %s", child.name, reason)
+        self._drop(generation)
+        self._call(self._on_give_up, child, reason)
+
+    @staticmethod
+    def _call(callback: Callable[..., None] | None, *args: object) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("supervisor callback %r failed", callback)
