@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import Any
 
 from trayupdater import __version__
 from trayupdater.config import Config, describe, load_config
+from trayupdater.control import ControlClient
 from trayupdater.errors import TrayUpdaterError
+from trayupdater.status import Command
 
 log = logging.getLogger("trayupdater")
 
@@ -59,6 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", action="append", default=[], metavar="OS-ARCH")
 
     sub.add_parser("config", help="print the effective configuration")
+
+    p = sub.add_parser("run", help="run the app (tray; headless without a desktop)")
+    p.add_argument("--headless", action="store_true", help="no tray icon; stop with SIGINT/SIGTERM")
+
+    p = sub.add_parser("demo", help="offline demo: a local release feed and an update to watch")
+    p.add_argument("--headless", action="store_true", help="no tray icon")
+    p.add_argument("--duration", type=float, default=0, help="stop after this many seconds")
+    p.add_argument("--publish-after", type=float, default=12.0, help="seconds until 1.1.0 appears")
+
+    p = sub.add_parser("status", help="what the running app is doing")
+    p.add_argument("--json", action="store_true")
+    for name, text in (
+        ("rollback", "roll the running app back to the previous version"),
+        ("resume", "allow updates to versions that were rolled back from"),
+        ("quit", "stop the running app"),
+    ):
+        sub.add_parser(name, help=text)
     return parser
 
 
@@ -121,6 +141,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from trayupdater.store import VersionStore
 
     config = config_from_args(args)
+    running = ControlClient.find(config.data_dir)
+    if running is not None and not args.dry_run:
+        # The running app owns the store: ask it, so it also switches to the new version.
+        return _print_status(running.command(Command.CHECK), as_json=args.json)
     store = VersionStore(config.data_dir)
     state = store.load_state()
     progress = None if args.json else _ProgressPrinter()
@@ -176,20 +200,172 @@ class _ProgressPrinter:
         print(f"\rdownloading {text}", end=end, file=sys.stderr, flush=True)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_app(config_from_args(args), headless=args.headless)
+
+
+def _run_app(
+    config: Config,
+    *,
+    headless: bool,
+    on_started: Callable[[], None] | None = None,
+    duration: float = 0,
+) -> int:
+    from trayupdater.app import AlreadyRunningError, App
+
+    app = App(config)
+    use_tray = False
+    if not headless:
+        from trayupdater.tray import tray_available
+
+        use_tray, why = tray_available()
+        if not use_tray:
+            print(f"trayupdater: no system tray here ({why}); running headless", file=sys.stderr)
+    if use_tray:
+        # Checked before start(): a second launch must not fight the first for the port.
+        running = ControlClient.find(config.data_dir)
+        if running is not None:
+            raise AlreadyRunningError(running)
+    try:
+        if not use_tray:
+            if duration:
+                threading.Timer(duration, app.quit).start()
+            if on_started:
+                threading.Timer(0.5, on_started).start()
+            return app.run_headless()
+        return _run_tray(app, on_started, duration)
+    except AlreadyRunningError as exc:
+        exc.client.command(Command.CHECK, wait=False)
+        print(f"{exc}; asked it to check for updates", file=sys.stderr)
+        return 0
+
+
+def _run_tray(app: Any, on_started: Callable[[], None] | None, duration: float) -> int:
+    from trayupdater.autostart import Autostart, launch_command
+    from trayupdater.tray import TrayApp
+
+    autostart = Autostart(launch_command())
+    if app.config.start_at_login and not autostart.is_enabled() and _first_run(app.config):
+        autostart.enable()
+    tray = TrayApp(app.updater, autostart=autostart, logs_dir=app.config.logs_dir)
+    app.start()
+    app.updater.subscribe(lambda status: tray.stop() if status.message == "Stopped" else None)
+    if on_started:
+        on_started()
+    if duration:
+        threading.Timer(duration, app.quit).start()
+    try:
+        tray.run()
+    finally:
+        app.stop()
+    return 0
+
+
+def _first_run(config: Config) -> bool:
+    marker = config.data_dir / ".first-run-done"
+    if marker.exists():
+        return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return True
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import platformdirs
+
+    from trayupdater.demo import Demo
+
+    base = config_from_args(args)
+    data_dir = (
+        Path(args.cfg_data_dir)
+        if args.cfg_data_dir
+        else Path(platformdirs.user_data_dir("trayupdater-demo", appauthor=False))
+    )
+    demo = Demo(base, data_dir, publish_after=args.publish_after)
+    print(demo.banner(), flush=True)
+    try:
+        return _run_app(
+            demo.config,
+            headless=args.headless,
+            on_started=demo.start_timeline,
+            duration=args.duration,
+        )
+    finally:
+        demo.close()
+
+
+def _client(args: argparse.Namespace) -> ControlClient:
+    config = config_from_args(args)
+    client = ControlClient.find(config.data_dir)
+    if client is None:
+        raise TrayUpdaterError(f"trayupdater is not running (data dir {config.data_dir})")
+    return client
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    client = ControlClient.find(config.data_dir)
+    if client is None:
+        from trayupdater.store import VersionStore
+
+        state = VersionStore(config.data_dir).load_state()
+        data = {
+            "running": False,
+            "active": state.active,
+            "previous": state.previous,
+            "blocked": state.blocked,
+            "last_error": state.last_error,
+        }
+        print(
+            json.dumps(data, indent=2)
+            if args.json
+            else f"not running; installed active version: {state.active or 'none'}"
+        )
+        return 3  # like systemctl status: not running
+    return _print_status(client.status(), as_json=args.json)
+
+
+def _command(command: Command) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        status = _client(args).command(command, wait=command is not Command.QUIT)
+        return _print_status(status, as_json=False)
+
+    return run
+
+
+def _print_status(status: dict[str, Any], *, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(status.get("headline", ""))
+    if status.get("message"):
+        print(status["message"])
+    if status.get("blocked"):
+        print("blocked versions: " + ", ".join(status["blocked"]))
+    return 1 if status.get("error") else 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": cmd_check,
     "pick-asset": cmd_pick_asset,
     "config": cmd_config,
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "status": cmd_status,
+    "rollback": _command(Command.ROLLBACK),
+    "resume": _command(Command.RESUME),
+    "quit": _command(Command.QUIT),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    console = logging.StreamHandler()
+    console.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(console)
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     command = args.command or "run"
     handler = COMMANDS.get(command)
     if handler is None:

@@ -264,7 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, body: Any, fault: str | None) -> None:
         data = json.dumps(body).encode()
         etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-        if self.headers.get("If-None-Match") == etag:
+        if fault is None and self.headers.get("If-None-Match") == etag:
             self.feed.stats.not_modified += 1
             return self._send(304, b"", None, {"ETag": etag})
         if fault == "truncated":

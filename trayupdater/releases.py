@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3
 
 from trayupdater import __version__
 from trayupdater.errors import RateLimitedError, SourceError
@@ -119,7 +120,7 @@ class GitHubSource:
                 if r.status_code != 200:
                     raise SourceError(f"{asset.name}: download answered HTTP {r.status_code}")
                 body = r.raw.read(MAX_TEXT_ASSET_BYTES + 1, decode_content=True)
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise SourceError(f"{asset.name}: download failed: {_short(exc)}") from None
         if len(body) > MAX_TEXT_ASSET_BYTES:
             raise SourceError(f"{asset.name}: larger than {MAX_TEXT_ASSET_BYTES} bytes")

@@ -226,7 +226,7 @@ class VersionStore:
         return removed
 
     def clean_temporary(self) -> list[str]:
-        """Remove what interrupted installs left: temp and trash folders, folders without manifest."""
+        """Remove leftovers of interrupted installs: temp, trash and manifest-less folders."""
         removed: list[str] = []
         for path in self.versions_dir.iterdir():
             incomplete = not (path / MANIFEST).is_file() or version_key(path.name)[0] == 0

@@ -1,0 +1,212 @@
+"""Loopback control endpoint: how the CLI and a second launch talk to the running app.
+
+The server binds 127.0.0.1 on a free port and writes ``control.json`` (port, pid, token)
+into the data folder, readable by the user only. Commands need the token as a bearer
+header; ``/metrics`` is open on loopback so Prometheus can scrape it without secrets.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from trayupdater.errors import TrayUpdaterError
+from trayupdater.status import Command, Status
+from trayupdater.store import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CONTROL_FILE = "control.json"
+COMMAND_PATHS = {
+    "/check": Command.CHECK,
+    "/rollback": Command.ROLLBACK,
+    "/resume": Command.RESUME,
+    "/quit": Command.QUIT,
+}
+
+
+class ControlServer:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        status: Callable[[], Status],
+        request: Callable[[Command, float], Status],
+        send: Callable[[Command], None],
+        metrics: Callable[[], tuple[bytes, str]] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.token = secrets.token_urlsafe(32)
+        handler = type(
+            "Handler",
+            (_Handler,),
+            {
+                "server_ref": self,
+                "status_fn": staticmethod(status),
+                "request_fn": staticmethod(request),
+                "send_fn": staticmethod(send),
+                "metrics_fn": staticmethod(metrics) if metrics else None,
+            },
+        )
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def path(self) -> Path:
+        return self.data_dir / CONTROL_FILE
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.1,), name="control", daemon=True
+        )
+        self._thread.start()
+        write_private(
+            self.path, json.dumps({"port": self.port, "pid": os.getpid(), "token": self.token})
+        )
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        try:
+            info = json.loads(self.path.read_text())
+            if info.get("pid") == os.getpid():
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (the token in it grants control of the app)."""
+    old = os.umask(0o077)
+    try:
+        atomic_write_text(path, text)
+    finally:
+        os.umask(old)
+    if os.name == "posix":
+        os.chmod(path, 0o600)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_ref: ControlServer
+    status_fn: Callable[[], Status]
+    request_fn: Callable[[Command, float], Status]
+    send_fn: Callable[[Command], None]
+    metrics_fn: Callable[[], tuple[bytes, str]] | None
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("control: " + format, *args)
+
+    def _authorized(self) -> bool:
+        given = self.headers.get("Authorization", "")
+        expected = f"Bearer {self.server_ref.token}"
+        return hmac.compare_digest(given.encode(), expected.encode())
+
+    def do_GET(self) -> None:
+        if self.path == "/metrics" and self.metrics_fn is not None:
+            body, content_type = self.metrics_fn()
+            return self._send(200, body, content_type)
+        if not self._authorized():
+            return self._json(401, {"error": "missing or wrong token"})
+        if self.path == "/status":
+            return self._json(200, self.status_fn().to_json())
+        self._json(404, {"error": f"unknown path {self.path}"})
+
+    def do_POST(self) -> None:
+        if not self._authorized():
+            return self._json(401, {"error": "missing or wrong token"})
+        command = COMMAND_PATHS.get(self.path.split("?")[0])
+        if command is None:
+            return self._json(404, {"error": f"unknown path {self.path}"})
+        wait = "wait=0" not in self.path
+        if command is Command.QUIT or not wait:
+            self.send_fn(command)
+            return self._json(202, self.status_fn().to_json())
+        try:
+            status = self.request_fn(command, 600.0)
+        except TrayUpdaterError as exc:
+            return self._json(504, {"error": str(exc)})
+        self._json(200, status.to_json())
+
+    def _json(self, code: int, data: dict[str, Any]) -> None:
+        self._send(code, json.dumps(data).encode(), "application/json")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@dataclass
+class ControlClient:
+    """Finds the running app through its control.json and sends it commands."""
+
+    port: int
+    token: str
+    pid: int
+
+    @classmethod
+    def find(cls, data_dir: Path) -> ControlClient | None:
+        """The running instance for this data folder, or None if none answers."""
+        try:
+            info = json.loads((data_dir / CONTROL_FILE).read_text())
+            client = cls(int(info["port"]), str(info["token"]), int(info["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        try:
+            client.status()
+        except TrayUpdaterError:
+            return None  # a stale file from a crashed run
+        return client
+
+    def _url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/status", timeout=5.0)
+
+    def command(
+        self, command: Command, *, wait: bool = True, timeout: float = 600.0
+    ) -> dict[str, Any]:
+        path = "/" + command.value + ("" if wait else "?wait=0")
+        return self._call("POST", path, timeout=timeout)
+
+    def _call(self, method: str, path: str, *, timeout: float) -> dict[str, Any]:
+        try:
+            response = requests.request(
+                method, self._url(path), headers=self._headers(), timeout=(2.0, timeout)
+            )
+        except requests.RequestException as exc:
+            raise TrayUpdaterError(
+                f"the running app did not answer: {type(exc).__name__}"
+            ) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {"error": response.text[:200]}
+        if response.status_code >= 400:
+            raise TrayUpdaterError(
+                f"the running app answered {response.status_code}: {data.get('error', '')}"
+            )
+        return data

@@ -1,0 +1,137 @@
+"""``trayupdater demo``: the whole update cycle offline, on real code paths.
+
+A local release feed (a real HTTP server speaking GitHub's API) publishes goreleaser-style
+archives of a small demo server; the app runs against it exactly as it would against
+GitHub, installs the first version, and a newer one is published a few seconds later so a
+new user sees an update happen and can roll back.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import threading
+import time
+import zipfile
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from trayupdater.config import Config
+from trayupdater.demo_server import render_script
+from trayupdater.feed import ReleaseFeed
+from trayupdater.platforms import Platform
+
+log = logging.getLogger(__name__)
+
+DEMO_REPO = "demo/simple-server"
+GORELEASER_OS = {"linux": "Linux", "darwin": "Darwin", "windows": "Windows"}
+GORELEASER_ARCH = {"x86_64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def asset_name(platform: Platform, program: str = "simple-server") -> str:
+    """The name goreleaser gives simple-server's archive for ``platform``."""
+    ext = "zip" if platform.os == "windows" else "tar.gz"
+    return f"{program}_{GORELEASER_OS[platform.os]}_{GORELEASER_ARCH[platform.arch]}.{ext}"
+
+
+def child_archive(
+    version: str,
+    platform: Platform | None = None,
+    *,
+    behaviour: Mapping[str, object] | None = None,
+    program: str = "simple-server",
+) -> tuple[str, bytes]:
+    """A release archive holding an executable demo server that answers ``version``."""
+    platform = platform or Platform.current()
+    script = render_script(version, behaviour).encode()
+    exe_name = program + (".py" if platform.os == "windows" else "")
+    buffer = io.BytesIO()
+    if platform.os == "windows":
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(exe_name, script)
+    else:
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            info = tarfile.TarInfo(exe_name)
+            info.size, info.mode, info.mtime = len(script), 0o755, int(time.time())
+            archive.addfile(info, io.BytesIO(script))
+            readme = f"demo simple-server {version}\n".encode()
+            info = tarfile.TarInfo("README.md")
+            info.size, info.mode = len(readme), 0o644
+            archive.addfile(info, io.BytesIO(readme))
+    return asset_name(platform, program), buffer.getvalue()
+
+
+def publish_version(
+    feed: ReleaseFeed,
+    version: str,
+    *,
+    repo: str = DEMO_REPO,
+    behaviour: Mapping[str, object] | None = None,
+    **kwargs: object,
+) -> None:
+    name, data = child_archive(version, behaviour=behaviour, program=repo.split("/")[1])
+    feed.publish(repo, f"v{version}", {name: data}, **kwargs)  # type: ignore[arg-type]
+
+
+def demo_config(base: Config, feed_url: str, data_dir: Path) -> Config:
+    command = base.command
+    if sys.platform == "win32":
+        command = (sys.executable, "{exe}", "{port}")  # the demo child is a Python script
+    return replace(
+        base,
+        repo=DEMO_REPO,
+        api_url=feed_url,
+        token=None,
+        channel="stable",
+        check_interval=5.0,
+        probation_seconds=5.0,
+        asset_pattern=None,
+        exe_name=None,
+        command=command,
+        data_dir=data_dir,
+        self_update_repo=None,
+    )
+
+
+class Demo:
+    """The feed plus a timeline of releases; the caller runs the app against ``config``."""
+
+    def __init__(self, base: Config, data_dir: Path, *, publish_after: float = 12.0) -> None:
+        if data_dir.exists():
+            shutil.rmtree(data_dir)  # every demo starts from a clean slate
+        self.feed = ReleaseFeed().start()
+        self.config = demo_config(base, self.feed.url, data_dir)
+        self.publish_after = publish_after
+        self._stop = threading.Event()
+        publish_version(self.feed, "1.0.0")
+
+    def start_timeline(self) -> None:
+        threading.Thread(target=self._timeline, name="demo-timeline", daemon=True).start()
+
+    def _timeline(self) -> None:
+        if self._stop.wait(self.publish_after):
+            return
+        publish_version(self.feed, "1.1.0")
+        print(
+            "demo: published 1.1.0; the app picks it up at its next check (every 5 s)", flush=True
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        self.feed.close()
+
+    def banner(self) -> str:
+        url = f"http://{self.config.bind}:{self.config.port}"
+        data = os.fspath(self.config.data_dir)
+        return (
+            f"demo: release feed {self.feed.url} serves {DEMO_REPO} 1.0.0\n"
+            f"demo: the app proxies {url}  (try: curl {url}/version)\n"
+            f"demo: 1.1.0 is published in {self.publish_after:.0f} s; then roll back with\n"
+            f"      trayupdater --data-dir {data} rollback   (or the tray menu)\n"
+            f"demo: status: trayupdater --data-dir {data} status; stop with Ctrl-C"
+        )
