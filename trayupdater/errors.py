@@ -47,6 +47,12 @@ class ExtractionError(TrayUpdaterError):
     reason = "extraction"
 
 
+class StorageError(TrayUpdaterError):
+    """The data folder could not be written: disk full, read-only, permissions."""
+
+    reason = "storage"
+
+
 class ChildError(TrayUpdaterError):
     """A child version failed to start, to become healthy or to stay healthy."""
 

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trayupdater.config import Config
-from trayupdater.download import ProgressCallback, download
-from trayupdater.errors import NoMatchingAssetError, VerificationError
+from trayupdater.download import ProgressCallback, download, part_path
+from trayupdater.errors import NoMatchingAssetError, StorageError, VerificationError
 from trayupdater.extract import extract, find_executable
 from trayupdater.platforms import Platform, pick_asset
 from trayupdater.release_model import Asset, Release
 from trayupdater.releases import GitHubSource
 from trayupdater.store import InstalledVersion, State, VersionStore, version_key
-from trayupdater.verify import check_digest, find_expected_digest
+from trayupdater.verify import ExpectedDigest, check_digest, find_expected_digest
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,21 @@ class ReleasePipeline:
                 "[security] require_checksum = false to accept it anyway."
             )
         dest = self.store.download_path(asset.name)
+        try:
+            return self._download_and_commit(release, asset, expected, dest)
+        except OSError as exc:
+            # Disk full or not writable: free what this attempt used, keep what is installed.
+            part_path(dest).unlink(missing_ok=True)
+            dest.unlink(missing_ok=True)
+            raise StorageError(
+                f"cannot store {asset.name} in {self.store.data_dir}: "
+                f"{exc.strerror or exc} — the current version keeps running"
+            ) from None
+
+    def _download_and_commit(
+        self, release: Release, asset: Asset, expected: ExpectedDigest | None, dest: Path
+    ) -> InstalledVersion:
+        version = release.version_text
         url, headers = self.source.download_headers(asset)
         result = download(
             self.source.session,
