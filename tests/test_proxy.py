@@ -1,0 +1,866 @@
+"""The reverse proxy against real backends on real loopback sockets.
+
+The backend is a small threaded ``http.server`` that can report its label, echo bodies and
+headers, stream chunked responses, sleep, close early and switch protocols; clients are
+``http.client`` or raw sockets where the bytes on the wire are the point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from trayupdater import http11
+from trayupdater import proxy as proxy_module
+from trayupdater.errors import ConfigError
+from trayupdater.proxy import Backend, ReverseProxy
+
+TIMEOUT = 10.0  # generous: the suite must pass on a loaded 2-core machine
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.requests_here = 0
+        with self.server.lock:
+            self.server.connections += 1
+            self.server.open_connections += 1
+            self.server.live.add(self.connection)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+        with self.server.lock:
+            self.server.open_connections -= 1
+            self.server.live.discard(self.connection)
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    break
+                data += self.rfile.read(size)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass  # trailers
+            return data
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_POST(self) -> None:
+        self.do_GET()
+
+    def do_PUT(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        self.requests_here += 1
+        with self.server.lock:
+            self.server.requests += 1
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        route = url.path
+        if route == "/version":
+            self._send(200, self.server.label.encode())
+        elif route == "/echo":
+            body = self._body()
+            self._send(200, body, {"X-Method": self.command})
+        elif route == "/headers":
+            self._body()
+            fields = [[k, v] for k, v in self.headers.items()]
+            self._send(200, json.dumps(fields).encode(), {"Content-Type": "application/json"})
+        elif route == "/hop":
+            self._send(
+                200,
+                b"ok",
+                {
+                    "Connection": "X-Private",
+                    "X-Private": "secret",
+                    "Keep-Alive": "timeout=5",
+                    "Proxy-Thing": "1",
+                    "X-Public": "yes",
+                },
+            )
+        elif route == "/big":
+            self._send(200, b"x" * int(query.get("n", 1 << 20)))
+        elif route == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "X-Checksum")
+            self.end_headers()
+            for i in range(int(query.get("n", 3))):
+                part = f"part{i};".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\nX-Checksum: abc\r\n\r\n")
+        elif route == "/until-close":
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"no length, the close ends me")
+            self.close_connection = True
+        elif route == "/sleep":
+            time.sleep(float(query.get("s", 1)))
+            self._send(200, b"slept")
+        elif route == "/close-early":
+            self._body()
+            self.close_connection = True  # no answer at all
+        elif route == "/flaky":
+            # Answers the first request on a connection, then drops the connection on the
+            # next one without answering: a keep-alive race with an idle timeout.
+            self._body()
+            if self.requests_here > 1:
+                self.close_connection = True
+                return
+            self._send(200, b"fresh")
+        elif route == "/forever":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"4000\r\n" + b"y" * 0x4000 + b"\r\n")
+                    self.wfile.flush()
+            except OSError:
+                self.server.write_failed.set()
+                self.close_connection = True
+        elif route == "/status":
+            self._send_status(int(query["code"]))
+        elif route == "/ws":
+            self.send_response(101)
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Upgrade", self.headers.get("Upgrade", ""))
+            self.end_headers()
+            self.wfile.flush()
+            while data := self.connection.recv(4096):
+                self.connection.sendall(data.upper())
+            self.close_connection = True
+        else:
+            self._send(404, b"no such route")
+
+    def _send_status(self, code: int) -> None:
+        self.send_response(code)
+        if code == 304:
+            self.send_header("Content-Length", "1234")  # describes the cached body
+        self.end_headers()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    label: str
+    lock: threading.Lock
+    requests: int
+    connections: int
+    open_connections: int
+    write_failed: threading.Event
+    live: set[socket.socket]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # connections cut by the proxy or by close() are expected here
+
+
+class RealBackend:
+    """A real HTTP/1.1 server on a free loopback port."""
+
+    def __init__(self, label: str) -> None:
+        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server.label = label
+        self.server.lock = threading.Lock()
+        self.server.requests = 0
+        self.server.connections = 0
+        self.server.open_connections = 0
+        self.server.write_failed = threading.Event()
+        self.server.live = set()
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+        self.backend = Backend("127.0.0.1", self.server.server_address[1], label)
+
+    @property
+    def requests(self) -> int:
+        return self.server.requests
+
+    def close(self) -> None:
+        """Stop like a killed child: no listener, and every open connection cut."""
+        self.server.shutdown()
+        self.server.server_close()
+        with self.server.lock:
+            live = list(self.server.live)
+        for sock in live:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def backends() -> Iterator[list[RealBackend]]:
+    started: list[RealBackend] = []
+    yield started
+    for backend in started:
+        backend.close()
+
+
+@pytest.fixture
+def make_backend(backends: list[RealBackend]):
+    def make(label: str = "v1") -> RealBackend:
+        backend = RealBackend(label)
+        backends.append(backend)
+        return backend
+
+    return make
+
+
+@pytest.fixture(params=["default"])
+def hub(request, monkeypatch) -> str:
+    """Which parking implementation: the platform's default, or the portable selector one
+    (forced here so that Linux runs exercise the code macOS and Windows use)."""
+    if request.param == "selector":
+        monkeypatch.setattr(proxy_module, "_USE_EPOLL", False)
+    return request.param
+
+
+BOTH_HUBS = pytest.mark.parametrize("hub", ["default", "selector"], indirect=True)
+
+
+@pytest.fixture
+def make_proxy(hub):
+    proxies: list[ReverseProxy] = []
+
+    def make(backend: Backend | None = None, **options) -> ReverseProxy:
+        proxy = ReverseProxy("127.0.0.1", 0, **options)
+        proxy.start()
+        proxies.append(proxy)
+        if backend is not None:
+            proxy.switch(backend)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+def _client(proxy: ReverseProxy) -> http.client.HTTPConnection:
+    host, port = proxy.address
+    return http.client.HTTPConnection(host, port, timeout=TIMEOUT)
+
+
+def _get(proxy: ReverseProxy, path: str) -> tuple[int, bytes, http.client.HTTPResponse]:
+    conn = _client(proxy)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read(), response
+    finally:
+        conn.close()
+
+
+def _raw(proxy: ReverseProxy) -> socket.socket:
+    sock = socket.create_connection(proxy.address, timeout=TIMEOUT)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything until the proxy closes; a reset (instead of a clean close) fails the test."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def _wait_until(condition, timeout: float = TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+# -- basics ------------------------------------------------------------------------------------
+
+
+@BOTH_HUBS
+def test_get_post_and_keep_alive_reuse(make_backend, make_proxy):
+    backend = make_backend("1.2.3")
+    proxy = make_proxy(backend.backend)
+    conn = _client(proxy)
+    conn.request("GET", "/version")
+    first = conn.getresponse()
+    assert (first.status, first.read()) == (200, b"1.2.3")
+    sock = conn.sock
+    for i in range(5):
+        body = f"payload {i}".encode() * 100
+        conn.request("POST", "/echo", body=body)
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("X-Method") == "POST"
+        assert response.read() == body
+    assert conn.sock is sock, "the client connection was kept alive"
+    conn.close()
+    assert backend.server.connections == 1, "one pooled upstream connection served all"
+    assert proxy.current == backend.backend
+
+
+def test_chunked_request_and_chunked_response_with_trailers(make_backend, make_proxy):
+    proxy = make_proxy(make_backend().backend)
+    conn = _client(proxy)
+    parts = [b"alpha-", b"beta-" * 1000, b"gamma"]
+    conn.request("POST", "/echo", body=iter(parts), encode_chunked=True)
+    response = conn.getresponse()
+    assert response.read() == b"".join(parts)
+    conn.close()
+
+    sock = _raw(proxy)
+    sock.sendall(b"GET /chunked?n=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = _read_all(sock)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert b"trailer:" not in head.lower(), "Trailer is hop-by-hop"
+    assert b"part0;" in body and b"part2;" in body
+    assert body.endswith(b"0\r\nX-Checksum: abc\r\n\r\n"), "trailers are passed on"
+
+
+def test_response_without_length_is_rechunked_for_http11_and_close_delimited_for_10(
+    make_backend, make_proxy
+):
+    proxy = make_proxy(make_backend().backend)
+    conn = _client(proxy)
+    for _ in range(2):  # chunked re-framing keeps the client connection usable
+        conn.request("GET", "/until-close")
+        response = conn.getresponse()
+        assert response.getheader("Transfer-Encoding") == "chunked"
+        assert response.read() == b"no length, the close ends me"
+    conn.close()
+
+    sock = _raw(proxy)
+    sock.sendall(b"GET /until-close HTTP/1.0\r\n\r\n")
+    head, _, body = _read_all(sock).partition(b"\r\n\r\n")
+    assert b"chunked" not in head.lower()
+    assert b"connection: close" in head.lower()
+    assert body == b"no length, the close ends me"
+
+
+def test_head_204_304_have_no_body_and_keep_the_connection(make_backend, make_proxy):
+    proxy = make_proxy(make_backend("v9").backend)
+    conn = _client(proxy)
+    conn.request("HEAD", "/big?n=5000")
+    response = conn.getresponse()
+    assert response.getheader("Content-Length") == "5000"
+    assert response.read() == b""
+    conn.request("GET", "/status?code=204")
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (204, b"")
+    conn.request("GET", "/status?code=304")
+    response = conn.getresponse()
+    assert response.status == 304
+    assert response.getheader("Content-Length") == "1234"
+    assert response.read() == b""
+    conn.request("GET", "/version")  # nothing from the bodiless answers leaked into this one
+    assert conn.getresponse().read() == b"v9"
+    conn.close()
+
+
+def test_big_bodies_stream_both_ways(make_backend, make_proxy):
+    proxy = make_proxy(make_backend().backend)
+    conn = _client(proxy)
+    body = bytes(range(256)) * 8192  # 2 MiB
+    conn.request("PUT", "/echo", body=body)
+    assert conn.getresponse().read() == body
+    conn.request("GET", "/big?n=3000000")
+    assert len(conn.getresponse().read()) == 3_000_000
+    conn.close()
+
+
+def test_expect_100_continue(make_backend, make_proxy):
+    proxy = make_proxy(make_backend().backend)
+    sock = _raw(proxy)
+    sock.sendall(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    )
+    interim = sock.recv(1024)
+    assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    sock.sendall(b"hello")
+    response = interim[len(b"HTTP/1.1 100 Continue\r\n\r\n") :]
+    while not response.endswith(b"hello"):
+        more = sock.recv(4096)
+        assert more, f"closed early: {response!r}"
+        response += more
+    assert response.startswith(b"HTTP/1.1 200 ")
+    sock.close()
+
+    sock = _raw(proxy)
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: teapot\r\n\r\n")
+    assert _read_all(sock).startswith(b"HTTP/1.1 417 ")
+
+
+def test_http10_client_gets_close_semantics(make_backend, make_proxy):
+    backend = make_backend("v10")
+    proxy = make_proxy(backend.backend)
+    sock = _raw(proxy)
+    sock.sendall(b"GET /version HTTP/1.0\r\n\r\n")  # no Host: the proxy names the backend
+    head, _, body = _read_all(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"connection: close" in head.lower()
+    assert body == b"v10"
+
+
+def test_http11_framing_rules():
+    """The framing decisions behind the socket tests, on exact inputs."""
+    head = http11.parse_request_head(
+        b"POST /x HTTP/1.1\r\nHost: h\r\nX-A:  padded \t\r\nContent-Length: 5, 5\r\n\r\n"
+    )
+    assert head.get("x-a") == "padded"
+    assert http11.request_framing(head) == (http11.Framing.LENGTH, 5)  # same value twice: fine
+    with pytest.raises(http11.HttpError) as err:
+        http11.request_framing(
+            http11.parse_request_head(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 6\r\n\r\n")
+        )
+    assert err.value.status == 400
+
+    def response(raw: bytes, method: str = "GET"):
+        return http11.response_framing(http11.parse_response_head(raw), method)
+
+    both = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert response(both) == (http11.Framing.CHUNKED, 0, False), "TE wins, never reused"
+    assert response(b"HTTP/1.1 200 OK\r\n\r\n")[0] is http11.Framing.UNTIL_CLOSE
+    assert response(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n")[2] is False
+    assert response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", "HEAD")[0] is (
+        http11.Framing.NONE
+    )
+    with pytest.raises(http11.HttpError):
+        http11.parse_response_head(b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n")
+
+
+# -- headers -----------------------------------------------------------------------------------
+
+
+def test_forwarded_headers_added_and_hop_by_hop_removed(make_backend, make_proxy):
+    proxy = make_proxy(make_backend().backend)
+    conn = _client(proxy)
+    conn.request(
+        "GET",
+        "/headers",
+        headers={
+            "Host": "example.test:8080",
+            "X-Forwarded-For": "203.0.113.7",
+            "X-Forwarded-Proto": "https",  # a client cannot claim TLS the proxy did not see
+            "Connection": "keep-alive, X-Secret, X-Forwarded-For",
+            "X-Secret": "hop",
+            "Keep-Alive": "timeout=5",
+            "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+            "TE": "trailers",
+            "Upgrade": "h2c",
+            "X-Kept": "end-to-end",
+        },
+    )
+    fields = json.loads(conn.getresponse().read())
+    names = [name.lower() for name, _ in fields]
+    got = {name.lower(): value for name, value in fields}
+    assert got["x-forwarded-for"] == "203.0.113.7, 127.0.0.1", "appended, not replaced"
+    assert got["x-forwarded-proto"] == "http"
+    assert got["x-forwarded-host"] == "example.test:8080"
+    assert got["host"] == "example.test:8080"
+    assert got["x-kept"] == "end-to-end"
+    for hop in ("x-secret", "keep-alive", "proxy-authorization", "te", "upgrade", "connection"):
+        assert hop not in names, f"{hop} must not be forwarded"
+    assert names.count("x-forwarded-for") == 1
+
+    conn.request("GET", "/hop")
+    response = conn.getresponse()
+    response.read()
+    assert response.getheader("X-Public") == "yes"
+    for hop in ("X-Private", "Keep-Alive", "Proxy-Thing", "Connection"):
+        assert response.getheader(hop) is None, f"{hop} must not reach the client"
+    conn.close()
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_no_backend_answers_503_with_retry_after(make_proxy):
+    proxy = make_proxy()
+    status, _, response = _get(proxy, "/")
+    assert status == 503
+    assert response.getheader("Retry-After") == "1"
+    assert proxy.current is None
+
+
+def test_refused_upload_gets_a_clean_close_not_a_reset(make_proxy):
+    """No backend: the 503 goes out while the upload is unread. A plain close() would answer
+    the unread bytes with an RST (which on some systems destroys the 503 in flight); the
+    proxy shuts down its side and reads the rest instead, so the client sees a clean EOF."""
+    proxy = make_proxy()
+    for _ in range(3):
+        sock = _raw(proxy)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n")
+        sock.sendall(b"u" * 300_000)
+        response = b""
+        while chunk := sock.recv(65536):  # ConnectionResetError here is the bug
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 503 ")
+        sock.close()
+
+
+def test_dead_backend_502(make_proxy):
+    with socket.socket() as probe:  # a port on which nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    seen: list[str] = []
+
+    class Observer:
+        def request_done(self, status, seconds, backend_label):
+            seen.append(f"done {status} {backend_label}")
+
+        def upstream_error(self, kind):
+            seen.append(kind)
+
+    proxy = make_proxy(Backend("127.0.0.1", port, "ghost"), observer=Observer())
+    status, _, _ = _get(proxy, "/")
+    assert status == 502
+    assert _wait_until(lambda: len(seen) == 3)  # reported just after the answer went out
+    assert seen == ["connect", "connect", "done 502 ghost"], "one retry, then 502"
+
+
+def test_backend_closing_before_answer_502(make_backend, make_proxy):
+    proxy = make_proxy(make_backend().backend)
+    assert _get(proxy, "/close-early")[0] == 502
+
+
+def test_slow_backend_504(make_backend, make_proxy):
+    proxy = make_proxy(make_backend().backend, backend_timeout=0.5)
+    started = time.monotonic()
+    assert _get(proxy, "/sleep?s=5")[0] == 504
+    assert time.monotonic() - started < 4
+    assert _get(proxy, "/version")[0] == 200, "the proxy still works afterwards"
+
+
+def test_stale_pooled_connection_is_retried_for_get_not_for_post(make_backend, make_proxy):
+    backend = make_backend()
+    proxy = make_proxy(backend.backend)
+    conn = _client(proxy)
+    for _ in range(3):  # each reuse finds the pooled connection dropped: retried on a new one
+        conn.request("GET", "/flaky")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"fresh")
+    conn.request("POST", "/flaky", body=b"not idempotent")
+    assert conn.getresponse().status == 502, "a POST is never sent twice"
+    conn.close()
+
+
+BAD_REQUESTS = {
+    "cl-and-te": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "differing-cl": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        400,
+    ),
+    "cl-list": (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabcd", 400),
+    "cl-plus": (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\nabcd", 400),
+    "cl-hex": (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0x4\r\n\r\nabcd", 400),
+    "obs-fold": (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  continued\r\n\r\n", 400),
+    "space-before-colon": (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 0\r\n\r\n", 400),
+    "bare-lf": (b"GET / HTTP/1.1\r\nHost: x\nX-A: 1\r\n\r\n", 400),
+    "bad-request-line": (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+    "no-host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "two-hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "te-gzip": (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+    "te-not-last": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        400,
+    ),
+    "te-in-http10": (b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "http2": (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    "connect": (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 501),
+    "bad-chunk-size": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nab\r\n0\r\n\r\n",
+        400,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_malformed_and_ambiguous_requests_are_refused(case, make_backend, make_proxy):
+    payload, status = BAD_REQUESTS[case]
+    backend = make_backend()
+    proxy = make_proxy(backend.backend)
+    sock = _raw(proxy)
+    sock.sendall(payload)
+    answer = _read_all(sock)  # the proxy closes after refusing
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
+    if case != "bad-chunk-size":  # that one is only found while streaming the body
+        assert backend.requests == 0, "nothing ambiguous reaches the backend"
+
+
+@BOTH_HUBS
+def test_oversized_head_431(make_backend, make_proxy):
+    backend = make_backend()
+    proxy = make_proxy(backend.backend, max_header_bytes=4096)
+    for head in (
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000,  # never even ends
+    ):
+        sock = _raw(proxy)
+        sock.sendall(head)
+        assert _read_all(sock).startswith(b"HTTP/1.1 431 ")
+    assert backend.requests == 0
+
+
+@BOTH_HUBS
+def test_slow_loris_is_cut_off_while_others_are_served(make_backend, make_proxy):
+    proxy = make_proxy(make_backend("v1").backend, header_timeout=0.5, workers=2)
+    trickler = _raw(proxy)
+    trickler.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    silent = [_raw(proxy) for _ in range(5)]  # connect and say nothing at all
+    started = time.monotonic()
+    for _ in range(3):
+        assert _get(proxy, "/version")[:2] == (200, b"v1")
+    assert time.monotonic() - started < 2, "idle and slow clients hold no worker"
+    answer = _read_all(trickler)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 5
+    for sock in silent:
+        assert _read_all(sock) == b"", "a silent connection is closed"
+
+
+@BOTH_HUBS
+def test_many_idle_connections_do_not_block_a_fresh_client(make_backend, make_proxy):
+    proxy = make_proxy(make_backend("v1").backend, workers=4)
+    idle = []
+    try:
+        for i in range(320):
+            sock = _raw(proxy)
+            if i % 2 == 0:  # half have been served and now idle in keep-alive
+                sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+            idle.append(sock)
+        for sock in idle[::2]:
+            response = b""
+            while not response.endswith(b"v1"):
+                response += sock.recv(4096)
+        started = time.monotonic()
+        assert _get(proxy, "/version")[:2] == (200, b"v1")
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_client_vanishing_mid_response_closes_the_upstream_connection(make_backend, make_proxy):
+    backend = make_backend("v1")
+    proxy = make_proxy(backend.backend)
+    sock = _raw(proxy)
+    sock.sendall(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = 0
+    while received < 200_000:
+        received += len(sock.recv(65536))
+    sock.close()
+    assert backend.server.write_failed.wait(TIMEOUT), "the proxy closed the backend connection"
+    assert _get(proxy, "/version")[:2] == (200, b"v1")
+
+
+def test_client_vanishing_mid_request_body(make_backend, make_proxy):
+    backend = make_backend("v1")
+    proxy = make_proxy(backend.backend)
+    sock = _raw(proxy)
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"z" * 1000)
+    sock.close()
+    assert _get(proxy, "/version")[:2] == (200, b"v1")
+    assert _wait_until(lambda: backend.server.open_connections <= 1)
+
+
+@BOTH_HUBS
+def test_upgrade_tunnels_bytes_both_ways(make_backend, make_proxy):
+    proxy = make_proxy(make_backend().backend)
+    sock = _raw(proxy)
+    sock.sendall(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"upgrade: websocket" in head.lower()
+    for message in (b"hello", b"tunnel " * 1000):
+        sock.sendall(message)
+        echoed = b""
+        while len(echoed) < len(message):
+            echoed += sock.recv(65536)
+        assert echoed == message.upper()
+    sock.shutdown(socket.SHUT_WR)
+    assert _read_all(sock) == b""
+
+
+def test_failing_observer_does_not_break_requests(make_backend, make_proxy):
+    class Broken:
+        def request_done(self, status, seconds, backend_label):
+            raise RuntimeError("metrics bug")
+
+        def upstream_error(self, kind):
+            raise RuntimeError("metrics bug")
+
+    proxy = make_proxy(make_backend("v1").backend, observer=Broken())
+    conn = _client(proxy)
+    for _ in range(3):
+        conn.request("GET", "/version")
+        assert conn.getresponse().read() == b"v1"
+    conn.close()
+
+
+# -- switching -----------------------------------------------------------------------------------
+
+
+def test_drain_waits_for_in_flight_requests_and_drops_the_old_pool(make_backend, make_proxy):
+    old, new = make_backend("old"), make_backend("new")
+    proxy = make_proxy(old.backend)
+    assert _get(proxy, "/version")[1] == b"old"  # leaves a pooled connection to `old`
+    results: list[bytes] = []
+    slow = threading.Thread(target=lambda: results.append(_get(proxy, "/sleep?s=1")[1]))
+    slow.start()
+    assert _wait_until(lambda: old.requests == 2)  # the slow request is in flight
+    generation = proxy.switch(new.backend)
+    assert generation.backend == old.backend
+    assert generation.in_flight == 1
+    assert _get(proxy, "/version")[1] == b"new", "new requests go to the new backend at once"
+    assert proxy.drain(generation, timeout=0.05) is False
+    assert proxy.drain(generation, timeout=TIMEOUT) is True
+    slow.join(TIMEOUT)
+    assert results == [b"slept"]
+    assert _wait_until(lambda: old.server.open_connections == 0), "old pool closed"
+
+
+@BOTH_HUBS
+def test_zero_failed_requests_across_many_switches_under_load(make_backend, make_proxy):
+    """The update flow 22 times under keep-alive load: start new, switch, drain, kill old."""
+    current = make_backend("v0")
+    proxy = make_proxy(current.backend)
+    stop = threading.Event()
+    failures: list[str] = []
+    served: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        conn = _client(proxy)
+        body = f"client {index}".encode()
+        while not stop.is_set():
+            try:
+                conn.request("GET", "/version")
+                response = conn.getresponse()
+                label = response.read().decode()
+                if response.status != 200:
+                    failures.append(f"GET {response.status} {label!r}")
+                    continue
+                conn.request("POST", "/echo", body=body)
+                response = conn.getresponse()
+                if response.status != 200 or response.read() != body:
+                    failures.append(f"POST {response.status}")
+                with lock:
+                    served[label] = served.get(label, 0) + 1
+            except (OSError, http.client.HTTPException) as exc:
+                failures.append(repr(exc))
+                conn.close()
+                conn = _client(proxy)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        for version in range(1, 23):
+            new = make_backend(f"v{version}")
+            old_generation = proxy.switch(new.backend)
+            assert proxy.drain(old_generation, timeout=TIMEOUT), "old generation drained"
+            current.close()  # the old child is stopped right after the drain
+            current = new
+            # Let each generation serve real traffic before the next switch.
+            assert _wait_until(lambda n=new: n.requests >= 20)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(TIMEOUT)
+    assert failures == []
+    assert len(served) == 23, f"every backend served traffic: {served}"
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def test_port_taken_raises_a_clear_oserror(make_proxy):
+    first = make_proxy()
+    port = first.address[1]
+    second = ReverseProxy("127.0.0.1", port)
+    with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
+        second.start()
+
+
+def test_bad_options_are_config_errors():
+    with pytest.raises(ConfigError, match="workers"):
+        ReverseProxy(workers=0)
+    with pytest.raises(ConfigError, match="header_timeout"):
+        ReverseProxy(header_timeout=0)
+    with pytest.raises(TypeError, match="Backend"):
+        ReverseProxy().switch(("127.0.0.1", 80))  # type: ignore[arg-type]
+
+
+def test_listening_socket_handover_keeps_the_port_serving(make_backend, make_proxy):
+    backend = make_backend("v1")
+    first = make_proxy(backend.backend)
+    address = first.address
+    second = ReverseProxy(sock=first.listening_socket().dup())
+    second.start()
+    try:
+        second.switch(backend.backend)
+        first.close()
+        assert second.address == address
+        assert _get(second, "/version")[:2] == (200, b"v1")
+    finally:
+        second.close()
+
+
+@BOTH_HUBS
+def test_close_lets_in_flight_requests_finish_and_stops_threads(make_backend, hub):
+    backend = make_backend("v1")
+    proxy = ReverseProxy("127.0.0.1", 0, workers=4)
+    proxy.start()
+    proxy.switch(backend.backend)
+    results: list[tuple[int, bytes]] = []
+    slow = threading.Thread(target=lambda: results.append(_get(proxy, "/sleep?s=0.5")[:2]))
+    slow.start()
+    assert _wait_until(lambda: backend.server.connections == 1)
+    before = threading.active_count()
+    proxy.close()
+    slow.join(TIMEOUT)
+    assert results == [(200, b"slept")]
+    assert threading.active_count() <= before - 5, "selector and worker threads stopped"
+    with pytest.raises(OSError):
+        socket.create_connection(proxy.address, timeout=1).close()

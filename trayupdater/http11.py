@@ -1,0 +1,405 @@
+"""HTTP/1.1 message heads and body framing for the reverse proxy (RFC 9112).
+
+Hand-written rather than ``http.client``/``http.server`` because the proxy needs three things
+those do not give at once: strict parsing that refuses ambiguous framing (request smuggling),
+bodies streamed in both directions without buffering, and low per-request overhead.
+
+Heads are parsed into latin-1 ``str`` (HTTP field values are octets; latin-1 round-trips
+them exactly). Bodies are copied between :class:`BufferedSocket` objects; the functions here
+raise :class:`SourceError` when the side being read fails and :class:`SinkError` when the side
+being written fails, so the proxy can tell "backend died" from "client went away".
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+RECV_SIZE = 64 * 1024
+COPY_SIZE = 256 * 1024  # per read when streaming a large body
+MAX_CHUNK_LINE = 4096  # chunk-size line including extensions
+
+# RFC 9110 token characters: method names and header field names.
+_TCHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE = re.compile(rf"({_TCHARS}) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)")
+_STATUS_LINE = re.compile(r"HTTP/(\d)\.(\d) (\d{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+# Name, colon (no whitespace before it: that is a smuggling vector), value without controls.
+_VALUE = r"[^\x00-\x08\x0a-\x1f\x7f]*?"  # no controls except tab: no CR, LF or NUL
+_HEADER_LINE = re.compile(rf"({_TCHARS}):[ \t]*({_VALUE})[ \t]*")
+_FIELD = re.compile(rf"({_TCHARS}):[ \t]*({_VALUE})[ \t]*\r\n")
+_FIELD_BLOCK = re.compile(rf"(?:{_TCHARS}:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
+_HEX = re.compile(r"[0-9A-Fa-f]{1,16}")
+
+# Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the framing
+# headers the proxy always writes itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+# Never dropped because a peer named them in Connection: Host routes the request, and the
+# X-Forwarded-* headers are rewritten by the proxy anyway (naming them must not strip the
+# client address the proxy adds).
+_PROTECTED = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+
+
+class HttpError(Exception):
+    """A message the proxy refuses; ``status`` is the response to send before closing."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SourceError(Exception):
+    """Reading a body failed: the peer closed early, reset, timed out or sent bad framing."""
+
+
+class SinkError(Exception):
+    """Writing a body to the other side failed (peer gone or not reading)."""
+
+
+class Framing(Enum):
+    NONE = "none"
+    LENGTH = "length"
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until-close"  # responses only: body ends when the server closes
+
+
+@dataclass(slots=True)
+class Head:
+    """One parsed request or response head."""
+
+    start: tuple[str, str, str]  # (method, target, version) or (version, status, reason)
+    minor: int  # HTTP/1.<minor>
+    fields: list[tuple[str, str]]  # in order, original names
+    index: dict[str, list[str]] = field(default_factory=dict)  # lower-case name -> values
+
+    def get(self, name: str) -> str | None:
+        values = self.index.get(name)
+        return values[0] if values else None
+
+    def tokens(self, name: str) -> list[str]:
+        """Comma-separated list values of every field ``name``, lower-cased, empties dropped."""
+        out: list[str] = []
+        values = self.index.get(name)
+        if values is None:
+            return out
+        for value in values:
+            out.extend(t for t in (p.strip().lower() for p in value.split(",")) if t)
+        return out
+
+    def connection_tokens(self) -> set[str]:
+        return set(self.tokens("connection"))
+
+    def keep_alive(self) -> bool:
+        """Does the sender of this head want the connection kept open (RFC 9112 9.3)?"""
+        tokens = self.connection_tokens()
+        if "close" in tokens:
+            return False
+        return self.minor >= 1 or "keep-alive" in tokens
+
+
+def _explain(lines: list[str], error_status: int) -> HttpError:
+    """The precise error for a field block that failed validation (slow path only)."""
+    for line in lines:
+        if not line:
+            continue
+        if line[0] in " \t":
+            # obs-fold: deprecated and a classic way to make two parsers disagree.
+            return HttpError(error_status, "folded header line (obs-fold)")
+        if "\r" in line or "\n" in line:
+            return HttpError(error_status, "bare CR or LF in message head")
+        if _HEADER_LINE.fullmatch(line) is None:
+            return HttpError(error_status, f"malformed header line {line[:60]!r}")
+    return HttpError(error_status, "malformed message head")
+
+
+def _split(raw: bytes, start_line: re.Pattern[str], error_status: int, what: str) -> Head:
+    """Parse ``raw`` (a whole head ending in CRLF CRLF) with ``start_line`` for line one."""
+    text = raw.decode("latin-1")
+    first_end = text.find("\r\n")
+    match = start_line.fullmatch(text, 0, first_end) if first_end > 0 else None
+    if match is None:
+        raise HttpError(error_status, f"malformed {what} {text[: min(first_end, 80)]!r}")
+    # Everything after the start line, without the final empty line: zero or more fields.
+    # One C-level pass validates it all (controls, bare CR/LF, obs-fold, space before colon).
+    block = text[first_end + 2 : -2]
+    if not _FIELD_BLOCK.fullmatch(block):
+        raise _explain(block.split("\r\n"), error_status)
+    fields = _FIELD.findall(block)
+    index: dict[str, list[str]] = {}
+    for name, value in fields:
+        key = name.lower()
+        if key in index:
+            index[key].append(value)
+        else:
+            index[key] = [value]
+    return Head(match.groups(), 0, fields, index)
+
+
+def parse_request_head(raw: bytes) -> Head:
+    """Parse a request head ending in CRLF CRLF; raises :class:`HttpError` (400/505)."""
+    head = _split(raw.lstrip(b"\r\n"), _REQUEST_LINE, 400, "request line")
+    method, target, major, minor = head.start  # type: ignore[misc]
+    if major != "1":
+        raise HttpError(505, f"HTTP version {major}.{minor} not supported")
+    head.start = (method, target, f"HTTP/1.{minor}")
+    head.minor = int(minor)
+    return head
+
+
+def parse_response_head(raw: bytes) -> Head:
+    """Parse a response head ending in CRLF CRLF; raises :class:`HttpError` (502)."""
+    head = _split(raw, _STATUS_LINE, 502, "status line from the backend")
+    major, minor, status, reason = head.start  # type: ignore[misc]
+    if major != "1":
+        raise HttpError(502, f"backend answered HTTP/{major}.{minor}")
+    head.start = (f"HTTP/1.{minor}", status, reason or "")
+    head.minor = int(minor)
+    return head
+
+
+def content_length(head: Head, error_status: int) -> int | None:
+    """The single Content-Length of ``head``; differing or non-digit values are an error."""
+    values = head.index.get("content-length")
+    if values is None:
+        return None
+    if len(values) == 1 and values[0].isdigit() and values[0].isascii() and len(values[0]) < 19:
+        return int(values[0])  # the usual case
+    seen = {part.strip() for value in values for part in value.split(",")}
+    if len(seen) != 1:
+        raise HttpError(error_status, "conflicting Content-Length values")
+    text = seen.pop()
+    # int() would accept "+5", " 5", "5_0" and unicode digits: only ASCII digits are valid.
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise HttpError(error_status, f"invalid Content-Length {text[:20]!r}")
+    return int(text)
+
+
+def request_framing(head: Head) -> tuple[Framing, int]:
+    """How the request body is delimited; rejects ambiguous framing (RFC 9112 6.1-6.3)."""
+    codings = head.tokens("transfer-encoding")
+    if "transfer-encoding" in head.index:
+        if "content-length" in head.index:
+            raise HttpError(400, "both Transfer-Encoding and Content-Length")
+        if head.minor == 0:
+            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if not codings:
+            raise HttpError(400, "empty Transfer-Encoding")
+        if codings != ["chunked"]:
+            if codings[-1] != "chunked" or codings.count("chunked") > 1:
+                raise HttpError(400, "chunked is not the final transfer coding")
+            raise HttpError(501, f"transfer coding {codings[0]!r} not implemented")
+        return Framing.CHUNKED, 0
+    length = content_length(head, 400)
+    if length:
+        return Framing.LENGTH, length
+    return Framing.NONE, 0
+
+
+def response_framing(head: Head, request_method: str) -> tuple[Framing, int, bool]:
+    """Body framing of a response and whether its connection can be reused afterwards."""
+    status = int(head.start[1])
+    reusable = head.keep_alive()
+    if request_method == "HEAD" or status in (204, 304) or status < 200:
+        return Framing.NONE, 0, reusable
+    if "transfer-encoding" in head.index:
+        codings = head.tokens("transfer-encoding")
+        # With both headers the message is suspect: use the chunking, never reuse the socket.
+        reusable = reusable and "content-length" not in head.index
+        if codings and codings[-1] == "chunked":
+            return Framing.CHUNKED, 0, reusable
+        return Framing.UNTIL_CLOSE, 0, False
+    length = content_length(head, 502)
+    if length is None:
+        return Framing.UNTIL_CLOSE, 0, False
+    return Framing.LENGTH, length, reusable
+
+
+def forwarded_fields(head: Head, extra_drop: frozenset[str] = frozenset()) -> list[str]:
+    """``Name: value\\r\\n`` lines of ``head`` minus hop-by-hop fields and those in Connection."""
+    drop = HOP_BY_HOP | extra_drop
+    named = head.connection_tokens() - _PROTECTED
+    out = []
+    for name, value in head.fields:
+        lower = name.lower()
+        if lower in drop or lower in named or lower.startswith("proxy-"):
+            continue
+        out.append(f"{name}: {value}\r\n")
+    return out
+
+
+class BufferedSocket:
+    """A socket plus the bytes read from it but not consumed yet."""
+
+    __slots__ = ("buf", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def fill(self) -> bool:
+        """Read what is available (blocking up to the socket timeout); False on EOF."""
+        data = self.sock.recv(RECV_SIZE)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def read_head(self, limit: int, *, too_big: int) -> bytes | None:
+        """Bytes of the next head including CRLF CRLF; None on EOF before any byte.
+
+        Raises HttpError(``too_big``) past ``limit`` bytes and SourceError on EOF mid-head.
+        """
+        start = 0
+        while True:
+            end = self.buf.find(b"\r\n\r\n", start)
+            if end >= 0:
+                if end + 4 > limit:
+                    raise HttpError(too_big, f"message head larger than {limit} bytes")
+                head = bytes(self.buf[: end + 4])
+                del self.buf[: end + 4]
+                return head
+            if len(self.buf) > limit:
+                raise HttpError(too_big, f"message head larger than {limit} bytes")
+            start = max(0, len(self.buf) - 3)
+            had = bool(self.buf)
+            if not self.fill():
+                if had:
+                    raise SourceError("connection closed in the middle of a message head")
+                return None
+
+    def read_line(self, limit: int) -> bytes:
+        """One CRLF-terminated line without the CRLF (chunk sizes, trailers)."""
+        start = 0
+        while True:
+            end = self.buf.find(b"\r\n", start)
+            if end >= 0:
+                line = bytes(self.buf[:end])
+                del self.buf[: end + 2]
+                return line
+            if len(self.buf) > limit:
+                raise SourceError(f"line longer than {limit} bytes in chunked body")
+            start = max(0, len(self.buf) - 1)
+            if not self.fill():
+                raise SourceError("connection closed inside a chunked body")
+
+
+Write = Callable[[bytes], None]
+
+
+def _fill_or_fail(src: BufferedSocket, what: str) -> None:
+    try:
+        ok = src.fill()
+    except OSError as exc:
+        raise SourceError(f"reading {what}: {exc}") from exc
+    if not ok:
+        raise SourceError(f"connection closed before the end of {what}")
+
+
+def _write(write: Write, data: bytes | bytearray | memoryview) -> None:
+    try:
+        write(data)
+    except OSError as exc:
+        raise SinkError(str(exc)) from exc
+
+
+def copy_length(src: BufferedSocket, length: int, write: Write) -> None:
+    """Copy exactly ``length`` body bytes from ``src``."""
+    remaining = length
+    if src.buf:
+        take = min(remaining, len(src.buf))
+        data = bytes(src.buf[:take])
+        del src.buf[:take]
+        remaining -= take
+        _write(write, data)
+    if not remaining:
+        return
+    # Straight from the socket into one scratch buffer: no bytes object per read.
+    view = memoryview(bytearray(min(remaining, COPY_SIZE)))
+    while remaining:
+        try:
+            n = src.sock.recv_into(view[: min(remaining, len(view))])
+        except OSError as exc:
+            raise SourceError(f"reading a body: {exc}") from exc
+        if not n:
+            raise SourceError("connection closed before the end of the body")
+        remaining -= n
+        _write(write, view[:n])
+
+
+def copy_until_close(src: BufferedSocket, write: Write) -> None:
+    """Copy everything until the peer closes (responses without a length)."""
+    while True:
+        if src.buf:
+            data = bytes(src.buf)
+            src.buf.clear()
+            _write(write, data)
+        try:
+            if not src.fill():
+                return
+        except OSError as exc:
+            raise SourceError(f"reading a close-delimited body: {exc}") from exc
+
+
+def copy_chunked(src: BufferedSocket, write_data: Write, max_trailer_bytes: int) -> list[str]:
+    """Decode a chunked body from ``src``, passing chunk data on; returns the trailer lines.
+
+    The caller re-frames (or not) what it writes, so a malformed chunk stream never reaches
+    the other side verbatim.
+    """
+    while True:
+        try:
+            line = src.read_line(MAX_CHUNK_LINE)
+        except OSError as exc:
+            raise SourceError(f"reading a chunked body: {exc}") from exc
+        size_text = line.split(b";", 1)[0].strip(b" \t").decode("latin-1")
+        if not _HEX.fullmatch(size_text):
+            raise SourceError(f"invalid chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
+        if size == 0:
+            break
+        copy_length(src, size, write_data)
+        while len(src.buf) < 2:
+            _fill_or_fail(src, "a chunk")
+        if src.buf[:2] != b"\r\n":
+            raise SourceError("chunk data not followed by CRLF")
+        del src.buf[:2]
+    trailers: list[str] = []
+    total = 0
+    while True:
+        try:
+            line = src.read_line(max_trailer_bytes)
+        except OSError as exc:
+            raise SourceError(f"reading chunked trailers: {exc}") from exc
+        if not line:
+            return trailers
+        total += len(line) + 2
+        text = line.decode("latin-1")
+        if total > max_trailer_bytes or text[0] in " \t" or not _HEADER_LINE.fullmatch(text):
+            raise SourceError("malformed or oversized trailer section")
+        trailers.append(text)
+
+
+def chunk(data: bytes | bytearray | memoryview) -> bytes:
+    """One chunk in chunked transfer coding."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: list[str]) -> bytes:
+    """The terminating zero chunk, with trailer fields minus hop-by-hop and framing ones."""
+    kept = [t for t in trailers if t.split(":", 1)[0].strip().lower() not in HOP_BY_HOP]
+    return ("0\r\n" + "".join(f"{t}\r\n" for t in kept) + "\r\n").encode("latin-1")
