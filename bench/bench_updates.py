@@ -1,0 +1,237 @@
+"""Benchmark the app as a whole: failed requests across update/rollback cycles, time from
+"release visible" to "traffic on the new version" (minus the child's own start-up), and the
+idle CPU and memory of a running app. Prints a table; not a test.
+
+    python bench/bench_updates.py [--cycles 20] [--clients 8] [--idle-seconds 10]
+
+The app runs as a real headless process against a real local release feed; the load comes
+from keep-alive client threads in this process (or wrk when installed, for the cycles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from trayupdater.children import free_port
+from trayupdater.control import ControlClient
+from trayupdater.demo import DEMO_REPO, publish_version
+from trayupdater.feed import ReleaseFeed
+from trayupdater.status import Command
+
+
+class Load:
+    """Keep-alive GET /version loops; counts every non-200 or connection error."""
+
+    def __init__(self, port: int, clients: int) -> None:
+        self.port = port
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        self.first_seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def start(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self.stop.is_set():
+            try:
+                conn.request("GET", "/version")
+                response = conn.getresponse()
+                body = response.read().decode()
+                good = response.status == 200
+            except (OSError, http.client.HTTPException) as exc:
+                good, body = False, repr(exc)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            now = time.monotonic()
+            with self._lock:
+                if good:
+                    self.ok += 1
+                    self.first_seen.setdefault(body, now)
+                else:
+                    self.failed += 1
+                    if len(self.errors) < 5:
+                        self.errors.append(body)
+        conn.close()
+
+
+def start_app(
+    feed: ReleaseFeed, data: Path, port: int
+) -> tuple[subprocess.Popen[bytes], list[str]]:
+    (data.parent / "none.toml").write_text("")
+    args = [
+        "--api-url",
+        feed.url,
+        "--repo",
+        DEMO_REPO,
+        "--data-dir",
+        str(data),
+        "--port",
+        str(port),
+        "--config",
+        str(data.parent / "none.toml"),
+    ]
+    env = {
+        **os.environ,
+        "TRAYUPDATER_PROBATION_SECONDS": "0",
+        "TRAYUPDATER_CHECK_INTERVAL": "3600",
+        "TRAYUPDATER_KEEP_VERSIONS": "100",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trayupdater", *args, "run", "--headless"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, args
+
+
+def wait_client(data: Path, timeout: float = 30) -> ControlClient:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        client = ControlClient.find(data)
+        if client and client.status().get("phase") == "running":
+            return client
+        time.sleep(0.1)
+    raise SystemExit("app did not start")
+
+
+def child_start_ms(data: Path, version: str) -> float | None:
+    log = (data / "logs" / "trayupdater.log").read_text()
+    found = re.findall(rf"{re.escape(version)} healthy (\d+) ms after start", log)
+    return float(found[-1]) if found else None
+
+
+def bench_cycles(cycles: int, clients: int) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="bench-updates-"))
+    port = free_port()
+    with ReleaseFeed() as feed:
+        publish_version(feed, "1.0.0")
+        proc, _ = start_app(feed, work / "data", port)
+        try:
+            client = wait_client(work / "data")
+            load = Load(port, clients).start()
+            switch_ms: list[float] = []
+            for n in range(1, cycles + 1):
+                version = f"1.0.{n}"
+                publish_version(feed, version)
+                published = time.monotonic()
+                client.command(Command.CHECK)  # "release visible": ask at once, not at next poll
+                while version not in load.first_seen and time.monotonic() - published < 30:
+                    time.sleep(0.001)
+                start_ms = child_start_ms(work / "data", version) or 0.0
+                if version in load.first_seen:
+                    total_ms = (load.first_seen[version] - published) * 1000
+                    switch_ms.append(total_ms - start_ms)
+                client.command(Command.ROLLBACK)
+                client.command(Command.RESUME)
+            time.sleep(0.3)
+            load.finish()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    shutil.rmtree(work, ignore_errors=True)
+    switch_ms.sort()
+    return {
+        "cycles": cycles,
+        "requests": load.ok + load.failed,
+        "failed": load.failed,
+        "errors": load.errors,
+        "visible_to_traffic_ms_p50": switch_ms[len(switch_ms) // 2] if switch_ms else None,
+        "visible_to_traffic_ms_max": switch_ms[-1] if switch_ms else None,
+    }
+
+
+def bench_idle(seconds: float) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="bench-idle-"))
+    port = free_port()
+    with ReleaseFeed() as feed:
+        publish_version(feed, "1.0.0")
+        proc, _ = start_app(feed, work / "data", port)
+        try:
+            wait_client(work / "data")
+            time.sleep(1.0)  # let start-up work finish
+            ticks = os.sysconf("SC_CLK_TCK")
+            before = _cpu_ticks(proc.pid)
+            time.sleep(seconds)
+            after = _cpu_ticks(proc.pid)
+            rss_kib = _rss_kib(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "idle_cpu_percent_of_core": 100.0 * (after - before) / ticks / seconds,
+        "rss_mib": rss_kib / 1024,
+    }
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    cycles = bench_cycles(args.cycles, args.clients)
+    idle = bench_idle(args.idle_seconds)
+    rows = [
+        ("update+rollback cycles under load", f"{cycles['cycles']}", ""),
+        ("requests during cycles", f"{cycles['requests']}", ""),
+        ("failed requests", f"{cycles['failed']}", "target 0"),
+        (
+            "release visible -> traffic, minus child start (p50)",
+            f"{cycles['visible_to_traffic_ms_p50']:.0f} ms",
+            "includes check + download + verify",
+        ),
+        ("  same, worst", f"{cycles['visible_to_traffic_ms_max']:.0f} ms", ""),
+        (
+            "idle CPU of the app",
+            f"{idle['idle_cpu_percent_of_core']:.2f} % of a core",
+            "target < 1 %",
+        ),
+        ("app memory (RSS)", f"{idle['rss_mib']:.1f} MiB", ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>18}  {note}")
+    if cycles["errors"]:
+        print("first errors:", cycles["errors"])
+
+
+if __name__ == "__main__":
+    main()

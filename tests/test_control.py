@@ -1,0 +1,98 @@
+"""The loopback control endpoint and the Prometheus metrics it serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from test_runtime import make_config, running, wait_for
+
+from trayupdater.app import App
+from trayupdater.control import CONTROL_FILE, ControlClient
+from trayupdater.demo import publish_version
+from trayupdater.feed import ReleaseFeed
+from trayupdater.status import Command
+
+
+@pytest.fixture
+def app(feed: ReleaseFeed, tmp_path: Path) -> Iterator[App]:
+    publish_version(feed, "1.0.0")
+    application = App(make_config(feed, tmp_path / "data"))
+    application.start()
+    wait_for(running(application, "1.0.0"))
+    yield application
+    application.stop()
+
+
+def test_token_file_is_private_and_required(app: App) -> None:
+    path = app.config.data_dir / CONTROL_FILE
+    if os.name == "posix":
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    info = json.loads(path.read_text())
+    base = f"http://127.0.0.1:{info['port']}"
+    assert requests.get(f"{base}/status", timeout=5).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert requests.post(f"{base}/rollback", headers=wrong, timeout=5).status_code == 401
+    good = {"Authorization": f"Bearer {info['token']}"}
+    status = requests.get(f"{base}/status", headers=good, timeout=5).json()
+    assert status["active"] == "1.0.0"
+    assert status["headline"] == "simple-server 1.0.0 — running"
+
+
+def test_control_binds_loopback_only(app: App) -> None:
+    assert app.control._server.server_address[0] == "127.0.0.1"
+    assert app.proxy.address[0] == "127.0.0.1"
+
+
+def test_client_finds_the_app_and_the_file_goes_with_it(app: App) -> None:
+    client = ControlClient.find(app.config.data_dir)
+    assert client is not None and client.pid == os.getpid()
+    assert client.command(Command.CHECK)["message"].startswith("Up to date")
+    app.stop()
+    assert not (app.config.data_dir / CONTROL_FILE).exists()
+    assert ControlClient.find(app.config.data_dir) is None
+
+
+def test_stale_control_file_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / CONTROL_FILE).write_text('{"port": 9, "token": "x", "pid": 1}')
+    assert ControlClient.find(tmp_path) is None
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_count_what_happened(app: App, feed: ReleaseFeed) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection(*app.proxy.address, timeout=5)
+    for _ in range(5):
+        conn.request("GET", "/version")
+        conn.getresponse().read()
+    publish_version(feed, "1.1.0")
+    app.updater.request(Command.CHECK)
+    time.sleep(1.2)  # probation
+    app.updater.request(Command.ROLLBACK)
+    feed.inject("500", "/releases", times=5)
+    app.updater.request(Command.CHECK)
+
+    url = f"http://127.0.0.1:{app.control.port}/metrics"
+    text = requests.get(url, timeout=5).text  # open on loopback: no token needed to scrape
+    assert metric(text, 'trayupdater_proxy_requests_total{code="200"}') >= 5
+    assert metric(text, "trayupdater_proxy_request_seconds_count") >= 5
+    assert metric(text, "trayupdater_updates_total") == 2  # first install and 1.1.0
+    assert metric(text, 'trayupdater_rollbacks_total{kind="manual"}') == 1
+    assert metric(text, 'trayupdater_failures_total{reason="source"}') == 1
+    assert metric(text, 'trayupdater_checks_total{outcome="updated"}') == 2
+    assert metric(text, "trayupdater_download_bytes_total") > 1000
+    assert 'trayupdater_active_info{version="1.0.0"}' in text

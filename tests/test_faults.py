@@ -1,0 +1,171 @@
+"""Fault injection with real processes: kill -9 at each step of an update, a full disk.
+
+After each fault: the old (or the new, whole) version serves, no corrupt file is ever
+executed, state.json is valid, and the status says what happened.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_headless import Instance, alive, wait_for
+from test_pipeline import _pad_archive
+
+from trayupdater.children import free_port
+from trayupdater.demo import DEMO_REPO, child_archive, publish_version
+from trayupdater.feed import ReleaseFeed
+from trayupdater.store import VersionStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name != "posix", reason="POSIX only")]
+
+# Log lines the app writes as an update goes through its steps, in order.
+STEPS = [
+    "installed 1.1.0 from",  # verified, extracted, committed to the store
+    "started simple-server 1.1.0",  # new child up, before the health check passes
+    "proxy switched to 1.1.0",  # traffic moved
+    "updated 1.0.0 -> 1.1.0",  # state.json says 1.1.0
+    "drained 1.0.0",  # old child about to stop
+]
+
+
+@pytest.fixture
+def instance(feed: ReleaseFeed, tmp_path: Path) -> Iterator[Instance]:
+    inst = Instance(feed, tmp_path / "data", free_port())
+    yield inst
+    if inst.proc and inst.proc.poll() is None:
+        inst.proc.kill()
+        inst.proc.wait()
+
+
+def log_text(data: Path) -> str:
+    try:
+        return (data / "logs" / "trayupdater.log").read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def assert_consistent(data: Path) -> None:
+    store = VersionStore(data)
+    state = store.load_state()
+    assert not list(data.glob("state.corrupt-*")), "state.json was corrupt"
+    for version in store.installed():
+        installed = store.get(version)
+        assert installed is not None
+        expected = child_archive(version)[0]
+        assert installed.asset == expected
+    if state.active:
+        assert store.get(state.active) is not None, "active version is not a whole install"
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_sigkill_at_each_update_step(feed: ReleaseFeed, instance: Instance, step: str) -> None:
+    publish_version(feed, "1.0.0")
+    proc = instance.start()
+    wait_for(lambda: instance.version() == "1.0.0", what="serving 1.0.0")
+    old_child = VersionStore(instance.data).load_state().child_pid
+    publish_version(feed, "1.1.0")
+    before = log_text(instance.data).count(step)
+    trigger = subprocess.Popen(
+        [sys.executable, "-m", "trayupdater", *instance.args, "check"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=instance.env,
+    )
+    wait_for(lambda: log_text(instance.data).count(step) > before, timeout=30, what=step)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    trigger.wait(timeout=30)
+    # No child may outlive the killed app: it would hold a port and never be stopped.
+    for pid in (old_child, VersionStore(instance.data).load_state().child_pid):
+        if pid:
+            wait_for(lambda pid=pid: not alive(pid), timeout=10, what=f"child {pid} gone")
+    assert_consistent(instance.data)
+
+    started = time.monotonic()
+    proc = instance.start()
+    wait_for(lambda: instance.version() in ("1.0.0", "1.1.0"), timeout=20, what="serving again")
+    restart_seconds = time.monotonic() - started
+    assert restart_seconds < 15
+    # The restarted app finishes the job: the update was not lost.
+    wait_for(lambda: instance.version() == "1.1.0", timeout=30, what="1.1.0 after restart")
+    assert_consistent(instance.data)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_sigkill_mid_download_resumes(feed: ReleaseFeed, instance: Instance) -> None:
+    publish_version(feed, "1.0.0")
+    proc = instance.start()
+    wait_for(lambda: instance.version() == "1.0.0", what="serving 1.0.0")
+    name, blob = child_archive("1.1.0")
+    feed.publish(DEMO_REPO, "v1.1.0", {name: _pad_archive(blob)})
+    feed.download_delay = 0.05
+    subprocess.Popen(
+        [sys.executable, "-m", "trayupdater", *instance.args, "check"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=instance.env,
+    )
+    part = instance.data / "downloads" / (name + ".part")
+    wait_for(lambda: part.exists() and part.stat().st_size > 300_000, what="half a download")
+    proc.kill()
+    proc.wait()
+    assert_consistent(instance.data)
+    assert VersionStore(instance.data).installed() == ["1.0.0"]
+    feed.download_delay = 0
+    ranges = feed.stats.range_requests
+    proc = instance.start()
+    wait_for(lambda: instance.version() == "1.1.0", timeout=30, what="1.1.0 after resume")
+    assert feed.stats.range_requests > ranges  # resumed, not started over
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a small tmpfs here ({exc}); needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_keeps_the_old_version_serving(
+    feed: ReleaseFeed, small_disk: Path, tmp_path: Path
+) -> None:
+    inst = Instance(feed, small_disk / "data", free_port())
+    try:
+        publish_version(feed, "1.0.0")
+        proc = inst.start()
+        wait_for(lambda: inst.version() == "1.0.0", what="serving 1.0.0")
+        name, blob = child_archive("1.2.0")
+        # 2 MB of incompressible padding twice does not fit in what is left of 3 MB.
+        feed.publish(DEMO_REPO, "v1.2.0", {name: _pad_archive(_pad_archive(blob))})
+        result = inst.cli("check")
+        assert result.returncode == 1
+        assert "cannot store" in result.stdout + result.stderr
+        assert "No space left" in result.stdout + result.stderr
+        assert inst.version() == "1.0.0"
+        status = inst.cli("status")
+        assert "cannot store" in status.stdout
+        assert_consistent(inst.data)
+        assert not list((inst.data / "downloads").iterdir())  # the space is given back
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if inst.proc and inst.proc.poll() is None:
+            inst.proc.kill()

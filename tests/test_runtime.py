@@ -1,0 +1,268 @@
+"""The running app end to end: real feed, real child processes, the real proxy on a real port."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from trayupdater.app import App
+from trayupdater.config import Config
+from trayupdater.demo import DEMO_REPO, publish_version
+from trayupdater.feed import ReleaseFeed
+from trayupdater.status import Command, Phase, Status
+
+
+def make_config(feed: ReleaseFeed, data: Path, **changes: object) -> Config:
+    base = Config(
+        repo=DEMO_REPO,
+        api_url=feed.url,
+        port=0,
+        data_dir=data,
+        check_interval=3600,
+        probation_seconds=1.0,
+        health_timeout=15,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+@pytest.fixture
+def app_factory(feed: ReleaseFeed, tmp_path: Path) -> Iterator[Callable[..., App]]:
+    apps: list[App] = []
+
+    def start(**changes: object) -> App:
+        app = App(make_config(feed, tmp_path / "data", **changes))
+        app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        app.stop()
+
+
+def get(app: App, path: str = "/version") -> tuple[int, str, dict[str, str]]:
+    host, port = app.proxy.address
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read().decode()
+    conn.close()
+    return response.status, body, dict(response.getheaders())
+
+
+def running(app: App, version: str) -> Callable[[], bool]:
+    def check() -> bool:
+        status = app.updater.status()
+        return status.phase is Phase.RUNNING and status.active == version
+
+    return check
+
+
+class Load:
+    """Keep-alive clients hammering the proxy; every failure is recorded."""
+
+    def __init__(self, app: App, clients: int = 4) -> None:
+        self.address = app.proxy.address
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.seen: dict[str, int] = {}
+        self.count = 0
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection(*self.address, timeout=10)
+        while not self.stop.is_set():
+            try:
+                conn.request("GET", "/version")
+                response = conn.getresponse()
+                body = response.read().decode()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException) as exc:
+                ok, body = False, repr(exc)
+                conn.close()
+                conn = http.client.HTTPConnection(*self.address, timeout=10)
+            with self._lock:
+                self.count += 1
+                if ok:
+                    self.seen[body] = self.seen.get(body, 0) + 1
+                else:
+                    self.failures.append(body)
+        conn.close()
+
+
+def test_first_start_installs_and_serves(
+    feed: ReleaseFeed, app_factory: Callable[..., App]
+) -> None:
+    publish_version(feed, "1.0.0")
+    app = app_factory()
+    wait_for(running(app, "1.0.0"), what="1.0.0 running")
+    assert get(app)[:2] == (200, "1.0.0")
+
+
+def test_update_and_rollback_under_load_drop_nothing(
+    feed: ReleaseFeed, app_factory: Callable[..., App]
+) -> None:
+    publish_version(feed, "1.0.0")
+    app = app_factory()
+    wait_for(running(app, "1.0.0"))
+    with Load(app) as load:
+        time.sleep(0.3)
+        publish_version(feed, "1.1.0")
+        status = app.updater.request(Command.CHECK)
+        assert status.active == "1.1.0", status
+        assert status.message == "Updated to 1.1.0"
+        assert status.previous == "1.0.0"
+        time.sleep(1.5)  # past probation
+        status = app.updater.request(Command.ROLLBACK)
+        assert status.active == "1.0.0" and "1.1.0" in status.blocked
+        status = app.updater.request(Command.CHECK)
+        assert status.active == "1.0.0"  # the rolled-back version is not re-installed
+        publish_version(feed, "1.2.0")
+        status = app.updater.request(Command.CHECK)
+        assert status.active == "1.2.0"  # a newer release lifts the block
+        time.sleep(0.3)
+    assert load.failures == []
+    assert set(load.seen) == {"1.0.0", "1.1.0", "1.2.0"}
+    assert load.count > 100
+
+
+def test_crashing_new_version_is_rolled_back_and_blocked(
+    feed: ReleaseFeed, app_factory: Callable[..., App]
+) -> None:
+    publish_version(feed, "1.0.0")
+    app = app_factory(probation_seconds=6.0)
+    wait_for(running(app, "1.0.0"))
+    publish_version(feed, "1.1.0", behaviour={"CRASH_AFTER_SECONDS": 1.0})
+    assert app.updater.request(Command.CHECK).active == "1.1.0"
+    wait_for(running(app, "1.0.0"), what="automatic rollback")
+    status = app.updater.status()
+    assert "1.1.0" in status.blocked
+    assert status.message.startswith("Automatically rolled back to 1.0.0")
+    assert get(app)[:2] == (200, "1.0.0")
+    assert app.updater.request(Command.CHECK).active == "1.0.0"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "fragment"),
+    [({"CRASH_AT_START": True}, "exit"), ({"WRONG_VERSION": "9.9.9"}, "9.9.9")],
+)
+def test_bad_new_version_never_takes_traffic(
+    feed: ReleaseFeed, app_factory: Callable[..., App], behaviour: dict[str, object], fragment: str
+) -> None:
+    publish_version(feed, "1.0.0")
+    app = app_factory(health_timeout=3)
+    wait_for(running(app, "1.0.0"))
+    publish_version(feed, "1.1.0", behaviour=behaviour)
+    with Load(app, clients=2) as load:
+        status = app.updater.request(Command.CHECK)
+    assert status.active == "1.0.0" and status.phase is Phase.RUNNING
+    assert status.error and fragment in status.error and "1.1.0" in status.error
+    assert "1.1.0" in status.blocked
+    assert load.failures == [] and set(load.seen) == {"1.0.0"}
+
+
+def test_killed_child_is_restarted_and_proxy_says_503_meanwhile(
+    feed: ReleaseFeed, app_factory: Callable[..., App]
+) -> None:
+    import os
+    import signal
+
+    publish_version(feed, "1.0.0")
+    app = app_factory()
+    wait_for(running(app, "1.0.0"))
+    pid = app.store.load_state().child_pid
+    assert pid
+    statuses: list[Status] = []
+    app.updater.subscribe(statuses.append)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: any(s.phase is Phase.RESTARTING for s in statuses), what="restarting")
+    code, _, headers = get(app)
+    assert code in (200, 503)
+    if code == 503:
+        assert headers.get("Retry-After")
+    wait_for(running(app, "1.0.0"), what="restarted")
+    assert get(app)[:2] == (200, "1.0.0")
+    assert app.store.load_state().child_pid not in (None, pid)
+
+
+def test_errors_leave_the_old_version_serving(
+    feed: ReleaseFeed, app_factory: Callable[..., App]
+) -> None:
+    publish_version(feed, "1.0.0")
+    app = app_factory()
+    wait_for(running(app, "1.0.0"))
+    for fault in ("500", "html", "truncated", "ratelimit"):
+        feed.inject(fault, "/releases", times=5)
+        status = app.updater.request(Command.CHECK)
+        assert status.active == "1.0.0" and status.phase is Phase.RUNNING
+        assert status.error, fault
+        assert get(app)[:2] == (200, "1.0.0")
+        app.updater.pipeline.source.blocked_until = 0  # forget the rate limit for the next fault
+        feed._faults.clear()
+
+
+def test_second_instance_is_refused(
+    feed: ReleaseFeed, app_factory: Callable[..., App], tmp_path: Path
+) -> None:
+    from trayupdater.app import AlreadyRunningError
+
+    publish_version(feed, "1.0.0")
+    app_factory()
+    second = App(make_config(feed, tmp_path / "data"))
+    with pytest.raises(AlreadyRunningError):
+        second.start()
+
+
+def test_restart_falls_back_when_the_active_version_no_longer_starts(
+    feed: ReleaseFeed, tmp_path: Path
+) -> None:
+    publish_version(feed, "1.0.0")
+    config = make_config(feed, tmp_path / "data")
+    app = App(config)
+    app.start()
+    try:
+        wait_for(running(app, "1.0.0"))
+        publish_version(feed, "1.1.0")
+        assert app.updater.request(Command.CHECK).active == "1.1.0"
+        time.sleep(1.2)  # past probation
+    finally:
+        app.stop()
+    broken = app.store.get("1.1.0")
+    assert broken is not None
+    broken.executable.write_text("#!/bin/sh\necho 'damaged install' >&2\nexit 1\n")
+
+    again = App(config, check_on_start=False)  # no update check: this tests the boot alone
+    again.start()
+    try:
+        wait_for(running(again, "1.0.0"), what="fallback to 1.0.0")
+        status = again.updater.status()
+        assert "1.1.0" in status.blocked
+        assert get(again)[:2] == (200, "1.0.0")
+    finally:
+        again.stop()
