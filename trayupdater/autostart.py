@@ -1,0 +1,325 @@
+"""Start at login: an XDG autostart entry, a macOS LaunchAgent or a Windows Run key value.
+
+``Autostart`` picks the mechanism for the platform; every mechanism keeps its state only in
+the place the OS itself reads at login, so ``is_enabled`` always tells the truth, also
+after the user changed it elsewhere (deleted the file, Task Manager's Startup tab, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import re
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from xml.parsers.expat import ExpatError
+
+from trayupdater.errors import TrayUpdaterError
+
+RUN_KEY = r"Software\Microsoft\Windows\CurrentVersion\Run"
+# Where Task Manager's Startup tab records "disabled" without touching the Run value.
+STARTUP_APPROVED_KEY = r"Software\Microsoft\Windows\CurrentVersion\Explorer\StartupApproved\Run"
+
+
+class AutostartError(TrayUpdaterError):
+    reason = "autostart"
+
+
+class _Backend(Protocol):
+    def is_enabled(self) -> bool: ...
+    def enable(self) -> None: ...
+    def disable(self) -> None: ...
+    def location(self) -> str: ...
+
+
+class Autostart:
+    """Start ``command`` at login, with the mechanism of ``platform``."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        app_id: str = "trayupdater",
+        platform: str = sys.platform,
+        home: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        winreg_module: Any = None,
+        name: str = "trayupdater",
+        icon: str | None = None,
+    ) -> None:
+        command = list(command)
+        if not command or not all(isinstance(arg, str) and arg for arg in command):
+            raise AutostartError(f"autostart command must be non-empty strings, got {command!r}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", app_id):
+            raise AutostartError(f"autostart app_id must be a simple file name, got {app_id!r}")
+        self.command = command
+        home = home if home is not None else Path.home()
+        env = os.environ if env is None else env
+        self._impl: _Backend
+        if platform.startswith("linux") or "bsd" in platform:
+            self._impl = _XdgAutostart(command, app_id, home, env, name, icon or app_id)
+        elif platform == "darwin":
+            self._impl = _LaunchAgent(command, f"io.{app_id}.app", home)
+        elif platform == "win32":
+            self._impl = _RunKey(command, app_id, winreg_module)
+        else:
+            raise AutostartError(f"start at login is not supported on {platform!r}")
+
+    def is_enabled(self) -> bool:
+        return self._impl.is_enabled()
+
+    def enable(self) -> None:
+        try:
+            self._impl.enable()
+        except OSError as exc:
+            raise AutostartError(
+                f"cannot turn on start at login ({self.location()}): {exc.strerror or exc}"
+            ) from None
+
+    def disable(self) -> None:
+        try:
+            self._impl.disable()
+        except OSError as exc:
+            raise AutostartError(
+                f"cannot turn off start at login ({self.location()}): {exc.strerror or exc}"
+            ) from None
+
+    def location(self) -> str:
+        """Where the setting lives (a file path or a registry value), for messages."""
+        return self._impl.location()
+
+
+def launch_command() -> list[str]:
+    """How the OS should start this app at login.
+
+    A frozen build (PyInstaller) is its own executable; inside a macOS .app bundle that is
+    ``X.app/Contents/MacOS/X``, which ``sys.executable`` already names. From source it is
+    the current interpreter with ``-m trayupdater`` (whose default command is ``run``).
+    """
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    python = Path(sys.executable)
+    if sys.platform == "win32" and python.name.lower() == "python.exe":
+        # pythonw has no console: a login item must not pop up a terminal window.
+        windowless = python.with_name("pythonw.exe")
+        if windowless.exists():
+            python = windowless
+    return [os.fspath(python), "-m", "trayupdater"]
+
+
+# --- Linux and other XDG desktops ---
+
+# Characters that force quoting in an Exec value (Desktop Entry spec, "The Exec key").
+_EXEC_RESERVED = set(" \t\n\"'\\><~|&;$*?#()`")
+
+
+def desktop_exec(command: Sequence[str]) -> str:
+    """``command`` as a desktop-entry ``Exec`` value, escaped for the .desktop file.
+
+    Two layers apply: the Exec quoting rules (double quotes; backslash before ``"`` `` ` ``
+    ``$`` ``\\``; ``%`` doubled because it starts field codes) and then the general string
+    escaping of the file, which doubles every backslash again.
+    """
+    words = []
+    for arg in command:
+        if "\n" in arg or "\r" in arg:
+            raise AutostartError(f"autostart command argument contains a line break: {arg!r}")
+        word = arg.replace("%", "%%")
+        if any(ch in _EXEC_RESERVED for ch in arg) or not arg:
+            word = '"' + re.sub(r'(["`$\\])', r"\\\1", word) + '"'
+        words.append(word)
+    return " ".join(words).replace("\\", "\\\\")
+
+
+def _desktop_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+
+
+class _XdgAutostart:
+    def __init__(
+        self,
+        command: list[str],
+        app_id: str,
+        home: Path,
+        env: Mapping[str, str],
+        name: str,
+        icon: str,
+    ) -> None:
+        config_home = env.get("XDG_CONFIG_HOME", "")
+        # The spec says a relative XDG_CONFIG_HOME is invalid and must be ignored.
+        base = Path(config_home) if os.path.isabs(config_home) else home / ".config"
+        self.path = base / "autostart" / f"{app_id}.desktop"
+        self.command = command
+        self.name = name
+        self.icon = icon
+
+    def location(self) -> str:
+        return os.fspath(self.path)
+
+    def is_enabled(self) -> bool:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except (OSError, UnicodeDecodeError):
+            return False  # unreadable: the session manager cannot use it either
+        entry = _desktop_entry_group(text)
+        if entry.get("Hidden", "false").strip().lower() == "true":
+            return False
+        return entry.get("X-GNOME-Autostart-enabled", "true").strip().lower() != "false"
+
+    def enable(self) -> None:
+        text = "\n".join(
+            [
+                "[Desktop Entry]",
+                "Type=Application",
+                f"Name={_desktop_string(self.name)}",
+                "Comment=Keeps a server program running and up to date",
+                f"Exec={desktop_exec(self.command)}",
+                f"Icon={_desktop_string(self.icon)}",
+                "Terminal=false",
+                "X-GNOME-Autostart-enabled=true",
+                "",
+            ]
+        )
+        _write_atomically(self.path, text.encode("utf-8"))
+
+    def disable(self) -> None:
+        # Removing beats Hidden=true here: no system-wide entry of ours exists to shadow.
+        self.path.unlink(missing_ok=True)
+
+
+def _desktop_entry_group(text: str) -> dict[str, str]:
+    """Keys of the ``[Desktop Entry]`` group (later groups, comments and locales ignored)."""
+    values: dict[str, str] = {}
+    in_entry = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            in_entry = line == "[Desktop Entry]"
+            continue
+        if in_entry and "=" in line:
+            key, _, value = line.partition("=")
+            values.setdefault(key.strip(), value.strip())
+    return values
+
+
+# --- macOS ---
+
+
+class _LaunchAgent:
+    def __init__(self, command: list[str], label: str, home: Path) -> None:
+        self.path = home / "Library" / "LaunchAgents" / f"{label}.plist"
+        self.command = command
+        self.label = label
+
+    def location(self) -> str:
+        return os.fspath(self.path)
+
+    def is_enabled(self) -> bool:
+        try:
+            with self.path.open("rb") as fh:
+                data = plistlib.load(fh)
+        except FileNotFoundError:
+            return False
+        except (OSError, plistlib.InvalidFileException, ValueError, ExpatError):
+            return False  # launchd would reject it too
+        return (
+            isinstance(data, dict)
+            and data.get("RunAtLoad") is True
+            and data.get("Disabled") is not True
+        )
+
+    def enable(self) -> None:
+        agent = {
+            "Label": self.label,
+            "ProgramArguments": self.command,
+            "RunAtLoad": True,
+            # A GUI app: no background throttling, and only in the user's graphical session.
+            "ProcessType": "Interactive",
+            "LimitLoadToSessionType": "Aqua",
+        }
+        _write_atomically(self.path, plistlib.dumps(agent, fmt=plistlib.FMT_XML))
+
+    def disable(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+# --- Windows ---
+
+
+class _RunKey:
+    def __init__(self, command: list[str], value_name: str, winreg_module: Any) -> None:
+        if winreg_module is None:
+            try:
+                import winreg as winreg_module  # only exists on Windows
+            except ImportError:
+                raise AutostartError("the winreg module is only available on Windows") from None
+        self.winreg = winreg_module
+        self.value_name = value_name
+        self.command_line = subprocess.list2cmdline(command)
+
+    def location(self) -> str:
+        return rf"HKEY_CURRENT_USER\{RUN_KEY}\{self.value_name}"
+
+    def _query(self, subkey: str) -> Any:
+        reg = self.winreg
+        try:
+            key = reg.OpenKey(reg.HKEY_CURRENT_USER, subkey, 0, reg.KEY_QUERY_VALUE)
+        except FileNotFoundError:
+            return None
+        try:
+            return reg.QueryValueEx(key, self.value_name)[0]
+        except FileNotFoundError:
+            return None
+        finally:
+            reg.CloseKey(key)
+
+    def is_enabled(self) -> bool:
+        if not self._query(RUN_KEY):
+            return False
+        approved = self._query(STARTUP_APPROVED_KEY)
+        # Task Manager writes 12 bytes; an odd first byte (0x03, 0x07) means "disabled".
+        return not (isinstance(approved, bytes) and approved and approved[0] & 1)
+
+    def enable(self) -> None:
+        reg = self.winreg
+        key = reg.CreateKeyEx(reg.HKEY_CURRENT_USER, RUN_KEY, 0, reg.KEY_SET_VALUE)
+        try:
+            reg.SetValueEx(key, self.value_name, 0, reg.REG_SZ, self.command_line)
+        finally:
+            reg.CloseKey(key)
+        # Undo a "Disabled" from Task Manager, or our value would stay ignored.
+        self._delete(STARTUP_APPROVED_KEY)
+
+    def disable(self) -> None:
+        self._delete(RUN_KEY)
+
+    def _delete(self, subkey: str) -> None:
+        reg = self.winreg
+        try:
+            key = reg.OpenKey(reg.HKEY_CURRENT_USER, subkey, 0, reg.KEY_SET_VALUE)
+        except FileNotFoundError:
+            return
+        try:
+            reg.DeleteValue(key, self.value_name)
+        except FileNotFoundError:
+            pass
+        finally:
+            reg.CloseKey(key)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` in one step: a session starting now sees the old or the new entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
