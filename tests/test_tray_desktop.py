@@ -460,3 +460,79 @@ def test_no_tray_host_means_no_tray(make_desktop, tmp_path: Path) -> None:
     tray = Tray(desktop, tmp_path, "--host-timeout", "1")
     assert tray.proc.wait(TIMEOUT) == 3
     assert "no system tray host found" in tray.log.read_text()
+
+
+def test_real_app_updates_and_rolls_back_from_the_real_tray(
+    desktop: Desktop, tmp_path: Path
+) -> None:
+    """The shipped `trayupdater run` (no harness): a local release feed, real child
+    processes, the proxy on a real port; Check for updates, Roll back and Quit are chosen
+    in the native tray menu and their effects are read from the proxy."""
+    import http.client
+
+    from trayupdater.children import free_port
+    from trayupdater.demo import DEMO_REPO, publish_version
+    from trayupdater.feed import ReleaseFeed
+
+    def served() -> str | None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/version")
+            response = conn.getresponse()
+            return response.read().decode() if response.status == 200 else None
+        except OSError:
+            return None
+
+    port = free_port()
+    (tmp_path / "none.toml").write_text("")
+    data = tmp_path / "data"
+    desktop.env.update(TRAYUPDATER_PROBATION_SECONDS="0.5", TRAYUPDATER_CHECK_INTERVAL="3600")
+    with ReleaseFeed() as feed:
+        publish_version(feed, "1.0.0")
+        args = [
+            sys.executable,
+            "-m",
+            "trayupdater",
+            "--api-url",
+            feed.url,
+            "--repo",
+            DEMO_REPO,
+            "--data-dir",
+            str(data),
+            "--port",
+            str(port),
+            "--config",
+            str(tmp_path / "none.toml"),
+        ]
+        app = desktop._spawn("app", [*args, "run"], cwd=REPO)
+        icon = wait_for("the tray icon window", lambda: desktop.find_window(CLASS))
+        wait_for("1.0.0 served", lambda: served() == "1.0.0")
+        wait_for("the green icon", lambda: near(desktop.window_colour(icon), RUNNING_GREEN))
+        # First run enables start at login (the default), in the test's XDG_CONFIG_HOME.
+        assert (tmp_path / "config" / "autostart" / "trayupdater.desktop").is_file()
+
+        # A second launch does not start a second app: it asks the first to check.
+        second = subprocess.run(
+            [*args, "run"], env=desktop.env, capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 0 and "already running" in second.stderr
+
+        publish_version(feed, "1.1.0")
+        desktop.choose(icon, "Down", "Down")  # Open, Check for updates
+        wait_for("1.1.0 served", lambda: served() == "1.1.0")
+        wait_for("the update notification", lambda: desktop.notified("Updated to 1.1.0"))
+        desktop.open_menu(icon)
+        desktop.screenshot("real-app-menu-1.1.0")
+        time.sleep(0.6)  # probation over, so Roll back is a plain manual rollback
+        desktop.xdotool("key", "--delay", "60", "Down", "Down", "Down", "Return")
+        wait_for("1.0.0 served again", lambda: served() == "1.0.0")
+        wait_for("the rollback notification", lambda: desktop.notified("Rolled back to 1.0.0"))
+        desktop.screenshot("real-app-rolled-back")
+
+        desktop.choose(desktop.find_window(CLASS) or icon, "Up")  # Quit
+        assert app.wait(TIMEOUT) == 0
+        assert served() is None  # proxy closed with the app
+        from trayupdater.store import VersionStore
+
+        state = VersionStore(data).load_state()
+        assert state.active == "1.0.0" and "1.1.0" in state.blocked and state.child_pid is None

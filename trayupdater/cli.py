@@ -213,6 +213,16 @@ def _run_app(
 ) -> int:
     from trayupdater.app import AlreadyRunningError, App
 
+    # Single instance: a second launch asks the first to check for updates and exits.
+    # Checked before the tray is shown, so a second icon never appears, even briefly.
+    running = ControlClient.find(config.data_dir)
+    if running is not None:
+        running.command(Command.CHECK, wait=False)
+        print(
+            f"trayupdater is already running (pid {running.pid}); asked it to check for updates",
+            file=sys.stderr,
+        )
+        return 0
     app = App(config)
     use_tray = False
     if not headless:
@@ -221,39 +231,33 @@ def _run_app(
         use_tray, why = tray_available()
         if not use_tray:
             print(f"trayupdater: no system tray here ({why}); running headless", file=sys.stderr)
-    if use_tray:
-        # Checked before start(): a second launch must not fight the first for the port.
-        running = ControlClient.find(config.data_dir)
-        if running is not None:
-            raise AlreadyRunningError(running)
+    if duration:
+        threading.Timer(duration, app.quit).start()
     try:
-        if not use_tray:
-            if duration:
-                threading.Timer(duration, app.quit).start()
-            if on_started:
-                threading.Timer(0.5, on_started).start()
-            return app.run_headless()
-        return _run_tray(app, on_started, duration)
-    except AlreadyRunningError as exc:
+        if use_tray:
+            return _run_tray(app, on_started)
+        if on_started:
+            threading.Timer(0.5, on_started).start()
+        return app.run_headless()
+    except AlreadyRunningError as exc:  # lost a start-up race with another launch
         exc.client.command(Command.CHECK, wait=False)
         print(f"{exc}; asked it to check for updates", file=sys.stderr)
         return 0
 
 
-def _run_tray(app: Any, on_started: Callable[[], None] | None, duration: float) -> int:
+def _run_tray(app: Any, on_started: Callable[[], None] | None) -> int:
     from trayupdater.autostart import Autostart, launch_command
     from trayupdater.tray import TrayApp
 
     autostart = Autostart(launch_command())
-    if app.config.start_at_login and not autostart.is_enabled() and _first_run(app.config):
+    if app.config.start_at_login and _first_run(app.config) and not autostart.is_enabled():
         autostart.enable()
     tray = TrayApp(app.updater, autostart=autostart, logs_dir=app.config.logs_dir)
     app.start()
+    # Quit from anywhere (menu, `trayupdater quit`, logout) ends with the worker's "Stopped".
     app.updater.subscribe(lambda status: tray.stop() if status.message == "Stopped" else None)
     if on_started:
         on_started()
-    if duration:
-        threading.Timer(duration, app.quit).start()
     try:
         tray.run()
     finally:

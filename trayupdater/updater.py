@@ -120,8 +120,9 @@ class Updater:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop the children and the worker; safe after a QUIT already ended the worker."""
         if self._thread and self._thread.is_alive():
-            self.request(Command.QUIT, timeout)
+            self.send(Command.QUIT)  # a no-op if the worker is already on its way out
             self._thread.join(timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
