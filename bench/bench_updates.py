@@ -11,7 +11,6 @@ from keep-alive client threads in this process (or wrk when installed, for the c
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import re
 import shutil
@@ -19,62 +18,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import Load
 
 from trayupdater.children import free_port
 from trayupdater.control import ControlClient
 from trayupdater.demo import DEMO_REPO, publish_version
 from trayupdater.feed import ReleaseFeed
 from trayupdater.status import Command
-
-
-class Load:
-    """Keep-alive GET /version loops; counts every non-200 or connection error."""
-
-    def __init__(self, port: int, clients: int) -> None:
-        self.port = port
-        self.stop = threading.Event()
-        self.ok = 0
-        self.failed = 0
-        self.errors: list[str] = []
-        self.first_seen: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def start(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def finish(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(10)
-
-    def _run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        while not self.stop.is_set():
-            try:
-                conn.request("GET", "/version")
-                response = conn.getresponse()
-                body = response.read().decode()
-                good = response.status == 200
-            except (OSError, http.client.HTTPException) as exc:
-                good, body = False, repr(exc)
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            now = time.monotonic()
-            with self._lock:
-                if good:
-                    self.ok += 1
-                    self.first_seen.setdefault(body, now)
-                else:
-                    self.failed += 1
-                    if len(self.errors) < 5:
-                        self.errors.append(body)
-        conn.close()
 
 
 def start_app(
@@ -132,23 +86,22 @@ def bench_cycles(cycles: int, clients: int) -> dict[str, object]:
         proc, _ = start_app(feed, work / "data", port)
         try:
             client = wait_client(work / "data")
-            load = Load(port, clients).start()
             switch_ms: list[float] = []
-            for n in range(1, cycles + 1):
-                version = f"1.0.{n}"
-                publish_version(feed, version)
-                published = time.monotonic()
-                client.command(Command.CHECK)  # "release visible": ask at once, not at next poll
-                while version not in load.first_seen and time.monotonic() - published < 30:
-                    time.sleep(0.001)
-                start_ms = child_start_ms(work / "data", version) or 0.0
-                if version in load.first_seen:
-                    total_ms = (load.first_seen[version] - published) * 1000
-                    switch_ms.append(total_ms - start_ms)
-                client.command(Command.ROLLBACK)
-                client.command(Command.RESUME)
-            time.sleep(0.3)
-            load.finish()
+            with Load(("127.0.0.1", port), clients) as load:
+                for n in range(1, cycles + 1):
+                    version = f"1.0.{n}"
+                    publish_version(feed, version)
+                    published = time.monotonic()
+                    client.command(Command.CHECK)  # "release visible": ask now, not at next poll
+                    while version not in load.first_seen and time.monotonic() - published < 30:
+                        time.sleep(0.001)
+                    start_ms = child_start_ms(work / "data", version) or 0.0
+                    if version in load.first_seen:
+                        total_ms = (load.first_seen[version] - published) * 1000
+                        switch_ms.append(total_ms - start_ms)
+                    client.command(Command.ROLLBACK)
+                    client.command(Command.RESUME)
+                time.sleep(0.3)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
@@ -156,9 +109,9 @@ def bench_cycles(cycles: int, clients: int) -> dict[str, object]:
     switch_ms.sort()
     return {
         "cycles": cycles,
-        "requests": load.ok + load.failed,
-        "failed": load.failed,
-        "errors": load.errors,
+        "requests": load.count,
+        "failed": len(load.failures),
+        "errors": load.failures[:5],
         "visible_to_traffic_ms_p50": switch_ms[len(switch_ms) // 2] if switch_ms else None,
         "visible_to_traffic_ms_max": switch_ms[-1] if switch_ms else None,
     }

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_runtime import make_config, running, wait_for
+from support import wait_for
+from test_runtime import make_config, running
 
 from trayupdater.app import App
 from trayupdater.control import CONTROL_FILE, ControlClient

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_headless import Instance, alive, wait_for
+from support import Instance, alive, wait_for
 from test_pipeline import _pad_archive
 
 from trayupdater.children import free_port
@@ -39,9 +39,7 @@ STEPS = [
 def instance(feed: ReleaseFeed, tmp_path: Path) -> Iterator[Instance]:
     inst = Instance(feed, tmp_path / "data", free_port())
     yield inst
-    if inst.proc and inst.proc.poll() is None:
-        inst.proc.kill()
-        inst.proc.wait()
+    inst.kill()
 
 
 def log_text(data: Path) -> str:
@@ -167,5 +165,4 @@ def test_disk_full_keeps_the_old_version_serving(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
-        if inst.proc and inst.proc.poll() is None:
-            inst.proc.kill()
+        inst.kill()

@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import Instance, alive, wait_for
 
 from trayupdater.children import free_port
 from trayupdater.demo import DEMO_REPO, child_archive, publish_version
@@ -21,91 +22,11 @@ from trayupdater.store import VersionStore
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
 
-class Instance:
-    def __init__(self, feed: ReleaseFeed, data: Path, port: int) -> None:
-        self.data = data
-        self.port = port
-        config = data.parent / "none.toml"
-        config.write_text("")
-        self.args = [
-            "--api-url",
-            feed.url,
-            "--repo",
-            DEMO_REPO,
-            "--data-dir",
-            str(data),
-            "--port",
-            str(port),
-            "--config",
-            str(config),
-        ]
-        self.env = {
-            **os.environ,
-            "TRAYUPDATER_PROBATION_SECONDS": "1",
-            "TRAYUPDATER_CHECK_INTERVAL": "3600",
-        }
-        self.proc: subprocess.Popen[str] | None = None
-
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "trayupdater", *self.args, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env,
-        )
-
-    def start(self) -> subprocess.Popen[str]:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trayupdater", *self.args, "run", "--headless"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-        )
-        return self.proc
-
-    def version(self) -> str | None:
-        import http.client
-
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            conn.request("GET", "/version")
-            response = conn.getresponse()
-            body = response.read().decode()
-            return body if response.status == 200 else None
-        except OSError:
-            return None
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); look at its state.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def instance(feed: ReleaseFeed, tmp_path: Path) -> Iterator[Instance]:
     inst = Instance(feed, tmp_path / "data", free_port())
     yield inst
-    if inst.proc and inst.proc.poll() is None:
-        inst.proc.kill()
-        inst.proc.wait()
+    inst.kill()
 
 
 def test_sigterm_stops_cleanly(feed: ReleaseFeed, instance: Instance) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import http.client
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support import Load, wait_for
 
 from trayupdater.app import App
 from trayupdater.config import Config
@@ -29,15 +29,6 @@ def make_config(feed: ReleaseFeed, data: Path, **changes: object) -> Config:
         health_timeout=15,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
 @pytest.fixture
@@ -73,49 +64,6 @@ def running(app: App, version: str) -> Callable[[], bool]:
     return check
 
 
-class Load:
-    """Keep-alive clients hammering the proxy; every failure is recorded."""
-
-    def __init__(self, app: App, clients: int = 4) -> None:
-        self.address = app.proxy.address
-        self.stop = threading.Event()
-        self.failures: list[str] = []
-        self.seen: dict[str, int] = {}
-        self.count = 0
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(10)
-
-    def _run(self) -> None:
-        conn = http.client.HTTPConnection(*self.address, timeout=10)
-        while not self.stop.is_set():
-            try:
-                conn.request("GET", "/version")
-                response = conn.getresponse()
-                body = response.read().decode()
-                ok = response.status == 200
-            except (OSError, http.client.HTTPException) as exc:
-                ok, body = False, repr(exc)
-                conn.close()
-                conn = http.client.HTTPConnection(*self.address, timeout=10)
-            with self._lock:
-                self.count += 1
-                if ok:
-                    self.seen[body] = self.seen.get(body, 0) + 1
-                else:
-                    self.failures.append(body)
-        conn.close()
-
-
 def test_first_start_installs_and_serves(
     feed: ReleaseFeed, app_factory: Callable[..., App]
 ) -> None:
@@ -131,7 +79,7 @@ def test_update_and_rollback_under_load_drop_nothing(
     publish_version(feed, "1.0.0")
     app = app_factory()
     wait_for(running(app, "1.0.0"))
-    with Load(app) as load:
+    with Load(app.proxy.address) as load:
         time.sleep(0.3)
         publish_version(feed, "1.1.0")
         status = app.updater.request(Command.CHECK)
@@ -179,7 +127,7 @@ def test_bad_new_version_never_takes_traffic(
     app = app_factory(health_timeout=3)
     wait_for(running(app, "1.0.0"))
     publish_version(feed, "1.1.0", behaviour=behaviour)
-    with Load(app, clients=2) as load:
+    with Load(app.proxy.address, clients=2) as load:
         status = app.updater.request(Command.CHECK)
     assert status.active == "1.0.0" and status.phase is Phase.RUNNING
     assert status.error and fragment in status.error and "1.1.0" in status.error

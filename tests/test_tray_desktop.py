@@ -468,20 +468,14 @@ def test_real_app_updates_and_rolls_back_from_the_real_tray(
     """The shipped `trayupdater run` (no harness): a local release feed, real child
     processes, the proxy on a real port; Check for updates, Roll back and Quit are chosen
     in the native tray menu and their effects are read from the proxy."""
-    import http.client
+    from support import served_version
 
     from trayupdater.children import free_port
     from trayupdater.demo import DEMO_REPO, publish_version
     from trayupdater.feed import ReleaseFeed
 
     def served() -> str | None:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/version")
-            response = conn.getresponse()
-            return response.read().decode() if response.status == 200 else None
-        except OSError:
-            return None
+        return served_version(port)
 
     port = free_port()
     (tmp_path / "none.toml").write_text("")

@@ -1,0 +1,159 @@
+"""Helpers shared by the end-to-end tests and the benchmarks: waiting, load, a headless app."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from trayupdater.demo import DEMO_REPO
+from trayupdater.feed import ReleaseFeed
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
+
+
+def alive(pid: int | None) -> bool:
+    """Is ``pid`` a running process (not a zombie waiting to be reaped)?"""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return sys.platform != "linux"
+
+
+def served_version(port: int, host: str = "127.0.0.1") -> str | None:
+    """What GET /version answers through the proxy on ``port``; None if it does not."""
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=2)
+        conn.request("GET", "/version")
+        response = conn.getresponse()
+        body = response.read().decode()
+        conn.close()
+        return body if response.status == 200 else None
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+class Load:
+    """Keep-alive clients sending GET /version in a loop; every failure is recorded."""
+
+    def __init__(self, address: tuple[str, int], clients: int = 4) -> None:
+        self.address = address
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.seen: dict[str, int] = {}  # version -> answers
+        self.first_seen: dict[str, float] = {}  # version -> time.monotonic() of first answer
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    @property
+    def count(self) -> int:
+        return sum(self.seen.values()) + len(self.failures)
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection(*self.address, timeout=10)
+        while not self.stop.is_set():
+            try:
+                conn.request("GET", "/version")
+                response = conn.getresponse()
+                body = response.read().decode()
+                ok = response.status == 200
+                if not ok:
+                    body = f"HTTP {response.status}: {body[:80]}"
+            except (OSError, http.client.HTTPException) as exc:
+                ok, body = False, repr(exc)
+                conn.close()
+                conn = http.client.HTTPConnection(*self.address, timeout=10)
+            now = time.monotonic()
+            with self._lock:
+                if ok:
+                    self.seen[body] = self.seen.get(body, 0) + 1
+                    self.first_seen.setdefault(body, now)
+                else:
+                    self.failures.append(body)
+        conn.close()
+
+
+class Instance:
+    """``trayupdater run --headless`` as a real process against a local feed."""
+
+    def __init__(self, feed: ReleaseFeed, data: Path, port: int, **env: str) -> None:
+        self.data = data
+        self.port = port
+        data.parent.mkdir(parents=True, exist_ok=True)
+        config = data.parent / "none.toml"
+        config.write_text("")
+        self.args = [
+            "--api-url",
+            feed.url,
+            "--repo",
+            DEMO_REPO,
+            "--data-dir",
+            str(data),
+            "--port",
+            str(port),
+            "--config",
+            str(config),
+        ]
+        self.env = {
+            **os.environ,
+            "TRAYUPDATER_PROBATION_SECONDS": "1",
+            "TRAYUPDATER_CHECK_INTERVAL": "3600",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "trayupdater", *self.args, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+        )
+
+    def start(self) -> subprocess.Popen[bytes]:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trayupdater", *self.args, "run", "--headless"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=self.env,
+        )
+        return self.proc
+
+    def version(self) -> str | None:
+        return served_version(self.port)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
