@@ -1,15 +1,13 @@
 """The zero-downtime reverse proxy in front of the child server.
 
 Threads: a bounded pool of workers serves requests; idle client connections (new, between
-keep-alive requests, or with a partial request head) are *parked* in one selector, not held
-by a thread. A worker takes a connection only once it is readable, serves every complete
-request it holds, then parks it again. So threads serve requests, not sockets: a thousand
-idle keep-alive clients (or slow-loris clients trickling a head) cost a selector entry each.
-
-Two parking implementations: on Linux the workers wait on a shared one-shot epoll set
-themselves (:class:`_EpollHub`: no hand-off between threads per request); elsewhere one
-selector thread watches the connections and queues ready ones for the workers
-(:class:`_SelectorHub`). Both have a thread that closes connections past their deadline.
+keep-alive requests, or with a partial request head) are *parked* in one selector thread
+(:class:`_Parker`), not held by a worker. The parker accepts connections, queues those that
+become readable for the workers, and closes those past their deadline. A worker serves every
+complete request a connection holds, waits a moment for the next one when no other
+connection needs a worker, then parks it again. So threads serve requests, not sockets: a
+thousand idle keep-alive clients (or slow-loris clients trickling a head) cost a selector
+entry each.
 
 Zero downtime: each request enters the *current* :class:`Generation` (one per backend
 switch) when it starts and leaves it when its response is complete. :meth:`ReverseProxy.switch`
@@ -47,8 +45,9 @@ log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 1024  # the default of 5 gave a 1.7 s p99 under a burst of connections
 CLOSE_GRACE = 2.0  # close(): how long in-flight requests may finish before being cut
 LINGER_SECONDS = 1.0  # after an error response: keep reading so the close is not an RST
-# _SelectorHub: after a response, wait this long for the next request before parking: a
-# hand-off to the selector thread and back costs more than a short wait for a busy client.
+# After a response, wait this long for the next request before parking (only while no other
+# connection waits for a worker): a hand-off to the parker and back costs more CPU than a
+# short wait for a busy client.
 LINGER_NEXT_REQUEST = 0.002
 POOL_IDLE_SECONDS = 30.0  # drop pooled upstream connections older than this
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -237,7 +236,7 @@ class Generation:
 class _Client(BufferedSocket):
     """A client connection: its socket, unread bytes, and parking state."""
 
-    __slots__ = ("armed", "body_unread", "deadline", "ip", "lingering", "mid_head")
+    __slots__ = ("body_unread", "deadline", "ip", "lingering", "mid_head")
 
     def __init__(self, sock: socket.socket, ip: str, deadline: float) -> None:
         super().__init__(sock)
@@ -245,7 +244,6 @@ class _Client(BufferedSocket):
         self.deadline = deadline  # when the parker gives up on it
         self.mid_head = True  # waiting for a head (a new connection counts): header_timeout
         self.lingering = False  # error sent and write side shut: read and discard until EOF
-        self.armed = False  # registered in the epoll set (Linux hub)
         self.body_unread = False  # the last request's body was not read to its end
 
 
@@ -297,7 +295,7 @@ def _error_response(status: int, *, body: bool = True, retry_after: bool = False
     return head.encode("latin-1") + (text if body else b"")
 
 
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # Windows: selector readiness is exact there
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # Windows lacks it; readiness is exact there
 
 
 def _read_nowait(conn: _Client) -> bool | None:
@@ -349,11 +347,11 @@ def _linger_read(conn: _Client) -> bool:
     return bool(data)
 
 
-class _SelectorHub:
-    """Portable parking: one selector thread owns idle connections, a queue feeds workers.
+class _Parker:
+    """The selector thread: owns the listening socket and every idle connection.
 
-    The selector thread accepts connections and watches every idle one; when one becomes
-    readable it goes on the queue, where a worker picks it up.
+    When a parked connection becomes readable it goes on the queue, where a worker picks it
+    up; when its deadline passes it is closed (with a 408 for a half-sent head).
     """
 
     _LISTENER = object()
@@ -402,9 +400,6 @@ class _SelectorHub:
         self._wake()
         for _ in range(workers):
             self._queue.put(None)
-
-    def close(self) -> None:
-        pass  # run() releases everything when it ends
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # buffer full: a wake-up is pending anyway
@@ -500,130 +495,17 @@ class _SelectorHub:
             self._register(conn)
 
 
-_USE_EPOLL = hasattr(select, "epoll")  # Linux; elsewhere the portable _SelectorHub
-if _USE_EPOLL:
-    _ARM = select.EPOLLIN | select.EPOLLONESHOT
-
-
-class _EpollHub:
-    """Linux parking: idle connections sit in one epoll set that the workers wait on.
-
-    Every connection is registered one-shot, so each readiness event goes to exactly one
-    worker, which serves the connection and re-arms it when done: no hand-off through a
-    queue and no selector thread in the request path. A small timer thread closes
-    connections whose deadline passed (slow-loris, idle keep-alive).
-    """
-
-    def __init__(self, proxy: ReverseProxy, listener: socket.socket) -> None:
-        self._proxy = proxy
-        self._listener = listener
-        self._listen_fd = listener.fileno()
-        self._ep = select.epoll()
-        # Level-triggered and never drained: once written, it wakes every waiting worker.
-        self._stop_r, self._stop_w = socket.socketpair()
-        self._stop_fd = self._stop_r.fileno()
-        self._parked: dict[int, _Client] = {}  # armed connections; pop() claims one
-        self._accepting = True
-        self._paused_until = 0.0
-        self._stopping = False
-        self._tick = threading.Event()
-        self._scan_every = proxy._scan_every
-        self._ep.register(self._stop_fd, select.EPOLLIN)
-        self._ep.register(self._listen_fd, _ARM)
-
-    def next_ready(self) -> _Client | None:
-        """Block until a connection is readable (accepting new ones on the way)."""
-        while not self._stopping:
-            try:
-                events = self._ep.poll(-1, 1)
-            except OSError:  # closed under us: shutting down
-                return None
-            for fd, _ in events:
-                if fd == self._listen_fd:
-                    self._accept()
-                elif fd == self._stop_fd:
-                    return None
-                else:
-                    conn = self._parked.pop(fd, None)
-                    if conn is None:
-                        continue  # the timer claimed it first
-                    if not conn.lingering:
-                        return conn
-                    if _linger_read(conn):
-                        self.park(conn)
-        return None
-
-    def linger_ok(self) -> bool:
-        return False  # re-arming costs one system call; waiting would hold a worker
-
-    def park(self, conn: _Client) -> None:
-        fd = conn.sock.fileno()
-        self._parked[fd] = conn  # before arming: the event may fire at once
-        try:
-            if conn.armed:
-                self._ep.modify(fd, _ARM)
-            else:
-                self._ep.register(fd, _ARM)
-                conn.armed = True
-        except OSError:
-            if self._parked.pop(fd, None) is conn:
-                conn.sock.close()
-
-    def _accept(self) -> None:
-        for _ in range(64):
-            try:
-                sock, addr = self._listener.accept()
-            except BlockingIOError:
-                break
-            except OSError as exc:  # EMFILE and friends: the timer re-arms later
-                log.warning("proxy accept failed: %s; pausing accepts", exc)
-                self._paused_until = time.monotonic() + 0.1
-                return
-            conn = _new_client(sock, addr, self._proxy)
-            if conn is not None:
-                self.park(conn)
-        self._arm_listener()
-
-    def _arm_listener(self) -> None:
-        if self._accepting:
-            with contextlib.suppress(OSError):  # unregistered by stop_accepting meanwhile
-                self._ep.modify(self._listen_fd, _ARM)
-
-    def stop_accepting(self) -> None:
-        self._accepting = False
-        with contextlib.suppress(OSError):
-            self._ep.unregister(self._listen_fd)
-
-    def stop(self, workers: int) -> None:
-        self._stopping = True
-        self._tick.set()
-        with contextlib.suppress(OSError):
-            self._stop_w.send(b"\0")
-
-    def close(self) -> None:
-        """After the threads are gone: release the epoll set and whatever is still parked."""
-        for fd in list(self._parked):
-            conn = self._parked.pop(fd, None)
-            if conn is not None:
-                conn.sock.close()
-        self._ep.close()
-        self._stop_r.close()
-        self._stop_w.close()
-
-    def run(self) -> None:
-        """The timer thread: expire deadlines, resume accepting after a pause."""
-        while not self._tick.wait(self._scan_every):
-            now = time.monotonic()
-            for fd, conn in list(self._parked.items()):
-                if conn.deadline <= now and self._parked.pop(fd, None) is conn:
-                    _expire(conn)  # closing the socket also drops it from the epoll set
-            if self._paused_until and now >= self._paused_until:
-                self._paused_until = 0.0
-                self._arm_listener()
-
-
 class ReverseProxy:
-    """HTTP/1.1 reverse proxy with atomic backend switch and drain. See the module doc."""
+    """HTTP/1.1 reverse proxy with atomic backend switch and drain. See the module doc.
+
+    ``sock``: an already listening socket (handed over by a predecessor) instead of binding
+    ``bind``:``port``; the caller keeps ownership of it. ``workers``: request threads.
+    ``backend_timeout``: connect and per-read/write limit towards the backend (then 504).
+    ``client_idle_timeout``: how long a keep-alive connection may stay silent, and the
+    per-read/write limit towards a client mid-request. ``header_timeout``: from a new
+    connection or the first byte of a head to its end (then 408). ``max_header_bytes``:
+    larger heads get 431. ``observer``: metrics hook, see :class:`ProxyObserver`.
+    """
 
     def __init__(
         self,
@@ -668,7 +550,7 @@ class ReverseProxy:
         self._slots: list[_Slot] = []
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
-        self._hub: _EpollHub | _SelectorHub | None = None
+        self._parker: _Parker | None = None
         # How often deadlines (header_timeout, idle keep-alive) are checked.
         self._scan_every = min(
             1.0, max(0.02, min(self.header_timeout, self.client_idle_timeout) / 4)
@@ -681,16 +563,15 @@ class ReverseProxy:
 
     def start(self) -> None:
         """Listen (unless a listening socket was given) and start the threads."""
-        if self._hub is not None:
+        if self._parker is not None:
             raise RuntimeError("proxy already started")
         listener = self._given_sock if self._given_sock is not None else self._listen()
         listener.setblocking(False)
         self._listener = listener
         host, port = listener.getsockname()[:2]
         self._address = (str(host), int(port))
-        hub_type = _EpollHub if _USE_EPOLL else _SelectorHub
-        self._hub = hub = hub_type(self, listener)
-        self._spawn("proxy-parker", hub.run)
+        self._parker = parker = _Parker(self, listener)
+        self._spawn("proxy-parker", parker.run)
         for i in range(self._workers):
             slot = _Slot()
             self._slots.append(slot)
@@ -748,17 +629,17 @@ class ReverseProxy:
             return
         self._closed = True
         self._closing = True
-        hub = self._hub
-        if hub is None:
+        parker = self._parker
+        if parker is None:
             return
-        hub.stop_accepting()
+        parker.stop_accepting()
         if self._given_sock is None and self._listener is not None:
             self._listener.close()  # a socket we were given belongs to the caller
         deadline = time.monotonic() + CLOSE_GRACE
         with self._drained:
             while self._total_in_flight > 0 and time.monotonic() < deadline:
                 self._drained.wait(deadline - time.monotonic())
-        hub.stop(len(self._slots))
+        parker.stop(len(self._slots))
         for slot in self._slots:
             _shutdown(slot.client)
             _shutdown(slot.upstream)
@@ -766,7 +647,6 @@ class ReverseProxy:
             thread.join(timeout=5.0)
             if thread.is_alive():
                 log.warning("proxy thread %s did not stop", thread.name)
-        hub.close()
         with self._lock:
             gen = self._gen
         gen._close_pool()
@@ -807,11 +687,11 @@ class ReverseProxy:
         self._threads.append(thread)
 
     def _park(self, conn: _Client) -> None:
-        hub = self._hub
-        if hub is None or self._closing:
+        parker = self._parker
+        if parker is None or self._closing:
             conn.sock.close()
             return
-        hub.park(conn)
+        parker.park(conn)
 
     def _enter(self) -> Generation:
         with self._lock:
@@ -846,10 +726,10 @@ class ReverseProxy:
     # -- workers ---------------------------------------------------------------------------
 
     def _work(self, slot: _Slot) -> None:
-        hub = self._hub
-        assert hub is not None
+        parker = self._parker
+        assert parker is not None
         while True:
-            conn = hub.next_ready()
+            conn = parker.next_ready()
             if conn is None:
                 return
             slot.client = conn.sock
@@ -870,7 +750,7 @@ class ReverseProxy:
                 if got is False:
                     conn.sock.close()
                     return
-                if got is None:  # a stale readiness event: nothing to read after all
+                if got is None:  # spurious readiness: nothing to read after all
                     self._park(conn)
                     return
             end = conn.buf.find(b"\r\n\r\n")
@@ -902,8 +782,8 @@ class ReverseProxy:
             # its next request within microseconds: wait a moment rather than park.
             readable = (
                 not conn.buf
-                and self._hub is not None
-                and self._hub.linger_ok()
+                and self._parker is not None
+                and self._parker.linger_ok()
                 and _wait_readable(conn.sock, LINGER_NEXT_REQUEST)
             )
 
