@@ -370,3 +370,17 @@ def test_https_to_http_redirect_is_refused():
         _refuse_downgrade("https://api.example.test/asset", answer)
     answer.url = "https://storage.example.test/blob"
     _refuse_downgrade("https://api.example.test/asset", answer)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://example.com/tool.tar.gz", "ftp://example.com/tool.tar.gz", "file:///etc/passwd"]
+)
+def test_only_https_or_loopback_urls_are_fetched(tmp_path: Path, url: str) -> None:
+    """Checked before any request is sent: an asset URL in a release must not leak a token
+    over plain HTTP or read local files."""
+    session = requests.Session()
+    session.get = None  # type: ignore[method-assign]  # proves nothing was sent
+    with pytest.raises(DownloadError, match="refused"):
+        download(
+            session, url, tmp_path / "x", headers={"Authorization": "Bearer t"}, max_bytes=1000
+        )

@@ -16,12 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import platformdirs
 
 from trayupdater import APP_NAME
 from trayupdater.errors import ConfigError
+from trayupdater.urls import insecure_reason
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -152,22 +152,11 @@ def _opt_repo(value: Any) -> str | None:
 
 def _api_url(value: Any) -> str:
     text = _str(value).strip().rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s) URL, got {text!r}")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        # Release metadata decides what we execute: plain HTTP only where nobody can intercept.
-        raise ValueError("plain http is only allowed for loopback hosts; use https")
+    # Release metadata decides what we execute: plain HTTP only where nobody can intercept.
+    reason = insecure_reason(text)
+    if reason:
+        raise ValueError(f"{reason} (got {text!r})")
     return text
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _channel(value: Any) -> str:

@@ -28,6 +28,7 @@ import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
 
 from trayupdater.errors import DownloadError
+from trayupdater.urls import insecure_reason
 
 CHUNK_SIZE = 64 * 1024
 
@@ -71,6 +72,9 @@ def download(
     if max_bytes <= 0:
         raise ValueError("max_bytes must be positive")
     shown = redact_url(url)
+    reason = insecure_reason(url)
+    if reason:  # checked before sending: the request may carry a token
+        raise DownloadError(f"{shown}: {reason}; refused")
     if expected_size is not None and expected_size > max_bytes:
         raise DownloadError(
             f"{shown} is {expected_size} bytes, more than the limit of {max_bytes} bytes"
@@ -246,6 +250,9 @@ def _get(
 def _refuse_downgrade(url: str, resp: requests.Response) -> None:
     if urlsplit(url).scheme == "https" and urlsplit(resp.url).scheme != "https":
         raise DownloadError(f"{redact_url(url)} redirected to plain HTTP; refused")
+    reason = insecure_reason(resp.url)
+    if reason:
+        raise DownloadError(f"{redact_url(resp.url)}: {reason}; refused")
 
 
 def _hash_existing_part(

@@ -22,6 +22,7 @@ import urllib3
 from trayupdater import __version__
 from trayupdater.errors import RateLimitedError, SourceError
 from trayupdater.release_model import Asset, Release, release_from_github
+from trayupdater.urls import insecure_reason
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,9 @@ class GitHubSource:
     def fetch_text(self, asset: Asset) -> str:
         """A small text asset (a checksums file, a signature) as text, size capped."""
         url, headers = self.download_headers(asset)
+        reason = insecure_reason(url)
+        if reason:
+            raise SourceError(f"{asset.name}: {reason}; refused")
         try:
             with self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as r:
                 if r.status_code != 200:
