@@ -845,3 +845,41 @@ def test_close_lets_in_flight_requests_finish_and_stops_threads(make_backend):
     assert threading.active_count() <= before - 5, "selector and worker threads stopped"
     with pytest.raises(OSError):
         socket.create_connection(proxy.address, timeout=1).close()
+
+
+def test_a_thousand_concurrent_connections_all_get_served(make_backend, make_proxy):
+    """1,000 clients each send a request at once: every one is answered, and a fresh
+    client is still served (idle keep-alive sockets are parked, not holding threads)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 2500:
+        pytest.skip("needs ~2,500 file descriptors (client and proxy side in one process)")
+    proxy = make_proxy(make_backend("v1").backend)
+    clients = []
+    try:
+        for _ in range(1000):
+            clients.append(_raw(proxy))
+        for sock in clients:
+            sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+        answered = 0
+        for sock in clients:
+            response = b""
+            while not response.endswith(b"v1"):
+                chunk = sock.recv(4096)
+                assert chunk, "connection closed without an answer"
+                response += chunk
+            assert response.startswith(b"HTTP/1.1 200 ")
+            answered += 1
+        assert answered == 1000
+        # All 1,000 now sit idle in keep-alive; a newcomer is served promptly.
+        started = time.monotonic()
+        assert _get(proxy, "/version")[:2] == (200, b"v1")
+        assert time.monotonic() - started < 2.0
+    finally:
+        for sock in clients:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
