@@ -169,3 +169,15 @@ def _pad_archive(blob: bytes) -> bytes:
         info.size = len(padding)
         dst.addfile(info, io.BytesIO(padding))
     return out.getvalue()
+
+
+def test_oversized_download_is_refused(
+    feed: ReleaseFeed, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, blob = child_archive("1.2.0")
+    feed.publish(DEMO_REPO, "v1.2.0", {name: _pad_archive(blob)})
+    assert run_check(feed, data, "--set", "max_download_bytes=100000", "check") == 1
+    err = capsys.readouterr().err
+    assert "100000" in err and "Traceback" not in err
+    assert installed(data) == []
+    assert list((data / "downloads").iterdir()) == []
