@@ -530,3 +530,47 @@ def test_real_app_updates_and_rolls_back_from_the_real_tray(
 
         state = VersionStore(data).load_state()
         assert state.active == "1.0.0" and "1.1.0" in state.blocked and state.child_pid is None
+
+
+def test_logout_sigterm_stops_the_tray_app_cleanly(desktop: Desktop, tmp_path: Path) -> None:
+    """A session ending sends SIGTERM: the tray app stops its child, saves state, exits 0."""
+    import signal as signals
+
+    from support import alive, served_version
+
+    from trayupdater.children import free_port
+    from trayupdater.demo import DEMO_REPO, publish_version
+    from trayupdater.feed import ReleaseFeed
+    from trayupdater.store import VersionStore
+
+    port = free_port()
+    (tmp_path / "none.toml").write_text("")
+    data = tmp_path / "data"
+    with ReleaseFeed() as feed:
+        publish_version(feed, "1.0.0")
+        args = [
+            sys.executable,
+            "-m",
+            "trayupdater",
+            "--api-url",
+            feed.url,
+            "--repo",
+            DEMO_REPO,
+            "--data-dir",
+            str(data),
+            "--port",
+            str(port),
+            "--config",
+            str(tmp_path / "none.toml"),
+            "run",
+        ]
+        app = desktop._spawn("app", args, cwd=REPO)
+        wait_for("the tray icon window", lambda: desktop.find_window(CLASS))
+        wait_for("1.0.0 served", lambda: served_version(port) == "1.0.0")
+        child = VersionStore(data).load_state().child_pid
+        assert alive(child)
+        app.send_signal(signals.SIGTERM)
+        assert app.wait(TIMEOUT) == 0
+        assert not alive(child)
+        state = VersionStore(data).load_state()
+        assert state.active == "1.0.0" and state.child_pid is None

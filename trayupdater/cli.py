@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -258,6 +259,11 @@ def _run_tray(app: Any, on_started: Callable[[], None] | None) -> int:
     app.updater.subscribe(lambda status: tray.stop() if status.message == "Stopped" else None)
     if on_started:
         on_started()
+    # Logging out sends SIGTERM (SIGHUP from a closing terminal): quit as from the menu,
+    # so the children are stopped and the state saved, rather than dying mid-step.
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda signum, frame: app.quit())
     try:
         tray.run()
     finally:
