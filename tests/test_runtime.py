@@ -214,3 +214,29 @@ def test_restart_falls_back_when_the_active_version_no_longer_starts(
         assert get(again)[:2] == (200, "1.0.0")
     finally:
         again.stop()
+
+
+def test_repeated_crashes_back_off(feed: ReleaseFeed, app_factory: Callable[..., App]) -> None:
+    import os
+    import re
+    import signal
+
+    publish_version(feed, "1.0.0")
+    app = app_factory()
+    wait_for(running(app, "1.0.0"))
+    delays: list[float] = []
+    app.updater.subscribe(
+        lambda s: delays.extend(
+            float(m) for m in re.findall(r"restarting in ([\d.]+) s", s.error or "")
+        )
+    )
+    for _ in range(3):
+        pid = app.store.load_state().child_pid
+        os.kill(pid, signal.SIGKILL)
+        wait_for(
+            lambda pid=pid: app.store.load_state().child_pid not in (None, pid),
+            what="restarted with a new pid",
+        )
+        wait_for(running(app, "1.0.0"))
+    assert delays == [0.5, 1.0, 2.0]  # each quick crash waits longer before the restart
+    assert get(app)[:2] == (200, "1.0.0")

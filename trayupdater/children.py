@@ -1,9 +1,9 @@
-"""Start, health-check, stop and supervise a child server process.
+"""Start, health-check and stop a child server process.
 
 A :class:`Child` is one version of the server program running on one loopback port. Its
 stdout and stderr go straight to a log file (no pipe, so nothing is lost if the app dies).
-The :class:`Supervisor` watches the current child on a thread and restarts it with back-off
-when it exits on its own.
+Restarting after a crash is the update worker's decision (it also moves the proxy), so it
+lives in updater.py; this module only reports the exit (:meth:`Child.wait_exit`).
 
 Children must not outlive the app:
 
@@ -41,7 +41,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import datetime
@@ -345,7 +344,6 @@ class Child:
         self.started_at: float | None = None  # time.monotonic() of the last start
         self.exited_at: float | None = None  # time.monotonic() when its exit was noticed
         # Set by stop(): the exit that follows is on purpose and must not be restarted.
-        self.stop_requested = False
 
     def __repr__(self) -> str:
         state = "running" if self._running else describe_exit(self._returncode)
@@ -382,17 +380,7 @@ class Child:
         with self._lock:
             if self._running and not self.wait_exit(0):
                 raise ChildError(f"{self.name} is already running (pid {self._pid})")
-            self.stop_requested = False
             self._start_locked()
-
-    def _relaunch(self) -> bool:
-        """Start again for the supervisor, unless stop() was called meanwhile."""
-        with self._lock:
-            if self.stop_requested:
-                return False
-            if not self._running:
-                self._start_locked()
-            return True
 
     def _start_locked(self) -> None:
         argv = render_command(
@@ -581,8 +569,6 @@ class Child:
 
         Idempotent; returns the exit code (None if unknown, see ``returncode``).
         """
-        with self._lock:
-            self.stop_requested = True
         return self._terminate(timeout)
 
     def _terminate(self, timeout: float) -> int | None:
@@ -728,193 +714,3 @@ def kill_stale(pid: int, exe: Path, *, timeout: float = 5.0) -> bool:
     finally:
         if pidfd is not None:
             os.close(pidfd)
-
-
-# --- supervision -------------------------------------------------------------------------------
-
-
-class Supervisor:
-    """Watches one child at a time on a thread; restarts it when it exits on its own.
-
-    Restarts use the same Child (same port, new pid) after an exponential back-off from
-    ``min_delay`` to ``max_delay`` s; a child that stayed up ``reset_after`` s starts over
-    at ``min_delay``. A restart counts only once it is healthy again; after
-    ``give_up_after`` failures in a row (None: never) the supervisor gives up on it.
-
-    Callbacks run on the supervisor thread (keep them short, e.g. post to a queue):
-    ``on_exit(child, returncode)`` for each unexpected exit (and each restart that failed its
-    health check and was terminated), ``on_restart(child)`` once a restart is healthy,
-    ``on_give_up(child, reason)`` when it stops trying (also when the program cannot be
-    executed any more). A child stopped with Child.stop(), or no longer watched after
-    replace() / stop(), is never restarted. A replace() that comes while a restart is
-    being health-checked takes effect when that check ends (at most ``health_timeout``).
-    """
-
-    def __init__(
-        self,
-        *,
-        on_exit: Callable[[Child, int | None], None] | None = None,
-        on_restart: Callable[[Child], None] | None = None,
-        on_give_up: Callable[[Child, str], None] | None = None,
-        min_delay: float = 0.5,
-        max_delay: float = 30.0,
-        reset_after: float = 60.0,
-        give_up_after: int | None = 10,
-        health_path: str = "/version",
-        health_expect: str | None = None,
-        health_timeout: float = 20.0,
-        stop_timeout: float = 5.0,
-        poll_interval: float = 0.25,
-    ) -> None:
-        self._on_exit = on_exit
-        self._on_restart = on_restart
-        self._on_give_up = on_give_up
-        self.min_delay = min_delay
-        self.max_delay = max_delay
-        self.reset_after = reset_after
-        self.give_up_after = give_up_after
-        self.health_path = health_path
-        self.health_expect = health_expect
-        self.health_timeout = health_timeout
-        self.stop_timeout = stop_timeout
-        self._poll = poll_interval  # how soon a replace() is noticed while waiting on a child
-
-        self._cond = threading.Condition()
-        self._child: Child | None = None
-        self._generation = 0  # bumped by replace()/stop(): decisions about older children lapse
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self.failures = 0  # unexpected exits in a row
-        self.restarts = 0  # successful restarts in total
-        self.delays: deque[float] = deque(maxlen=64)  # back-off delays used, newest last
-
-    @property
-    def child(self) -> Child | None:
-        with self._cond:
-            return self._child
-
-    def delay_for(self, failures: int) -> float:
-        """The back-off before restart number ``failures`` in a row (1-based)."""
-        return float(min(self.max_delay, self.min_delay * 2 ** max(0, failures - 1)))
-
-    def watch(self, child: Child | None) -> Child | None:
-        """Same as replace()."""
-        return self.replace(child)
-
-    def replace(self, child: Child | None) -> Child | None:
-        """Watch ``child`` from now on; returns the previously watched child, which the
-        caller owns from here (it may be running, even just restarted): stop it when done."""
-        with self._cond:
-            if self._closed:
-                raise ChildError("supervisor is stopped")
-            old, self._child = self._child, child
-            self._generation += 1
-            self.failures = 0
-            self._cond.notify_all()
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="trayupdater-supervisor", daemon=True
-                )
-                self._thread.start()
-        return old
-
-    def stop(self, timeout: float | None = 10.0) -> Child | None:
-        """Stop supervising (the child keeps running); returns the child that was watched."""
-        with self._cond:
-            self._closed = True
-            old, self._child = self._child, None
-            self._generation += 1
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        return old
-
-    # -- the thread --------------------------------------------------------------------------
-
-    def _current(self, generation: int) -> bool:
-        with self._cond:
-            return not self._closed and self._generation == generation
-
-    def _drop(self, generation: int) -> None:
-        with self._cond:
-            if self._generation == generation:
-                self._child = None
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and self._child is None:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                child, generation = self._child, self._generation
-            assert child is not None
-            if not child.wait_exit(self._poll) or not self._current(generation):
-                continue
-            if child.stop_requested:
-                self._drop(generation)  # stopped on purpose: nothing to do
-                continue
-            try:
-                self._recover(child, generation)
-            except Exception:  # the thread must survive a bug in a callback or elsewhere
-                logger.exception("supervising %s failed", child.name)
-                self._drop(generation)
-
-    def _recover(self, child: Child, generation: int) -> None:
-        returncode = child.returncode
-        last = describe_exit(returncode)
-        if child.uptime >= self.reset_after:
-            self.failures = 0
-        while True:
-            self.failures += 1
-            logger.warning("%s %s unexpectedly (failure %d)", child.name, last, self.failures)
-            self._call(self._on_exit, child, returncode)
-            if self.give_up_after is not None and self.failures > self.give_up_after:
-                self._give_up(child, generation, f"failed {self.failures} times in a row; {last}")
-                return
-            delay = self.delay_for(self.failures)
-            self.delays.append(delay)
-            with self._cond:
-                end = time.monotonic() + delay
-                while self._current_locked(generation) and (left := end - time.monotonic()) > 0:
-                    self._cond.wait(left)
-                if not self._current_locked(generation):
-                    return
-            try:
-                if not child._relaunch():
-                    return  # stopped on purpose while we waited
-            except ChildError as exc:  # the program cannot be executed any more
-                self._give_up(child, generation, str(exc))
-                return
-            try:
-                child.wait_healthy(
-                    path=self.health_path, expect=self.health_expect, timeout=self.health_timeout
-                )
-            except ChildError as exc:
-                if child.stop_requested or not self._current(generation):
-                    return
-                last = str(exc).split("\n", 1)[0]
-                returncode = child._terminate(self.stop_timeout)
-                continue
-            self.restarts += 1
-            logger.info("restarted %s, pid %s", child.name, child.pid)
-            self._call(self._on_restart, child)
-            return
-
-    def _current_locked(self, generation: int) -> bool:
-        return not self._closed and self._generation == generation
-
-    def _give_up(self, child: Child, generation: int, reason: str) -> None:
-        logger.error("giving up on %s: %s", child.name, reason)
-        self._drop(generation)
-        self._call(self._on_give_up, child, reason)
-
-    @staticmethod
-    def _call(callback: Callable[..., None] | None, *args: object) -> None:
-        if callback is None:
-            return
-        try:
-            callback(*args)
-        except Exception:
-            logger.exception("supervisor callback %r failed", callback)
