@@ -198,7 +198,10 @@ class Desktop:
             conn.close()
 
     def _run(self, args: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=TIMEOUT)
+        # cwd: ImageMagick's import can leave a stray file in its working directory.
+        return subprocess.run(
+            args, env=self.env, capture_output=True, text=True, timeout=TIMEOUT, cwd=self.workdir
+        )
 
     def xdotool(self, *args: str) -> str:
         out = self._run(["xdotool", *args])
@@ -327,7 +330,7 @@ class Tray:
                 str(workdir / "logs"),
                 *extra,
             ],
-            cwd=REPO,
+            cwd=desktop.workdir,  # whatever GTK drops in its cwd lands in the temp folder
             stdin=subprocess.PIPE,
         )
 
@@ -498,7 +501,7 @@ def test_real_app_updates_and_rolls_back_from_the_real_tray(
             "--config",
             str(tmp_path / "none.toml"),
         ]
-        app = desktop._spawn("app", [*args, "run"], cwd=REPO)
+        app = desktop._spawn("app", [*args, "run"], cwd=tmp_path)
         icon = wait_for("the tray icon window", lambda: desktop.find_window(CLASS))
         wait_for("1.0.0 served", lambda: served() == "1.0.0")
         wait_for("the green icon", lambda: near(desktop.window_colour(icon), RUNNING_GREEN))
@@ -564,7 +567,7 @@ def test_logout_sigterm_stops_the_tray_app_cleanly(desktop: Desktop, tmp_path: P
             str(tmp_path / "none.toml"),
             "run",
         ]
-        app = desktop._spawn("app", args, cwd=REPO)
+        app = desktop._spawn("app", args, cwd=tmp_path)
         wait_for("the tray icon window", lambda: desktop.find_window(CLASS))
         wait_for("1.0.0 served", lambda: served_version(port) == "1.0.0")
         child = VersionStore(data).load_state().child_pid
