@@ -109,3 +109,44 @@ def test_sigkill_mid_update_restarts_consistent(feed: ReleaseFeed, instance: Ins
     wait_for(lambda: instance.version() == "1.1.0", timeout=60, what="update completed")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+def test_demo_shows_an_update_offline(tmp_path: Path) -> None:
+    """`trayupdater demo` is what a new user runs first: it must serve 1.0.0, then update to
+    1.1.0 by itself, and stop cleanly, with no network beyond loopback."""
+    from support import served_version
+
+    port = free_port()
+    (tmp_path / "none.toml").write_text("")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trayupdater",
+            "--config",
+            str(tmp_path / "none.toml"),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "demo"),
+            "demo",
+            "--headless",
+            "--publish-after",
+            "1",
+            "--duration",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: served_version(port) == "1.0.0", what="demo serving 1.0.0")
+        wait_for(lambda: served_version(port) == "1.1.0", what="demo updated to 1.1.0")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "published 1.1.0" in out and "Traceback" not in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()

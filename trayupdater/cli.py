@@ -233,17 +233,24 @@ def _run_app(
         if not use_tray:
             print(f"trayupdater: no system tray here ({why}); running headless", file=sys.stderr)
     if duration:
-        threading.Timer(duration, app.quit).start()
+        _after(duration, app.quit)
     try:
         if use_tray:
             return _run_tray(app, on_started)
         if on_started:
-            threading.Timer(0.5, on_started).start()
+            _after(0.5, on_started)
         return app.run_headless()
     except AlreadyRunningError as exc:  # lost a start-up race with another launch
         exc.client.command(Command.CHECK, wait=False)
         print(f"{exc}; asked it to check for updates", file=sys.stderr)
         return 0
+
+
+def _after(seconds: float, action: Callable[[], None]) -> None:
+    """Run ``action`` later without keeping the process alive for it once the app stops."""
+    timer = threading.Timer(seconds, action)
+    timer.daemon = True
+    timer.start()
 
 
 def _run_tray(app: Any, on_started: Callable[[], None] | None) -> int:
