@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from queue import SimpleQueue
-from typing import Protocol
+from typing import Any, Protocol
 
 from trayupdater import http11
 from trayupdater.errors import ConfigError
@@ -390,6 +390,9 @@ class _Parker:
             self._wake_pending = True
             self._wake()
 
+    def parked_count(self) -> int:
+        return len(self._parked) + len(self._incoming)
+
     def stop_accepting(self) -> None:
         self._stop_accepting = True
         self._wake()
@@ -637,8 +640,11 @@ class ReverseProxy:
             self._listener.close()  # a socket we were given belongs to the caller
         deadline = time.monotonic() + CLOSE_GRACE
         with self._drained:
-            while self._total_in_flight > 0 and time.monotonic() < deadline:
-                self._drained.wait(deadline - time.monotonic())
+            # Kept-alive connections get the grace too (parked, or held by a worker waiting
+            # for their next request): that request is answered with "Connection: close"
+            # instead of racing a close of the connection.
+            while self._has_clients(parker) and time.monotonic() < deadline:
+                self._drained.wait(min(0.05, deadline - time.monotonic()))
         parker.stop(len(self._slots))
         for slot in self._slots:
             _shutdown(slot.client)
@@ -686,11 +692,17 @@ class ReverseProxy:
         thread.start()
         self._threads.append(thread)
 
+    def _has_clients(self, parker: Any) -> bool:
+        held = any(slot.client is not None for slot in self._slots)
+        return self._total_in_flight > 0 or held or parker.parked_count() > 0
+
     def _park(self, conn: _Client) -> None:
         parker = self._parker
-        if parker is None or self._closing:
+        if parker is None:
             conn.sock.close()
             return
+        # Closing: still park it. Its last response promised keep-alive, so its next request
+        # may be on the wire; it is served (with "Connection: close") during close()'s grace.
         parker.park(conn)
 
     def _enter(self) -> Generation:
@@ -774,7 +786,10 @@ class ReverseProxy:
             keep = self._handle(conn, head, slot)
             if conn.lingering:
                 return  # an error was sent; the parker owns the connection now
-            if not keep or self._closing:
+            if not keep:
+                # Not "or closing": a response that promised keep-alive must not be followed
+                # by a close the client's next request could race; close() serves that
+                # request (with "Connection: close") during its grace instead.
                 self._finish(conn)
                 return
             conn.mid_head = False
