@@ -18,6 +18,7 @@ from trayupdater.control import ControlClient, ControlServer
 from trayupdater.errors import TrayUpdaterError
 from trayupdater.metrics import Metrics
 from trayupdater.proxy import ReverseProxy
+from trayupdater.selfupdate import SelfUpdater, finish_pending_update, take_handover
 from trayupdater.status import Command
 from trayupdater.store import VersionStore
 from trayupdater.updater import Updater
@@ -38,9 +39,17 @@ class App:
         self.config = config
         self.store = VersionStore(config.data_dir)
         self.metrics = Metrics()
-        self.proxy = ReverseProxy(config.bind, config.port, observer=self.metrics)
+        # Started by a self-update: the predecessor lends us its listening socket.
+        self.successor = take_handover()
+        sock = self.successor.socket if self.successor else None
+        self.proxy = ReverseProxy(config.bind, config.port, sock=sock, observer=self.metrics)
         self.updater = Updater(
-            config, self.store, self.proxy, events=self.metrics, check_on_start=check_on_start
+            config,
+            self.store,
+            self.proxy,
+            events=self.metrics,
+            check_on_start=check_on_start and self.successor is None,
+            self_updater=SelfUpdater.from_config(config),
         )
         self.control = ControlServer(
             config.data_dir,
@@ -54,10 +63,17 @@ class App:
 
     def start(self) -> None:
         """Start serving; raises AlreadyRunningError if another instance owns this data dir."""
-        running = ControlClient.find(self.config.data_dir)
+        running = None if self.successor else ControlClient.find(self.config.data_dir)
         if running is not None:
             raise AlreadyRunningError(running)
         setup_file_logging(self.config)
+        if self.successor is not None:
+            # Serve only once our child is up; the predecessor serves until then.
+            self.control.start()
+            self.updater.start()
+            self.successor.serve_when_ready(self.updater, self.proxy.start)
+            return
+        finish_pending_update()  # what an earlier self-update left beside the executable
         try:
             self.proxy.start()
         except OSError as exc:

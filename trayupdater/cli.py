@@ -213,10 +213,12 @@ def _run_app(
     duration: float = 0,
 ) -> int:
     from trayupdater.app import AlreadyRunningError, App
+    from trayupdater.selfupdate import is_successor
 
     # Single instance: a second launch asks the first to check for updates and exits.
     # Checked before the tray is shown, so a second icon never appears, even briefly.
-    running = ControlClient.find(config.data_dir)
+    # A self-update's successor starts while its predecessor still answers: not a second launch.
+    running = None if is_successor() else ControlClient.find(config.data_dir)
     if running is not None:
         running.command(Command.CHECK, wait=False)
         print(

@@ -19,6 +19,7 @@ import os
 import queue
 import random
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from trayupdater.config import Config
 from trayupdater.errors import ChildError, TrayUpdaterError
 from trayupdater.pipeline import ReleasePipeline
 from trayupdater.proxy import Backend, ReverseProxy
+from trayupdater.selfupdate import SelfUpdater
 from trayupdater.status import Command, Phase, Status
 from trayupdater.store import InstalledVersion, State, VersionStore, version_key
 
@@ -69,8 +71,10 @@ class Updater:
         pipeline: ReleasePipeline | None = None,
         events: Events | None = None,
         check_on_start: bool = True,
+        self_updater: SelfUpdater | None = None,
     ) -> None:
         self.config = config
+        self.self_updater = self_updater
         self.store = store
         self.proxy = proxy
         self.events = events or Events()
@@ -185,6 +189,8 @@ class Updater:
             self._publish(blocked=(), message="Updates resumed")
         elif job.command == "child_exited":
             self._on_child_exit(job.payload)
+        elif job.command == "self_update":
+            self._self_update()
 
     def _on_timer(self) -> None:
         now = time.monotonic()
@@ -296,6 +302,9 @@ class Updater:
         finally:
             self.events.check_done(outcome)
             self._save()
+            if self.self_updater is not None:
+                # Queued, not run here: the check's caller gets its answer first.
+                self._queue.put(_Job("self_update"))
 
     def _update_to(self, installed: InstalledVersion) -> None:
         old_version = self._state.active
@@ -328,6 +337,31 @@ class Updater:
         if old_child is not None:
             log.info("drained %s; stopping it", old_child.version)
             old_child.stop()
+
+    def _self_update(self) -> None:
+        """Replace the app's own executable if a newer build is out (frozen builds)."""
+        if self.self_updater is None or self._probation_until is not None:
+            return  # one change at a time: the child's probation first
+        if self.status().phase not in (Phase.RUNNING, Phase.NO_VERSION):
+            return  # a successor must not be judged by a child that is failing anyway
+        try:
+            self.self_updater.check_and_apply(self)  # exits the process once handed over
+        except TrayUpdaterError as exc:
+            log.error("self-update: %s", exc)
+            self.events.failed(exc.reason, str(exc))
+            self._publish(message=str(exc))
+
+    # selfupdate.Handover: what a self-update borrows from the running app.
+    def listening_socket(self) -> socket.socket:
+        return self.proxy.listening_socket()
+
+    def retire(self) -> None:
+        """A successor serves now: finish our requests, stop our child, keep state.json
+        (the successor's now) as it is."""
+        self.proxy.close()
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
 
     def _probation_passed(self) -> None:
         self._probation_until = None
