@@ -22,44 +22,24 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import Load
+from support import Instance, Load  # shared with the end-to-end tests
 
 from trayupdater.children import free_port
 from trayupdater.control import ControlClient
-from trayupdater.demo import DEMO_REPO, publish_version
+from trayupdater.demo import publish_version
 from trayupdater.feed import ReleaseFeed
 from trayupdater.status import Command
 
 
-def start_app(
-    feed: ReleaseFeed, data: Path, port: int
-) -> tuple[subprocess.Popen[bytes], list[str]]:
-    (data.parent / "none.toml").write_text("")
-    args = [
-        "--api-url",
-        feed.url,
-        "--repo",
-        DEMO_REPO,
-        "--data-dir",
-        str(data),
-        "--port",
-        str(port),
-        "--config",
-        str(data.parent / "none.toml"),
-    ]
-    env = {
-        **os.environ,
-        "TRAYUPDATER_PROBATION_SECONDS": "0",
-        "TRAYUPDATER_CHECK_INTERVAL": "3600",
-        "TRAYUPDATER_KEEP_VERSIONS": "100",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trayupdater", *args, "run", "--headless"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def start_app(feed: ReleaseFeed, data: Path, port: int) -> subprocess.Popen[bytes]:
+    app = Instance(
+        feed,
+        data,
+        port,
+        TRAYUPDATER_PROBATION_SECONDS="0",
+        TRAYUPDATER_KEEP_VERSIONS="100",
     )
-    return proc, args
+    return app.start()
 
 
 def wait_client(data: Path, timeout: float = 30) -> ControlClient:
@@ -83,7 +63,7 @@ def bench_cycles(cycles: int, clients: int) -> dict[str, object]:
     port = free_port()
     with ReleaseFeed() as feed:
         publish_version(feed, "1.0.0")
-        proc, _ = start_app(feed, work / "data", port)
+        proc = start_app(feed, work / "data", port)
         try:
             client = wait_client(work / "data")
             switch_ms: list[float] = []
@@ -122,7 +102,7 @@ def bench_idle(seconds: float) -> dict[str, float]:
     port = free_port()
     with ReleaseFeed() as feed:
         publish_version(feed, "1.0.0")
-        proc, _ = start_app(feed, work / "data", port)
+        proc = start_app(feed, work / "data", port)
         try:
             wait_client(work / "data")
             time.sleep(1.0)  # let start-up work finish

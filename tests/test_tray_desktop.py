@@ -471,36 +471,21 @@ def test_real_app_updates_and_rolls_back_from_the_real_tray(
     """The shipped `trayupdater run` (no harness): a local release feed, real child
     processes, the proxy on a real port; Check for updates, Roll back and Quit are chosen
     in the native tray menu and their effects are read from the proxy."""
-    from support import served_version
+    from support import Instance, served_version
 
     from trayupdater.children import free_port
-    from trayupdater.demo import DEMO_REPO, publish_version
+    from trayupdater.demo import publish_version
     from trayupdater.feed import ReleaseFeed
 
     def served() -> str | None:
         return served_version(port)
 
     port = free_port()
-    (tmp_path / "none.toml").write_text("")
     data = tmp_path / "data"
     desktop.env.update(TRAYUPDATER_PROBATION_SECONDS="0.5", TRAYUPDATER_CHECK_INTERVAL="3600")
     with ReleaseFeed() as feed:
         publish_version(feed, "1.0.0")
-        args = [
-            sys.executable,
-            "-m",
-            "trayupdater",
-            "--api-url",
-            feed.url,
-            "--repo",
-            DEMO_REPO,
-            "--data-dir",
-            str(data),
-            "--port",
-            str(port),
-            "--config",
-            str(tmp_path / "none.toml"),
-        ]
+        args = [sys.executable, "-m", "trayupdater", *Instance(feed, data, port).args]
         app = desktop._spawn("app", [*args, "run"], cwd=tmp_path)
         icon = wait_for("the tray icon window", lambda: desktop.find_window(CLASS))
         wait_for("1.0.0 served", lambda: served() == "1.0.0")
@@ -539,34 +524,18 @@ def test_logout_sigterm_stops_the_tray_app_cleanly(desktop: Desktop, tmp_path: P
     """A session ending sends SIGTERM: the tray app stops its child, saves state, exits 0."""
     import signal as signals
 
-    from support import alive, served_version
+    from support import Instance, alive, served_version
 
     from trayupdater.children import free_port
-    from trayupdater.demo import DEMO_REPO, publish_version
+    from trayupdater.demo import publish_version
     from trayupdater.feed import ReleaseFeed
     from trayupdater.store import VersionStore
 
     port = free_port()
-    (tmp_path / "none.toml").write_text("")
     data = tmp_path / "data"
     with ReleaseFeed() as feed:
         publish_version(feed, "1.0.0")
-        args = [
-            sys.executable,
-            "-m",
-            "trayupdater",
-            "--api-url",
-            feed.url,
-            "--repo",
-            DEMO_REPO,
-            "--data-dir",
-            str(data),
-            "--port",
-            str(port),
-            "--config",
-            str(tmp_path / "none.toml"),
-            "run",
-        ]
+        args = [sys.executable, "-m", "trayupdater", *Instance(feed, data, port).args, "run"]
         app = desktop._spawn("app", args, cwd=tmp_path)
         wait_for("the tray icon window", lambda: desktop.find_window(CLASS))
         wait_for("1.0.0 served", lambda: served_version(port) == "1.0.0")
