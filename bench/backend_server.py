@@ -72,18 +72,47 @@ func main() {
 """
 
 
-def go_binary() -> Path | None:
-    """Build (once, cached by source hash) and return the Go backend, or None without Go."""
+# Go's httputil.ReverseProxy with its default transport: the original project's proxy, the
+# yardstick the issue sets for ours. Started as ``goproxy LISTEN_PORT BACKEND_PORT``.
+GO_PROXY_SOURCE = r"""
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+)
+
+func main() {
+	target, _ := url.Parse("http://127.0.0.1:" + os.Args[2])
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	ln, err := net.Listen("tcp", "127.0.0.1:"+os.Args[1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Printf("LISTENING %d go-httputil\n", ln.Addr().(*net.TCPAddr).Port)
+	os.Stdout.Sync()
+	http.Serve(ln, proxy)
+}
+"""
+
+
+def go_binary(source: str = GO_SOURCE, name: str = "backend") -> Path | None:
+    """Build (once, cached by source hash) and return a Go program, or None without Go."""
     go = shutil.which("go")
     if go is None:
         return None
-    digest = hashlib.sha256(GO_SOURCE.encode()).hexdigest()[:12]
-    folder = Path(tempfile.gettempdir()) / f"trayupdater-bench-backend-{digest}"
-    exe = folder / ("backend.exe" if os.name == "nt" else "backend")
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"trayupdater-bench-{name}-{digest}"
+    exe = folder / (f"{name}.exe" if os.name == "nt" else name)
     if exe.exists():
         return exe
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "main.go").write_text(GO_SOURCE)
+    (folder / "main.go").write_text(source)
     env = {**os.environ, "GOCACHE": str(folder / "cache"), "GO111MODULE": "off"}
     result = subprocess.run(
         [go, "build", "-o", str(exe), "main.go"], cwd=folder, env=env, capture_output=True

@@ -51,6 +51,28 @@ def start_backend(label: str, impl: str) -> tuple[subprocess.Popen, int, str]:
     return proc, int(line[1]), line[2]
 
 
+def start_go_proxy(backend_port: int) -> tuple[subprocess.Popen | None, int]:
+    """Go's httputil.ReverseProxy in front of the same backend, if Go is installed."""
+    sys.path.insert(0, str(BACKEND.parent))
+    from backend_server import GO_PROXY_SOURCE, go_binary
+
+    exe = go_binary(GO_PROXY_SOURCE, "goproxy")
+    if exe is None:
+        return None, 0
+    # stderr: Go logs "context canceled" whenever wrk hangs up at the end of a run.
+    proc = subprocess.Popen(
+        [str(exe), "0", str(backend_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = proc.stdout.readline().split() if proc.stdout else []
+    if len(line) != 3 or line[0] != "LISTENING":
+        proc.kill()
+        return None, 0
+    return proc, int(line[1])
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait()
@@ -276,7 +298,9 @@ def main() -> None:
     load = wrk if use_wrk else pyload
     backend, backend_port, impl = start_backend("v0", args.backend)
     proxy = ProxyProcess(backend_port, "v0", args.workers)
+    go_proxy, go_port = start_go_proxy(backend_port)
     print(f"backend: {impl}; load generator: {'wrk' if use_wrk else 'python (slow: GIL-bound)'}")
+    print("Go httputil.ReverseProxy: " + ("measured alongside" if go_proxy else "no Go: skipped"))
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {args.duration:g} s runs")
     results: dict[tuple[str, int, str], list[Result]] = {}
     cpu_per_request: dict[tuple[str, int], list[float]] = {}
@@ -294,10 +318,16 @@ def main() -> None:
                 results.setdefault((*key, "proxy"), []).append(result)
                 if result.requests:
                     cpu_per_request.setdefault(key, []).append(cpu / result.requests * 1e6)
+                if go_proxy is not None:
+                    results.setdefault((*key, "go"), []).append(
+                        load(go_port, path, conns, args.duration)
+                    )
         print_table(results, cpu_per_request)
         swap_test(proxy, load, args, backend)
     finally:
         proxy.close()
+        if go_proxy is not None:
+            stop(go_proxy)
 
 
 def _median(values: list[float]) -> float:
@@ -308,6 +338,7 @@ def print_table(results: dict, cpu_per_request: dict) -> None:
     header = (
         f"{'scenario':<14}{'direct rps':>11}{'proxy rps':>11}{'ratio':>7}"
         f"{'direct p50/p99 ms':>19}{'proxy p50/p99 ms':>18}{'proxy CPU/req':>15}{'failed':>8}"
+        f"{'go-httputil rps':>17}{'go p50/p99 ms':>16}"
     )
     print()
     print(header)
@@ -326,9 +357,16 @@ def print_table(results: dict, cpu_per_request: dict) -> None:
         cpu = _median(cpu_per_request.get((name, conns), []))
         failed = sum(r.failed for r in direct + proxied)
         ratio = p_rps / d_rps if d_rps else 0.0
+        go = results.get((name, conns, "go"), [])
+        go_rps = f"{_median([r.rps for r in go]):.0f}" if go else "-"
+        go_lat = (
+            f"{_median([r.p50_ms for r in go]):.3f}/{_median([r.p99_ms for r in go]):.2f}"
+            if go
+            else "-"
+        )
         print(
             f"{f'{name} c={conns}':<14}{d_rps:>11.0f}{p_rps:>11.0f}{ratio:>7.2f}"
-            f"{d_lat:>19}{p_lat:>18}{cpu:>12.0f} us{failed:>8}"
+            f"{d_lat:>19}{p_lat:>18}{cpu:>12.0f} us{failed:>8}{go_rps:>17}{go_lat:>16}"
         )
     print("(medians over rounds; rps = requests/s; CPU/req = proxy process CPU time per request)")
 
