@@ -264,8 +264,12 @@ def _run_tray(app: Any, on_started: Callable[[], None] | None) -> int:
         autostart.enable()
     tray = TrayApp(app.updater, autostart=autostart, logs_dir=app.config.logs_dir)
     app.start()
-    # Quit from anywhere (menu, `trayupdater quit`, logout) ends with the worker's "Stopped".
-    app.updater.subscribe(lambda status: tray.stop() if status.message == "Stopped" else None)
+    # Quit from anywhere (menu, `trayupdater quit`, logout) ends the worker; the icon follows.
+    def close_tray_when_worker_ends() -> None:
+        app.updater.wait()
+        tray.stop()
+
+    threading.Thread(target=close_tray_when_worker_ends, name="tray-closer", daemon=True).start()
     if on_started:
         on_started()
     # Logging out sends SIGTERM (SIGHUP from a closing terminal): quit as from the menu,
