@@ -166,3 +166,28 @@ def test_disk_full_keeps_the_old_version_serving(
         assert proc.wait(timeout=30) == 0
     finally:
         inst.kill()
+
+
+def test_probation_survives_a_restart(feed: ReleaseFeed, instance: Instance) -> None:
+    """Killed right after switching to a new version: the restarted app still holds the new
+    version to its probation, and rolls back when it crashes within it."""
+    instance.env["TRAYUPDATER_PROBATION_SECONDS"] = "8"
+    publish_version(feed, "1.0.0")
+    proc = instance.start()
+    wait_for(lambda: instance.version() == "1.0.0", what="serving 1.0.0")
+    publish_version(feed, "1.1.0", behaviour={"CRASH_AFTER_SECONDS": 3})
+    assert instance.cli("check").returncode == 0
+    assert instance.version() == "1.1.0"
+    proc.kill()
+    proc.wait()
+    assert VersionStore(instance.data).load_state().probation_until is not None
+    proc = instance.start()
+    wait_for(lambda: instance.version() == "1.0.0", timeout=30, what="automatic rollback")
+    # The proxy moves first, state.json follows a moment later.
+    wait_for(
+        lambda: "1.1.0" in VersionStore(instance.data).load_state().blocked, what="1.1.0 blocked"
+    )
+    state = VersionStore(instance.data).load_state()
+    assert state.active == "1.0.0" and state.probation_until is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0

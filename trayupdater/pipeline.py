@@ -101,7 +101,7 @@ class ReleasePipeline:
         plan.newer = state.active is None or version_key(release.version_text) > version_key(
             state.active
         )
-        plan.blocked = release.version_text in state.blocked or state.paused
+        plan.blocked = release.version_text in state.blocked
         return plan
 
     def require_asset(self, plan: Plan) -> tuple[Release, Asset]:

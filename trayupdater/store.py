@@ -41,7 +41,7 @@ class State:
     latest_seen: str | None = None
     child_pid: int | None = None  # so a restarted app can adopt or clean up its child
     child_port: int | None = None
-    paused: bool = False  # the user rolled back: no automatic updates until resumed
+    probation_until: float | None = None  # time.time() until which the new version is on trial
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:

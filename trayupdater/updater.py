@@ -235,12 +235,16 @@ class Updater:
                 log.error("could not start %s: %s", version, exc)
                 continue
             self.proxy.switch(self._backend(child))
+            remaining = (self._state.probation_until or 0.0) - time.time()
             if version != self._state.active:
                 # The active version would not start: never fall back to it again.
                 if self._state.active:
                     self._block(self._state.active)
                 self._state.active = version
                 self._state.previous = self._older_than(version)
+                remaining = 0.0
+            # Killed mid-probation: the new version still has to prove itself.
+            self._set_probation(remaining if remaining > 0 and self._can_roll_back() else None)
             self._adopt_child(child)
             self._publish(phase=Phase.RUNNING, message=f"Running {version}", error=None)
             return
@@ -317,12 +321,10 @@ class Updater:
         self._swap_to(new_child)
         self._state.previous = old_version
         self._state.active = installed.version
+        self._set_probation(self.config.probation_seconds or None)
         self._save()
         log.info("updated %s -> %s", old_version, installed.version)
-        if self.config.probation_seconds > 0:
-            self._probation_until = time.monotonic() + self.config.probation_seconds
-            self._next_probe = time.monotonic() + PROBATION_PROBE_INTERVAL
-        else:
+        if not self.config.probation_seconds:
             self._probation_passed()
         self.events.updated(old_version, installed.version)
         self._publish(phase=Phase.RUNNING, message=f"Updated to {installed.version}", error=None)
@@ -363,8 +365,20 @@ class Updater:
         if child is not None:
             child.stop()
 
+    def _set_probation(self, seconds: float | None) -> None:
+        """Start (``seconds``) or end (None) the new version's probation. The deadline is
+        also kept in state.json, so an app restarted mid-probation carries it on."""
+        if seconds is None:
+            self._probation_until = None
+            self._state.probation_until = None
+            return
+        self._probation_until = time.monotonic() + seconds
+        self._next_probe = time.monotonic() + PROBATION_PROBE_INTERVAL
+        self._state.probation_until = time.time() + seconds
+
     def _probation_passed(self) -> None:
-        self._probation_until = None
+        self._set_probation(None)
+        self._save()
         protect = {v for v in (self._state.active, self._state.previous) if v}
         removed = self.store.prune(self.config.keep_versions, protect)
         if removed:
@@ -372,7 +386,7 @@ class Updater:
 
     def _probation_failed(self, why: str) -> None:
         bad = self._state.active or "?"
-        self._probation_until = None
+        self._set_probation(None)
         log.error("%s failed probation: %s; rolling back", bad, why)
         self._rollback(automatic=True, reason=f"{bad} {why} during probation")
 
@@ -395,7 +409,7 @@ class Updater:
         except ChildError as exc:
             self._fail(ChildError(f"rollback to {target} failed: {exc}"), Phase.RUNNING)
             return
-        self._probation_until = None
+        self._set_probation(None)
         self._swap_to(child)
         if current:
             self._block(current)
@@ -480,7 +494,7 @@ class Updater:
         if self._probation_until is not None and self._can_roll_back():
             self._probation_failed(f"exited with code {code}")
             return
-        self._probation_until = None  # nothing to fall back to: keep restarting this one
+        self._set_probation(None)  # nothing to fall back to: keep restarting this one
         # 503 + Retry-After while it restarts, rather than connection errors.
         self.proxy.switch(None)
         self._child = None
