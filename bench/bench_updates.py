@@ -11,6 +11,7 @@ from keep-alive client threads in this process (or wrk when installed, for the c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -58,34 +61,50 @@ def child_start_ms(data: Path, version: str) -> float | None:
     return float(found[-1]) if found else None
 
 
-def bench_cycles(cycles: int, clients: int) -> dict[str, object]:
+@dataclass
+class RunningApp:
+    feed: ReleaseFeed
+    proc: subprocess.Popen[bytes]
+    port: int
+    data: Path
+    client: ControlClient
+
+
+@contextlib.contextmanager
+def running_app() -> Iterator[RunningApp]:
+    """A headless app serving 1.0.0 from a fresh feed and data folder; stopped afterwards."""
     work = Path(tempfile.mkdtemp(prefix="bench-updates-"))
     port = free_port()
-    with ReleaseFeed() as feed:
-        publish_version(feed, "1.0.0")
-        proc = start_app(feed, work / "data", port)
-        try:
-            client = wait_client(work / "data")
-            switch_ms: list[float] = []
-            with Load(("127.0.0.1", port), clients) as load:
-                for n in range(1, cycles + 1):
-                    version = f"1.0.{n}"
-                    publish_version(feed, version)
-                    published = time.monotonic()
-                    client.command(Command.CHECK)  # "release visible": ask now, not at next poll
-                    while version not in load.first_seen and time.monotonic() - published < 30:
-                        time.sleep(0.001)
-                    start_ms = child_start_ms(work / "data", version) or 0.0
-                    if version in load.first_seen:
-                        total_ms = (load.first_seen[version] - published) * 1000
-                        switch_ms.append(total_ms - start_ms)
-                    client.command(Command.ROLLBACK)
-                    client.command(Command.RESUME)
-                time.sleep(0.3)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        with ReleaseFeed() as feed:
+            publish_version(feed, "1.0.0")
+            proc = start_app(feed, work / "data", port)
+            try:
+                yield RunningApp(feed, proc, port, work / "data", wait_client(work / "data"))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_cycles(cycles: int, clients: int) -> dict[str, object]:
+    switch_ms: list[float] = []
+    with running_app() as app, Load(("127.0.0.1", app.port), clients) as load:
+        for n in range(1, cycles + 1):
+            version = f"1.0.{n}"
+            publish_version(app.feed, version)
+            published = time.monotonic()
+            app.client.command(Command.CHECK)  # "release visible": ask now, not at next poll
+            while version not in load.first_seen and time.monotonic() - published < 30:
+                time.sleep(0.001)
+            start_ms = child_start_ms(app.data, version) or 0.0
+            if version in load.first_seen:
+                total_ms = (load.first_seen[version] - published) * 1000
+                switch_ms.append(total_ms - start_ms)
+            app.client.command(Command.ROLLBACK)
+            app.client.command(Command.RESUME)
+        time.sleep(0.3)
     switch_ms.sort()
     return {
         "cycles": cycles,
@@ -98,23 +117,13 @@ def bench_cycles(cycles: int, clients: int) -> dict[str, object]:
 
 
 def bench_idle(seconds: float) -> dict[str, float]:
-    work = Path(tempfile.mkdtemp(prefix="bench-idle-"))
-    port = free_port()
-    with ReleaseFeed() as feed:
-        publish_version(feed, "1.0.0")
-        proc = start_app(feed, work / "data", port)
-        try:
-            wait_client(work / "data")
-            time.sleep(1.0)  # let start-up work finish
-            ticks = os.sysconf("SC_CLK_TCK")
-            before = _cpu_ticks(proc.pid)
-            time.sleep(seconds)
-            after = _cpu_ticks(proc.pid)
-            rss_kib = _rss_kib(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-    shutil.rmtree(work, ignore_errors=True)
+    with running_app() as app:
+        time.sleep(1.0)  # let start-up work finish
+        ticks = os.sysconf("SC_CLK_TCK")
+        before = _cpu_ticks(app.proc.pid)
+        time.sleep(seconds)
+        after = _cpu_ticks(app.proc.pid)
+        rss_kib = _rss_kib(app.proc.pid)
     return {
         "idle_cpu_percent_of_core": 100.0 * (after - before) / ticks / seconds,
         "rss_mib": rss_kib / 1024,
