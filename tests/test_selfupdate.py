@@ -32,24 +32,20 @@ from typing import Any
 
 import pytest
 
-from trayupdater import selfupdate
+from trayupdater import handover
 from trayupdater.config import Config
-from trayupdater.errors import VerificationError
+from trayupdater.errors import SelfUpdateError, VerificationError
 from trayupdater.feed import ReleaseFeed
-from trayupdater.platforms import Platform
-from trayupdater.selfupdate import (
-    ENV_HANDOVER,
+from trayupdater.handover import ENV_HANDOVER, take_handover
+from trayupdater.installation import (
     FileOps,
     Installation,
-    SelfUpdateError,
-    SelfUpdater,
-    SelfUpdateState,
     Swap,
     find_installation,
-    finish_pending_update,
     remove_leftovers,
-    take_handover,
 )
+from trayupdater.platforms import Platform
+from trayupdater.selfupdate import SelfUpdater, SelfUpdateState, finish_pending_update
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_REPO = "demo/trayupdater"
@@ -302,15 +298,15 @@ def test_leftovers_are_removed_at_start_but_not_in_a_successor(
     for suffix in (".old", ".new", ".failed"):
         (tmp_path / f"trayupdater{suffix}").write_text("leftover")
     inst = Installation(exe, exe, "file", "linux")
-    monkeypatch.setattr(selfupdate, "_started_by_handover", True)  # take_handover() ran
-    assert selfupdate.is_successor()
+    monkeypatch.setattr(handover, "_started_by_handover", True)  # take_handover() ran
+    assert handover.is_successor()
     assert finish_pending_update(inst) == []  # the predecessor may still roll back
-    monkeypatch.setattr(selfupdate, "_started_by_handover", False)
+    monkeypatch.setattr(handover, "_started_by_handover", False)
     monkeypatch.setenv(ENV_HANDOVER, "1:x")  # before take_handover() has run
-    assert selfupdate.is_successor()
+    assert handover.is_successor()
     assert finish_pending_update(inst) == []
     monkeypatch.delenv(ENV_HANDOVER)
-    assert not selfupdate.is_successor()
+    assert not handover.is_successor()
     assert sorted(finish_pending_update(inst)) == [
         "trayupdater.failed",
         "trayupdater.new",
@@ -543,7 +539,7 @@ SUCCESSOR = """#!{python}
 # A stand-in for the new build: takes the handover, serves its version on the socket.
 import json, os, socket, sys, threading, time
 sys.path.insert(0, {repo!r})
-from trayupdater import selfupdate
+from trayupdater import handover
 
 VERSION, MODE, DATA = {version!r}, {mode!r}, {data!r}
 if MODE == "exit":
@@ -552,7 +548,7 @@ if MODE == "hang":
     time.sleep(120)
     sys.exit(0)
 fromshare = (lambda data: socket.socket(fileno=int(data))) if MODE == "windows" else None
-successor = selfupdate.take_handover(version=VERSION, fromshare=fromshare)
+successor = handover.take_handover(version=VERSION, fromshare=fromshare)
 # What the real app does while it starts: it reads and rewrites state.json, control.json.
 state = json.loads(open(os.path.join(DATA, "state.json")).read())
 open(os.path.join(DATA, "seen-child-pid"), "w").write(json.dumps(state.get("child_pid")))
@@ -881,7 +877,7 @@ def test_macos_bundle_handover_swaps_the_whole_bundle(
 @pytest.fixture(autouse=True)
 def _fresh_process_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     # take_handover() marks the process as a successor; each test is a fresh process.
-    monkeypatch.setattr(selfupdate, "_started_by_handover", False)
+    monkeypatch.setattr(handover, "_started_by_handover", False)
 
 
 def test_take_handover_only_when_started_by_a_self_update() -> None:
@@ -911,7 +907,7 @@ def test_take_handover_refused_by_the_predecessor() -> None:
 
 def test_share_grant_round_trip() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        grant = selfupdate._grant(listener, "windows", 1234, lambda s, pid: b"wsa-blob")
+        grant = handover._grant(listener, "windows", 1234, lambda s, pid: b"wsa-blob")
         assert base64.b64decode(grant["share"]) == b"wsa-blob"
         received: list[bytes] = []
 
@@ -919,11 +915,9 @@ def test_share_grant_round_trip() -> None:
             received.append(data)
             return socket.socket()
 
-        selfupdate._socket_from_grant(grant, fromshare).close()
+        handover._socket_from_grant(grant, fromshare).close()
         assert received == [b"wsa-blob"]
-        assert selfupdate._grant(listener, "linux", 1, lambda s, p: b"") == {
-            "fd": listener.fileno()
-        }
+        assert handover._grant(listener, "linux", 1, lambda s, p: b"") == {"fd": listener.fileno()}
 
 
 class Controller:
@@ -958,14 +952,14 @@ def test_successor_serves_only_once_its_child_is_up(
 ) -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        successor = selfupdate.Successor(selfupdate._Channel(ours), socket.socket(), 0)
+        successor = handover.Successor(handover._Channel(ours), socket.socket(), 0)
         controller = Controller(phases[0])
         started: list[str] = []
         successor.serve_when_ready(controller, lambda: started.append(controller.phase))
         for phase in phases[1:]:
             controller.publish(phase)
         assert len(started) == starts
-        peer = selfupdate._Channel(theirs)
+        peer = handover._Channel(theirs)
         assert peer.recv(5) == report
         assert peer.recv(0.2) is None  # reported once
         successor.socket.close()
@@ -974,13 +968,13 @@ def test_successor_serves_only_once_its_child_is_up(
 def test_successor_reports_failure_when_it_cannot_serve() -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        successor = selfupdate.Successor(selfupdate._Channel(ours), socket.socket(), 0)
+        successor = handover.Successor(handover._Channel(ours), socket.socket(), 0)
 
         def boom() -> None:
             raise OSError("bad file descriptor")
 
         successor.serve_when_ready(Controller("running"), boom)
-        message = selfupdate._Channel(theirs).recv(5)
+        message = handover._Channel(theirs).recv(5)
         assert message is not None and "bad file descriptor" in message["failed"]
         successor.socket.close()
 
@@ -995,5 +989,5 @@ def test_from_config_is_none_unless_frozen_with_a_repo(tmp_path: Path) -> None:
 
 def test_leftover_wait_is_bounded() -> None:
     started = time.monotonic()
-    assert selfupdate._wait_gone(os.getpid(), 0.3) is False
+    assert handover._wait_gone(os.getpid(), 0.3) is False
     assert time.monotonic() - started < 5

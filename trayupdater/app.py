@@ -16,9 +16,10 @@ from types import FrameType
 from trayupdater.config import Config
 from trayupdater.control import ControlClient, ControlServer
 from trayupdater.errors import TrayUpdaterError
+from trayupdater.handover import take_handover
 from trayupdater.metrics import Metrics
 from trayupdater.proxy import ReverseProxy
-from trayupdater.selfupdate import SelfUpdater, finish_pending_update, take_handover
+from trayupdater.selfupdate import SelfUpdater, finish_pending_update
 from trayupdater.status import Command
 from trayupdater.store import VersionStore
 from trayupdater.updater import Updater

@@ -213,7 +213,7 @@ def _run_app(
     duration: float = 0,
 ) -> int:
     from trayupdater.app import AlreadyRunningError, App
-    from trayupdater.selfupdate import is_successor
+    from trayupdater.handover import is_successor
 
     # Single instance: a second launch asks the first to check for updates and exits.
     # Checked before the tray is shown, so a second icon never appears, even briefly.
@@ -264,6 +264,7 @@ def _run_tray(app: Any, on_started: Callable[[], None] | None) -> int:
         autostart.enable()
     tray = TrayApp(app.updater, autostart=autostart, logs_dir=app.config.logs_dir)
     app.start()
+
     # Quit from anywhere (menu, `trayupdater quit`, logout) ends the worker; the icon follows.
     def close_tray_when_worker_ends() -> None:
         app.updater.wait()

@@ -53,6 +53,12 @@ class StorageError(TrayUpdaterError):
     reason = "storage"
 
 
+class SelfUpdateError(TrayUpdaterError):
+    """Replacing the app's own executable failed; the running version keeps serving."""
+
+    reason = "self_update"
+
+
 class ChildError(TrayUpdaterError):
     """A child version failed to start, to become healthy or to stay healthy."""
 
