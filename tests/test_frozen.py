@@ -85,6 +85,9 @@ def _build(variants: dict[str, dict[str, str]], dist: Path, fingerprint: str) ->
             **knobs,
             "TRAYUPDATER_BUILD_MODE": "onefile",
             "TRAYUPDATER_BUILD_GUI": "0",  # headless e2e: no GTK (see packaging/README.md)
+            # One PyInstaller cache per parallel build: they would otherwise read and write
+            # the same binary-cache index at once and one reads it half-written (seen in CI).
+            "PYINSTALLER_CONFIG_DIR": str(REPO_ROOT / "build" / "frozen-e2e" / f"{name}-cache"),
         }
         with log.open("wb") as out:
             proc = subprocess.Popen(
