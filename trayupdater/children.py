@@ -152,10 +152,16 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-def _pid_running(pid: int) -> bool:
-    """Is ``pid`` a live process (a zombie counts as gone)?"""
+def pid_running(pid: int) -> bool:
+    """Is ``pid`` a live process (a zombie counts as gone)?
+
+    On Windows there is no cheap check (and ``os.kill(pid, 0)`` would *terminate* it), so
+    the answer is "maybe": True.
+    """
     if pid <= 0:
         return False
+    if os.name != "posix":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -628,7 +634,7 @@ def _wait_process(
     step = 0.005
     while True:
         if adopted:
-            exited = not _pid_running(pid)
+            exited = not pid_running(pid)
         elif hasattr(os, "waitid"):
             try:
                 exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
@@ -668,7 +674,7 @@ def adopt(
     adopted child can be watched, stopped and restarted; its exit code is never known.
     Windows: always None.
     """
-    if not _POSIX or not _pid_running(pid) or not _cmdline_mentions(pid, exe):
+    if not _POSIX or not pid_running(pid) or not _cmdline_mentions(pid, exe):
         return None
     child = Child(exe, version, command=command, port=port, log_path=log_path, host=host)
     child._adopt(pid)
@@ -692,7 +698,7 @@ def kill_stale(pid: int, exe: Path, *, timeout: float = 5.0) -> bool:
         return False
     pidfd = _open_pidfd(pid)  # pins the process: it cannot be swapped between check and kill
     try:
-        if not _pid_running(pid) or not _cmdline_mentions(pid, exe):
+        if not pid_running(pid) or not _cmdline_mentions(pid, exe):
             return False
         logger.info("stopping stale child pid %d (%s)", pid, exe)
         try:
@@ -710,7 +716,7 @@ def kill_stale(pid: int, exe: Path, *, timeout: float = 5.0) -> bool:
                 os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        return not _pid_running(pid)
+        return not pid_running(pid)
     finally:
         if pidfd is not None:
             os.close(pidfd)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import trayupdater
+from trayupdater.children import pid_running
 from trayupdater.errors import SelfUpdateError
 from trayupdater.installation import Installation, find_installation, remove_leftovers
 
@@ -249,25 +250,10 @@ def _no_share(data: bytes) -> socket.socket:
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _pid_alive(pid):
+        if not pid_running(pid):
             return True
         time.sleep(0.1)
     return False
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if os.name != "posix":
-        return True  # no cheap check without pywin32: wait the full timeout; what is
-        # still in use then stays for the next start (finish_pending_update)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def is_successor() -> bool:
