@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from support import Instance
 
 from trayupdater.cli import main
 from trayupdater.demo import DEMO_REPO, child_archive, publish_version
@@ -17,19 +18,8 @@ from trayupdater.store import VersionStore
 
 
 def run_check(feed: ReleaseFeed, data: Path, *extra: str) -> int:
-    return main(
-        [
-            "--api-url",
-            feed.url,
-            "--repo",
-            DEMO_REPO,
-            "--data-dir",
-            str(data),
-            "--config",
-            str(data.parent / "none.toml"),
-            *extra,
-        ]
-    )
+    """The CLI in-process, pointed at the feed and a fresh data folder (port unused)."""
+    return main([*Instance(feed, data, 0).args, *extra])
 
 
 @pytest.fixture
