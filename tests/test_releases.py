@@ -10,7 +10,7 @@ import pytest
 
 from trayupdater.errors import RateLimitedError, SourceError
 from trayupdater.feed import ReleaseFeed
-from trayupdater.releases import GitHubSource
+from trayupdater.sources.github import GitHubSource
 
 REPO = "acme/server"
 

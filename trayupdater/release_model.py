@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -24,16 +22,6 @@ class Asset:
             return self.digest.split(":", 1)[1].lower()
         return None
 
-    @classmethod
-    def from_github(cls, data: Mapping[str, Any]) -> Asset:
-        return cls(
-            name=str(data["name"]),
-            api_url=str(data.get("url") or ""),
-            download_url=str(data.get("browser_download_url") or ""),
-            size=int(data.get("size") or 0),
-            digest=data.get("digest") or None,
-        )
-
 
 @dataclass(frozen=True)
 class Release:
@@ -42,7 +30,8 @@ class Release:
     prerelease: bool = False
     assets: tuple[Asset, ...] = field(default_factory=tuple)
     published_at: str = ""
-    html_url: str = ""
+    html_url: str = ""  # the release page, for "What's new"
+    notes: str = ""  # the release body (Markdown), as published
 
     @property
     def version_text(self) -> str:
@@ -62,19 +51,3 @@ def parse_version(tag: str) -> Version | None:
         return Version(text)
     except InvalidVersion:
         return None
-
-
-def release_from_github(data: Mapping[str, Any]) -> Release | None:
-    """Build a Release from a GitHub API release object; None if the tag is not a version."""
-    tag = str(data.get("tag_name") or "")
-    version = parse_version(tag)
-    if version is None:
-        return None
-    return Release(
-        tag=tag,
-        version=version,
-        prerelease=bool(data.get("prerelease")),
-        assets=tuple(Asset.from_github(a) for a in data.get("assets") or ()),
-        published_at=str(data.get("published_at") or ""),
-        html_url=str(data.get("html_url") or ""),
-    )
