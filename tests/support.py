@@ -127,6 +127,7 @@ class Instance:
         self.env = {
             **os.environ,
             "TRAYUPDATER_PROBATION_SECONDS": "1",
+            "TRAYUPDATER_MIN_READY_SECONDS": "0.3",
             "TRAYUPDATER_CHECK_INTERVAL": "3600",
             **env,
         }
