@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import zlib
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -184,18 +185,42 @@ def read_capped(
     what: str,
     interrupt: Interrupt | None = None,
 ) -> bytes:
-    """The decoded body of ``response``, or ``error`` once it passes ``cap`` bytes."""
+    """The decoded body of ``response``, or ``error`` once it passes ``cap`` bytes.
+
+    Decoded here, with zlib's ``max_length``, not by urllib3: a chunk of a gzip bomb may
+    expand a thousandfold, and only a decoder told how much room is left stays small.
+    """
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        decoder = None
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
+    else:
+        response.close()
+        raise error(f"{what} uses the unsupported Content-Encoding {encoding[:30]!r}")
     out = bytearray()
     try:
         while True:
             if interrupt is not None:
                 interrupt.check()
-            chunk = response.raw.read(READ_SIZE, decode_content=True)
-            if not chunk:
+            raw = response.raw.read(READ_SIZE, decode_content=False)
+            if not raw:
                 break
-            out += chunk
+            if decoder is None:
+                out += raw
+            while raw and decoder is not None:
+                out += decoder.decompress(raw, cap + 1 - len(out))  # room is always >= 1
+                raw = decoder.unconsumed_tail
+                if len(out) > cap:
+                    break
             if len(out) > cap:
                 raise error(f"{what} is larger than {cap} bytes; refused")
+        if decoder is not None:
+            out += decoder.flush()
+            if len(out) > cap:
+                raise error(f"{what} is larger than {cap} bytes; refused")
+    except zlib.error as exc:
+        raise error(f"{what} is not valid {encoding} ({exc})") from None
     except NETWORK_ERRORS as exc:
         if interrupt is not None:
             interrupt.check()

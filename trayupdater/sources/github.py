@@ -253,7 +253,11 @@ class GitHubSource:
                 f"GitHub rate limit: not asking again for {self.blocked_until - now:.0f} s",
                 self.blocked_until,
             )
-        headers = {"Accept": "application/vnd.github+json", **self._auth_headers()}
+        headers = {
+            "Accept": "application/vnd.github+json",
+            "Accept-Encoding": "gzip",  # the one encoding read_capped decodes with a cap
+            **self._auth_headers(),
+        }
         cache = self._cache if self._cache and self._cache.url == url else None
         if cache:
             headers["If-None-Match"] = cache.etag
