@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import io
 import json
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from httpfiles import FileServer
@@ -25,6 +28,7 @@ from support import wait_for
 from test_runtime import get, make_config, running
 
 from trayupdater.app import App
+from trayupdater.config import Config
 from trayupdater.demo import DEMO_REPO, child_archive, publish_version
 from trayupdater.download import Pace, download
 from trayupdater.errors import DownloadError, SourceError
@@ -302,3 +306,60 @@ def test_source_answer_cap_applies_to_the_text_assets_too(feed: ReleaseFeed) -> 
         release = source.check().release
         with pytest.raises(SourceError, match="larger than"):
             source.fetch_text(release.asset("SHA256SUMS"))
+
+
+# --- archive bombs are refused as soon as they pass the limit ---------------------------------
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def _tar_bomb(name: str, size: int) -> bytes:
+    out = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as packed,
+        tarfile.open(fileobj=packed, mode="w|") as tar,
+    ):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = size, 0o755
+        tar.addfile(info, io.BufferedReader(_Zeros(size), 1 << 20))
+    return out.getvalue()
+
+
+def test_an_archive_bomb_is_refused_at_the_derived_limit_and_the_space_freed(
+    feed: ReleaseFeed, app: App
+) -> None:
+    """600 MiB of zeros in a 0.6 MB archive: with the default limit (64 x the archive, at
+    least 256 MiB) it is refused once 256 MiB are written, not after 2 GiB."""
+    name = child_archive("1.1.0")[0]
+    bomb = _tar_bomb("simple-server", 600 * 1024 * 1024)
+    feed.publish(DEMO_REPO, "v1.1.0", {name: bomb})
+    started = time.monotonic()
+    status = app.updater.request(Command.CHECK)
+    took = time.monotonic() - started
+    assert status.active == "1.0.0" and status.phase is Phase.RUNNING
+    assert status.error and "more than 268435456 bytes (a bomb?)" in status.error
+    print(f"archive bomb of {len(bomb)} bytes refused after {took:.1f} s")
+    assert get(app)[:2] == (200, "1.0.0")
+    versions = app.config.data_dir / "versions"
+    assert sorted(p.name for p in versions.iterdir()) == ["1.0.0"]  # no half-unpacked folder
+    assert not any((app.config.data_dir / "downloads").iterdir())
+
+
+def test_extract_limit_follows_the_config() -> None:
+    config = Config(max_download_bytes=1024**3)
+    assert config.extract_limit(10 * 1024**2) == 640 * 1024**2  # 64 x the archive
+    assert config.extract_limit(1024) == 256 * 1024**2  # the floor for small archives
+    assert config.extract_limit(100 * 1024**2) == 4 * 1024**3  # capped at 4 x the download cap
+    assert Config(max_extract_bytes=5000).extract_limit(10**9) == 5000  # explicit wins

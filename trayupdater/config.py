@@ -68,7 +68,7 @@ class Config:
     data_dir: Path = field(default_factory=default_data_dir)
     keep_versions: int = 3
     max_download_bytes: int = 1024 * 1024 * 1024
-    max_extract_bytes: int | None = None  # None: 4 x max_download_bytes
+    max_extract_bytes: int | None = None  # None: derived from the archive (extract_limit)
     download_timeout: float = 3600.0  # a whole download, resumes included
     download_min_rate: float = 1024.0  # bytes/s over download_rate_window, else it is cut
     download_rate_window: float = 30.0
@@ -84,10 +84,14 @@ class Config:
     def repo_name(self) -> str:
         return self.repo.split("/", 1)[1]
 
-    @property
-    def extract_limit(self) -> int:
-        """Bytes an archive may unpack to: past this it is a bomb and refused at once."""
-        return self.max_extract_bytes or 4 * self.max_download_bytes
+    def extract_limit(self, archive_size: int) -> int:
+        """Bytes an archive of ``archive_size`` may unpack to; past this it is a bomb and
+        refused at once. Default: 64 times the archive (programs compress 2-5 times; bombs
+        a thousandfold), at least 256 MiB, at most 4 times max_download_bytes."""
+        if self.max_extract_bytes:
+            return self.max_extract_bytes
+        derived = max(256 * 1024**2, 64 * archive_size)
+        return min(derived, 4 * self.max_download_bytes)
 
     @property
     def versions_dir(self) -> Path:

@@ -185,7 +185,8 @@ class ReleasePipeline:
 
     def _unpack(self, archive: Path, folder: Path, asset_name: str) -> Path:
         folder.mkdir(parents=True)
-        extract(archive, folder, asset_name=asset_name, max_total_bytes=self.config.extract_limit)
+        limit = self.config.extract_limit(archive.stat().st_size)
+        extract(archive, folder, asset_name=asset_name, max_total_bytes=limit)
         return find_executable(
             folder,
             exe_name=self.config.exe_name,

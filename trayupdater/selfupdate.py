@@ -288,7 +288,7 @@ class SelfUpdater:
                     result.path,
                     unpack,
                     asset_name=asset.name,
-                    max_total_bytes=self.config.extract_limit,
+                    max_total_bytes=self.config.extract_limit(result.path.stat().st_size),
                 )
                 exe = find_executable(
                     unpack,
@@ -302,7 +302,7 @@ class SelfUpdater:
                     result.path,
                     staged,
                     asset_name=asset.name,
-                    max_total_bytes=self.config.extract_limit,
+                    max_total_bytes=self.config.extract_limit(result.path.stat().st_size),
                 )
                 staged = self._staged_root(staged)
         except OSError as exc:
