@@ -363,3 +363,36 @@ def test_extract_limit_follows_the_config() -> None:
     assert config.extract_limit(1024) == 256 * 1024**2  # the floor for small archives
     assert config.extract_limit(100 * 1024**2) == 4 * 1024**3  # capped at 4 x the download cap
     assert Config(max_extract_bytes=5000).extract_limit(10**9) == 5000  # explicit wins
+
+
+def test_https_redirected_to_plain_http_is_refused_before_it_is_sent(tmp_path: Path) -> None:
+    """A real TLS server answering 302 to plain HTTP (loopback, which alone would be
+    allowed): the downgrade is refused and the plain server never sees the request."""
+    from http.server import BaseHTTPRequestHandler
+
+    from tls import https_server, make_ca
+
+    ca = make_ca(tmp_path / "ca")
+    with FileServer({"/blob": b"plain"}) as plain:
+
+        class Redirect(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(302)
+                self.send_header("Location", plain.url("/blob"))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        with https_server(ca, Redirect) as base:
+            client = HttpClient(verify=str(ca.cert))
+            with pytest.raises(DownloadError, match="redirected to plain HTTP; refused"):
+                download(
+                    client,
+                    base + "/asset",
+                    tmp_path / "a",
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                    max_bytes=10_000,
+                )
+        assert plain.hits == []

@@ -84,8 +84,11 @@ class HttpClient:
         *,
         interrupt: Interrupt | None = None,
         user_agent: str = USER_AGENT,
+        verify: bool | str = True,
     ) -> None:
         self.session = session or requests.Session()
+        # Passed with every request: requests lets REQUESTS_CA_BUNDLE override session.verify.
+        self.verify = verify
         self.session.headers["User-Agent"] = user_agent
         self.interrupt = interrupt
         if interrupt is not None:
@@ -153,7 +156,12 @@ class HttpClient:
             self.interrupt.check()
         try:
             return self.session.get(
-                url, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+                url,
+                headers=headers,
+                timeout=timeout,
+                stream=True,
+                allow_redirects=False,
+                verify=self.verify,
             )
         except requests.RequestException as exc:
             if self.interrupt is not None:
