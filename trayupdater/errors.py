@@ -63,3 +63,21 @@ class ChildError(TrayUpdaterError):
     """A child version failed to start, to become healthy or to stay healthy."""
 
     reason = "child"
+
+
+class MetadataExpiredError(SourceError):
+    """The update repository's signed metadata is past its expiry date: nothing new is
+    installed until the publisher re-signs it; what runs keeps running."""
+
+    reason = "metadata_expired"
+
+    def __init__(self, message: str, expired_at: str | None = None) -> None:
+        super().__init__(message)
+        self.expired_at = expired_at  # ISO 8601 UTC, when known
+
+
+class UntrustedMetadataError(SourceError):
+    """The update repository served metadata that does not verify (a rollback to older
+    versions, a bad signature, a file that does not match what signed metadata says)."""
+
+    reason = "untrusted_metadata"
