@@ -98,7 +98,7 @@ def run_repo(args: argparse.Namespace) -> int:
         raise PublishError("the repository does not verify: " + "; ".join(problems))
     _print(outcome)
     if action == "init":
-        root = repository.metadata_dir / "root.json"
+        root = (repository.metadata_dir / "root.json").resolve()
         print(f"repository created in {folder}; keys in {keys_dir} (keep them private)")
         print(f"ship this file with the app as its trusted root: {root}")
         print(
