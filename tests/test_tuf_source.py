@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -111,6 +112,26 @@ def test_repeated_checks_are_conditional_requests(
     third = source.check()
     assert third.release is not None and third.release.version_text == "1.1.0"
     assert not third.not_modified
+
+
+def test_a_file_changed_within_the_same_second_is_not_taken_for_unchanged(
+    tmp_path: Path, publisher: Publisher, server: StaticServer
+) -> None:
+    """Static servers make ETag and Last-Modified from the mtime in whole seconds: a
+    timestamp.json replaced within that second by one of the same size keeps them."""
+    publisher.add("1.0.0")
+    path = publisher.metadata / "timestamp.json"
+    stamp = time.time()
+    os.utime(path, (stamp, stamp))
+    source = source_for(server, publisher, tmp_path / "cache")
+    assert source.check().release.version_text == "1.0.0"  # type: ignore[union-attr]
+    size = path.stat().st_size
+    publisher.add("1.1.0")
+    assert path.stat().st_size == size  # same size ...
+    os.utime(path, (stamp, stamp))  # ... and, to the server, the same second
+    result = source.check()
+    assert result.release is not None and result.release.version_text == "1.1.0"
+    assert [h.status for h in server.hits("/metadata/timestamp.json")] == [200, 200]
 
 
 def test_a_target_that_does_not_follow_the_format_is_skipped(
@@ -430,3 +451,34 @@ def test_a_trusted_root_that_is_not_root_metadata_is_refused(
 
 def test_nginx_is_what_serves_here_when_installed(server: StaticServer) -> None:
     assert server.kind == ("nginx" if NGINX else "http.server")
+
+
+# --- minisign on top, when a key is configured ---------------------------------------------------
+
+
+@pytest.mark.parametrize("signer", ["publisher", "someone else"])
+def test_a_configured_minisign_key_is_checked_over_tuf_targets(
+    tmp_path: Path, publisher: Publisher, server: StaticServer, signer: str
+) -> None:
+    from minisign_tool import generate_keypair, public_key_line, sign
+
+    secret, key_id, _ = generate_keypair()
+    archive = publisher.archive("1.0.0")
+    other, other_id, _ = generate_keypair()
+    key, kid = (secret, key_id) if signer == "publisher" else (other, other_id)
+    signature = archive.with_name(archive.name + ".minisig")
+    signature.write_text(sign(archive.read_bytes(), key, kid))
+    publisher.add("1.0.0", files=[archive, signature])
+    config = tuf_config(
+        server.url, publisher, tmp_path / "data", public_key=public_key_line(secret, key_id)
+    )
+    p = pipeline(config)
+    plan = p.plan(State())
+    assert plan.asset is not None and plan.asset.name == ASSET  # not the .minisig
+    if signer == "publisher":
+        assert p.install(*p.require_asset(plan)).version == "1.0.0"
+        assert [h.status for h in server.hits(f"/targets/1.0.0/{ASSET}.minisig")] == [200]
+    else:
+        with pytest.raises(VerificationError):
+            p.install(*p.require_asset(plan))
+        assert VersionStore(config.data_dir).installed() == []

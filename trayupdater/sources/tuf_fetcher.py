@@ -122,7 +122,8 @@ class HttpFetcher(FetcherInterface):
                 if self.interrupt is not None:
                     self.interrupt.check()
                 try:
-                    chunk = response.raw.read(READ_SIZE, decode_content=True)
+                    # read1: whatever has arrived, so a drip still meets the deadline.
+                    chunk = response.raw.read1(READ_SIZE, decode_content=True)
                 except NETWORK_ERRORS as exc:
                     if self.interrupt is not None:
                         self.interrupt.check()
