@@ -482,3 +482,28 @@ def test_a_configured_minisign_key_is_checked_over_tuf_targets(
         with pytest.raises(VerificationError):
             p.install(*p.require_asset(plan))
         assert VersionStore(config.data_dir).installed() == []
+
+
+def test_two_checks_on_one_cache_at_once_do_not_trip_over_each_other(
+    tmp_path: Path, publisher: Publisher, server: StaticServer
+) -> None:
+    """``check --dry-run`` beside a running app: two users of one metadata cache."""
+    import threading
+
+    publisher.add("1.0.0")
+    errors: list[BaseException] = []
+
+    def checks() -> None:
+        source = source_for(server, publisher, tmp_path / "cache")
+        for _ in range(30):
+            try:
+                assert source.check().release is not None
+            except BaseException as exc:  # collected: an assert in a thread is lost
+                errors.append(exc)
+
+    threads = [threading.Thread(target=checks) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
