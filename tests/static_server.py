@@ -39,6 +39,7 @@ class Hit:
     path: str
     status: int
     if_none_match: str = ""
+    bytes: int = 0  # body bytes sent
 
 
 class StaticServer:
@@ -137,7 +138,7 @@ pid {w / "nginx.pid"};
 error_log {w / "error.log"} warn;
 events {{ worker_connections 256; }}
 http {{
-    log_format hits '$request_method $uri $status "$http_if_none_match"';
+    log_format hits '$request_method $uri $status "$http_if_none_match" $body_bytes_sent';
     access_log {w / "access.log"} hits;
 {temps}
     types {{ application/json json; application/gzip gz; }}
@@ -172,8 +173,8 @@ http {{
         return " | ".join(texts) or "no output"
 
 
-_NGINX_LINE = re.compile(r'^(\w+) (\S+) (\d{3}) "([^"]*)"$')
-_HTTP_SERVER_LINE = re.compile(r'"(\w+) (\S+) HTTP/[\d.]+" (\d{3})')
+_NGINX_LINE = re.compile(r'^(\w+) (\S+) (\d{3}) "([^"]*)" (\d+)$')
+_HTTP_SERVER_LINE = re.compile(r'"(\w+) (\S+) HTTP/[\d.]+" (\d{3}) (\d+|-)')
 
 
 def _nginx_hit(line: str) -> Hit | None:
@@ -181,11 +182,12 @@ def _nginx_hit(line: str) -> Hit | None:
     if not match:
         return None
     etag = "" if match.group(4) == "-" else match.group(4).replace("\\x22", '"')
-    return Hit(match.group(1), match.group(2), int(match.group(3)), etag)
+    return Hit(match.group(1), match.group(2), int(match.group(3)), etag, int(match.group(5)))
 
 
 def _http_server_hit(line: str) -> Hit | None:
     match = _HTTP_SERVER_LINE.search(line)
     if not match:
         return None
-    return Hit(match.group(1), match.group(2).split("?", 1)[0], int(match.group(3)))
+    size = int(match.group(4)) if match.group(4).isdigit() else 0
+    return Hit(match.group(1), match.group(2).split("?", 1)[0], int(match.group(3)), "", size)
