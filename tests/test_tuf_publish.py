@@ -15,6 +15,7 @@ from tuf.api.metadata import Metadata, Root, Targets, Timestamp
 from tuf_support import Publisher
 
 from trayupdater.publish import parse_duration
+from trayupdater.tuf_format import check_folder
 from trayupdater.tuf_keys import KeyStore
 from trayupdater.tuf_repository import FolderRepository, PublishError
 
@@ -315,3 +316,32 @@ def test_the_release_workflow_runs_commands_the_cli_knows() -> None:
         args = build_parser().parse_args(words)
         assert args.command == "repo" and args.repo_action in ("add", "refresh")
         assert args.keys is not None  # CI keys never sit beside the checkout's repository
+
+
+def test_a_missing_key_stops_a_publish_before_anything_changes(tmp_path: Path) -> None:
+    publisher = Publisher(tmp_path).init()
+    before = publisher.save()
+    away = tmp_path / "timestamp.pem"
+    (publisher.keys / "timestamp.pem").rename(away)
+    done = cli("add", str(publisher.dir), "--version", "1.0.0", str(publisher.archive("1.0.0")))
+    assert done.returncode == 1 and "no timestamp key" in done.stderr
+    assert publisher.save() == before  # nothing written, nothing half-published
+    away.rename(publisher.keys / "timestamp.pem")
+    publisher.add("1.0.0")
+    timestamp = load(publisher.metadata / "timestamp.json").signed
+    assert isinstance(timestamp, Timestamp) and timestamp.version == 2
+
+
+def test_adding_again_finishes_a_publish_that_stopped_half_way(tmp_path: Path) -> None:
+    publisher = Publisher(tmp_path).init()
+    archive = publisher.archive("1.0.0")
+    repository = publisher.library()
+    infos = repository._copy_targets("1.0.0", [archive], check_folder("1.0.0"))
+    with repository.edit_targets() as targets:  # the run stopped here: no snapshot yet
+        for info in infos:
+            targets.targets[info.path] = info
+    publisher.add("1.0.0", files=[archive])
+    snapshot = load(publisher.metadata / "2.snapshot.json").signed
+    assert snapshot.meta["targets.json"].version == 2
+    assert FolderRepository(publisher.dir, KeyStore(publisher.keys)).verify() == []
+

@@ -194,11 +194,15 @@ class FolderRepository(Repository):
         if len(set(names)) != len(names):
             raise PublishError("two files have the same name; a version holds each name once")
         wanted = {name: _sha256(path) for path, name in zip(files, names, strict=True)}
+        self._load_keys(Targets.type, Snapshot.type, Timestamp.type)  # all, before any change
 
         outcome = Outcome()
         published = self._published(version)
         if published:
             if published == {(folder, n, h) for n, h in wanted.items()}:
+                # Also finishes a publish that stopped after the targets metadata.
+                self.do_snapshot()
+                self.do_timestamp()
                 outcome.lines.append(f"{folder} is already published with these files")
                 return outcome
             raise PublishError(
@@ -227,6 +231,7 @@ class FolderRepository(Repository):
         """New timestamp and snapshot; targets and root too when they are due and their keys
         are at hand (the root key usually is not: it lives offline)."""
         self._require_repository()
+        self._load_keys(Snapshot.type, Timestamp.type)
         outcome = Outcome()
         for role in (Root.type, Targets.type):
             if not self._due(role):
@@ -257,10 +262,9 @@ class FolderRepository(Repository):
             raise PublishError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         old_root = self._signer(Root.type)  # the current root key must sign the change
         # Every key the re-signing below needs is loaded before anything changes.
-        for later in {"targets": ("snapshot", "timestamp"), "snapshot": ("timestamp",)}.get(
+        self._load_keys(*{"targets": ("snapshot", "timestamp"), "snapshot": ("timestamp",)}.get(
             role, ()
-        ):
-            self._signer(later)
+        ))
         new_signer, new_path = self.keys.generate(role, suffix=".new")
         self._signers[role] = new_signer
         if role == Root.type:
@@ -356,6 +360,11 @@ class FolderRepository(Repository):
         if role not in self._signers:
             self._signers[role] = self.keys.load(role)
         return self._signers[role]
+
+    def _load_keys(self, *roles: str) -> None:
+        """Fail on a missing or unreadable key before anything is written, not half-way."""
+        for role in roles:
+            self._signer(role)
 
     def _signers_for(self, role: str, md: Metadata) -> list[Signer]:
         signer = self._signer(role)
