@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trayupdater.demo import DEMO_REPO
@@ -114,17 +114,28 @@ class Load:
 
 
 class Instance:
-    """``trayupdater run --headless`` as a real process against a local feed."""
+    """``trayupdater run --headless`` as a real process against a local feed (or, made with
+    :meth:`tuf`, against a TUF repository on a static server)."""
 
-    def __init__(self, feed: ReleaseFeed, data: Path, port: int, **env: str) -> None:
+    def __init__(
+        self,
+        feed: ReleaseFeed | None,
+        data: Path,
+        port: int,
+        *,
+        source: Sequence[str] | None = None,
+        **env: str,
+    ) -> None:
         self.data = data
         self.port = port
         data.parent.mkdir(parents=True, exist_ok=True)
         config = data.parent / "none.toml"
         config.write_text("")
+        if source is None:
+            assert feed is not None, "a feed, or source arguments"
+            source = ["--api-url", feed.url]
         self.args = [
-            "--api-url",
-            feed.url,
+            *source,
             "--repo",
             DEMO_REPO,
             "--data-dir",
@@ -142,6 +153,13 @@ class Instance:
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def tuf(cls, url: str, trusted_root: Path, data: Path, port: int, **env: str) -> Instance:
+        """An instance whose source is the TUF repository at ``url``."""
+        source = ["--set", "kind=tuf", "--set", f"url={url}"]
+        source += ["--set", f"trusted_root={trusted_root}"]
+        return cls(None, data, port, source=source, **env)
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -51,6 +51,8 @@ VARIANTS = {
     "broken": {"TRAYUPDATER_BUILD_VERSION": "0.3.0", "TRAYUPDATER_BUILD_BROKEN": "1"},
 }
 BUILD_TIMEOUT = 600.0
+# This build bundles the trusted root of a TUF repository made beside it (tuf_site()).
+TUF_VARIANT = "0.2.0"
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the frozen end-to-end test runs on Linux"
@@ -73,6 +75,23 @@ def _source_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def tuf_site(dist: Path) -> Path:
+    """The repository and keys whose root the TUF_VARIANT build carries inside."""
+    return dist / f"{TUF_VARIANT}-tuf-site"
+
+
+def _make_tuf_site(dist: Path) -> Path:
+    site = tuf_site(dist)
+    shutil.rmtree(site, ignore_errors=True)
+    subprocess.run(
+        [sys.executable, "-m", "trayupdater", "repo", "init", str(site / "repo")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return site / "repo" / "metadata" / "root.json"
+
+
 def _build(variants: dict[str, dict[str, str]], dist: Path, fingerprint: str) -> None:
     """Build the variants side by side (separate work folders); raise with the log tail."""
     procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
@@ -89,6 +108,8 @@ def _build(variants: dict[str, dict[str, str]], dist: Path, fingerprint: str) ->
             # the same binary-cache index at once and one reads it half-written (seen in CI).
             "PYINSTALLER_CONFIG_DIR": str(REPO_ROOT / "build" / "frozen-e2e" / f"{name}-cache"),
         }
+        if name == TUF_VARIANT:
+            env["TRAYUPDATER_TRUSTED_ROOT"] = str(_make_tuf_site(dist))
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [
@@ -145,6 +166,7 @@ def frozen() -> dict[str, Path]:
         for name, knobs in VARIANTS.items()
         if not (dist / name / "trayupdater").is_file()
         or (dist / name / ".fingerprint").read_text() != fingerprint
+        or (name == TUF_VARIANT and not (tuf_site(dist) / "repo" / "metadata").is_dir())
     }
     if stale:
         _build(stale, dist, fingerprint)
@@ -412,6 +434,63 @@ def test_frozen_app_updates_its_child_then_replaces_itself(
     child = app.state()["child_pid"]
     assert app.cli("quit").returncode == 0
     wait_for(lambda: not alive(new_pid) and not alive(child), 60, "quit to stop app and child")
+
+
+@linux_only
+@pytest.mark.slow
+def test_frozen_app_updates_from_a_tuf_repository_with_the_root_it_carries(
+    frozen: dict[str, Path], tmp_path: Path
+) -> None:
+    """Built with TRAYUPDATER_TRUSTED_ROOT, the executable trusts that repository with no
+    trusted_root setting (python-tuf and its crypto frozen in); a build without it says
+    where it looked."""
+    from static_server import StaticServer
+    from tuf_support import Publisher
+
+    site = tuf_site(frozen[TUF_VARIANT].parent.parent)
+    if not (site / "repo" / "metadata").is_dir():
+        pytest.skip(f"no TUF site beside the prebuilt {TUF_VARIANT} build ({site})")
+    shutil.copytree(site, tmp_path / "site")
+    publisher = Publisher(tmp_path)
+    publisher.add("1.0.0")
+    home = tmp_path / "home"
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        "TRAYUPDATER_PROBATION_SECONDS": "0",
+    }
+    none = tmp_path / "none.toml"
+    none.write_text("")
+    port = free_port()
+    with StaticServer(publisher.dir, tmp_path / "server") as server:
+        args = [
+            *("--config", str(none), "--data-dir", str(tmp_path / "data"), "--repo", DEMO_REPO),
+            *("--port", str(port), "--set", "kind=tuf", "--set", f"url={server.url}"),
+        ]
+        plain = subprocess.run(
+            [str(frozen["0.1.0"]), *args, "check", "--dry-run"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert plain.returncode == 1 and "no trusted root" in plain.stderr, plain.stderr
+        log = (tmp_path / "app.log").open("wb")
+        proc = subprocess.Popen(
+            [str(frozen[TUF_VARIANT]), *args, "run", "--headless"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            wait_for(lambda: get_version(port) == "1.0.0", 90, "the frozen app serving 1.0.0")
+            assert [h.status for h in server.hits("/metadata/timestamp.json")][:1] == [200]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0, (tmp_path / "app.log").read_text(errors="replace")[-3000:]
+            log.close()
 
 
 # --- packaging files for the other OSes (cheap; no build) -----------------------------------------

@@ -22,6 +22,7 @@ from trayupdater import __version__
 from trayupdater.config import Config, describe, load_config
 from trayupdater.control import ControlClient
 from trayupdater.errors import TrayUpdaterError
+from trayupdater.publish import add_repo_parser, run_repo
 from trayupdater.status import Command
 
 log = logging.getLogger("trayupdater")
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="what the running app is doing")
     p.add_argument("--json", action="store_true")
+    add_repo_parser(sub)
     for name, text in (
         ("rollback", "roll the running app back to the previous version"),
         ("resume", "allow updates to versions that were rolled back from"),
@@ -379,6 +381,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rollback": _command(Command.ROLLBACK),
     "resume": _command(Command.RESUME),
     "quit": _command(Command.QUIT),
+    "repo": run_repo,
 }
 
 

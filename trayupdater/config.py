@@ -29,6 +29,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 ENV_PREFIX = "TRAYUPDATER_"
+SOURCE_KINDS = ("github", "tuf")
 REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 
@@ -43,12 +44,16 @@ def default_data_dir() -> Path:
 @dataclass(frozen=True)
 class Config:
     # [source]
-    repo: str = "jischr/simple-server"
+    kind: str = "github"  # where releases come from: "github" (the REST API) or "tuf"
+    repo: str = "jischr/simple-server"  # with kind = "tuf" too: it names the program
     api_url: str = "https://api.github.com"
     token: str | None = field(default=None, repr=False)  # never printed: repr=False
     channel: str = "stable"
     check_interval: float = 3600.0
     asset_pattern: str | None = None
+    url: str | None = None  # tuf: metadata at URL/metadata/, targets at URL/targets/
+    metadata_url: str | None = None  # tuf: when metadata and targets live apart
+    targets_url: str | None = None
     # [child]
     command: tuple[str, ...] = ("{exe}", "{port}")
     exe_name: str | None = None
@@ -75,10 +80,19 @@ class Config:
     # [security]
     require_checksum: bool = True
     public_key: str | None = None  # minisign public key (base64 line); required signatures
+    trusted_root: Path | None = None  # tuf: the publisher's root.json (None: the shipped one)
     # [app]
     start_at_login: bool = True
     self_update_repo: str | None = None
     self_update_asset_pattern: str | None = None
+
+    @property
+    def tuf_metadata_url(self) -> str:
+        return self.metadata_url or _join(self.url or "", "metadata/")
+
+    @property
+    def tuf_targets_url(self) -> str:
+        return self.targets_url or _join(self.url or "", "targets/")
 
     @property
     def repo_name(self) -> str:
@@ -100,6 +114,10 @@ class Config:
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+
+def _join(base: str, folder: str) -> str:
+    return (base if base.endswith("/") else base + "/") + folder
 
 
 # --- value parsers: each takes the raw value and returns the typed one or raises ValueError ---
@@ -174,6 +192,22 @@ def _api_url(value: Any) -> str:
     reason = insecure_reason(text)
     if reason:
         raise ValueError(f"{reason} (got {text!r})")
+    return text
+
+
+def _opt_url(value: Any) -> str | None:
+    text = _str(value).strip()
+    return _api_url(text) + "/" if text else None
+
+
+def _opt_path(value: Any) -> Path | None:
+    return _path(value) if _opt_str(value) else None
+
+
+def _kind(value: Any) -> str:
+    text = _str(value).strip().lower()
+    if text not in SOURCE_KINDS:
+        raise ValueError(f"expected one of {', '.join(map(repr, SOURCE_KINDS))}, got {text!r}")
     return text
 
 
@@ -273,12 +307,16 @@ class FieldSpec:
 
 
 FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("kind", "source", _kind),
     FieldSpec("repo", "source", _repo),
     FieldSpec("api_url", "source", _api_url),
     FieldSpec("token", "source", _opt_str),
     FieldSpec("channel", "source", _channel),
     FieldSpec("check_interval", "source", _number(1, 7 * 24 * 3600)),
     FieldSpec("asset_pattern", "source", _opt_pattern),
+    FieldSpec("url", "source", _opt_url),
+    FieldSpec("metadata_url", "source", _opt_url),
+    FieldSpec("targets_url", "source", _opt_url),
     FieldSpec("command", "child", _command),
     FieldSpec("exe_name", "child", _opt_str),
     FieldSpec("health_path", "child", _health_path),
@@ -301,6 +339,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("download_rate_window", "store", _number(1, 3600)),
     FieldSpec("require_checksum", "security", _bool),
     FieldSpec("public_key", "security", _opt_str),
+    FieldSpec("trusted_root", "security", _opt_path),
     FieldSpec("start_at_login", "app", _bool),
     FieldSpec("self_update_repo", "app", _opt_repo),
     FieldSpec("self_update_asset_pattern", "app", _opt_pattern),
@@ -366,6 +405,9 @@ def load_config(
                 f"{config_path} [{SPECS[key].section}] {key}" if key in SPECS else str(config_path)
             ),
         )
+        root = values.get("trusted_root")
+        if root is not None and not root.is_absolute():
+            values["trusted_root"] = config_path.parent / root  # beside the file naming it
 
     env_values = {
         spec.name: env[ENV_PREFIX + spec.name.upper()]
@@ -378,7 +420,17 @@ def load_config(
         values["token"] = env["GITHUB_TOKEN"]
 
     _apply(values, dict(overrides or {}), lambda key: f"command line --{key.replace('_', '-')}")
-    return replace(Config(), **values)
+    config = replace(Config(), **values)
+    _check_source(config)
+    return config
+
+
+def _check_source(config: Config) -> None:
+    """Settings that only make sense together."""
+    if config.kind == "tuf" and not config.url and not (config.metadata_url and config.targets_url):
+        raise ConfigError(
+            '[source] kind = "tuf" needs url (or both metadata_url and targets_url)'
+        )
 
 
 def describe(config: Config) -> dict[str, Any]:

@@ -84,3 +84,21 @@ class InternalError(TrayUpdaterError):
     """A bug: an unexpected exception the update worker caught so that it could go on."""
 
     reason = "internal"
+
+
+class MetadataExpiredError(SourceError):
+    """The update repository's signed metadata is past its expiry date: nothing new is
+    installed until the publisher re-signs it; what runs keeps running."""
+
+    reason = "metadata_expired"
+
+    def __init__(self, message: str, expired_at: str | None = None) -> None:
+        super().__init__(message)
+        self.expired_at = expired_at  # ISO 8601 UTC, when known
+
+
+class UntrustedMetadataError(SourceError):
+    """The update repository served metadata that does not verify (a rollback to older
+    versions, a bad signature, a file that does not match what signed metadata says)."""
+
+    reason = "untrusted_metadata"

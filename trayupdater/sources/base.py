@@ -6,6 +6,8 @@ verify, extract, store) is the same for every kind; only this part differs:
 
 - ``github`` (:mod:`.github`): the GitHub REST API (github.com or Enterprise); digests from
   the asset's ``digest``, a checksums file or sidecars; minisign signatures when a key is set.
+- ``tuf`` (:mod:`.tuf_source`): a TUF repository on any static host, verified by python-tuf's
+  ngclient; digests from the signed targets metadata.
 """
 
 from __future__ import annotations

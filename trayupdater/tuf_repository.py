@@ -1,0 +1,460 @@
+"""A TUF repository in a folder, kept with python-tuf's repository helper.
+
+:class:`FolderRepository` implements ``tuf.repository.Repository`` (``open``/``close`` and
+the two version infos); the library's ``edit_*``, ``do_snapshot`` and ``do_timestamp`` do
+the rest. ``close`` bumps the version, sets the role's expiry, signs with the role's key
+from the :class:`~trayupdater.tuf_keys.KeyStore` and writes the file where the layout in
+:mod:`trayupdater.tuf_format` says. Files are written so that the repository is always
+usable mid-way: targets first, then targets and snapshot metadata under new version
+numbers, and ``timestamp.json`` last, which is what makes a change visible to clients.
+
+:meth:`FolderRepository.verify` runs python-tuf's own client (ngclient) over the folder
+from ``1.root.json``, so a publish is checked the way a client will check it, before
+anything is uploaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import unquote
+
+from packaging.version import Version
+from securesystemslib.signer import Signer
+from tuf.api import exceptions
+from tuf.api.metadata import (
+    Metadata,
+    MetaFile,
+    Root,
+    Signed,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization.json import JSONSerializer
+from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+from tuf.repository import Repository
+
+from trayupdater.errors import TrayUpdaterError
+from trayupdater.sources.github_json import file_name_problem
+from trayupdater.tuf_format import (
+    HASH,
+    METADATA_DIR,
+    ROLES,
+    TARGETS_DIR,
+    TargetEntry,
+    TargetFormatError,
+    check_folder,
+    custom_block,
+    parse_target,
+    target_path,
+)
+from trayupdater.tuf_keys import KeyStore
+
+DAY = timedelta(days=1)
+DEFAULT_LIFETIMES = {
+    "root": 365 * DAY,
+    "targets": 180 * DAY,
+    "snapshot": 7 * DAY,
+    "timestamp": 7 * DAY,
+}
+_NEW: dict[str, Callable[[], Signed]] = {
+    Root.type: lambda: Root(consistent_snapshot=True),
+    Targets.type: Targets,
+    Snapshot.type: Snapshot,
+    Timestamp.type: Timestamp,
+}
+
+
+class PublishError(TrayUpdaterError):
+    reason = "publish"
+
+
+@dataclass
+class Outcome:
+    """What an operation did, for the CLI to print."""
+
+    lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class FolderRepository(Repository):
+    def __init__(
+        self,
+        folder: Path,
+        keys: KeyStore,
+        *,
+        lifetimes: dict[str, timedelta] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.folder = folder
+        self.metadata_dir = folder / METADATA_DIR
+        self.targets_dir = folder / TARGETS_DIR
+        self.keys = keys
+        self.lifetimes = {**DEFAULT_LIFETIMES, **(lifetimes or {})}
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._signers: dict[str, Signer] = {}  # loaded once per operation
+        self._old_root_signers: list[Signer] = []  # a root key rotation: the old key signs too
+
+    # --- tuf.repository.Repository ---
+
+    def open(self, role: str) -> Metadata:
+        path = self._current_file(role)
+        if path is None:
+            if role not in _NEW:
+                raise PublishError(f"{role}: delegated roles are not used by trayupdater")
+            md = Metadata(_NEW[role]())
+            md.signed.version = 0  # close() makes it version 1
+            return md
+        try:
+            return Metadata.from_file(os.fspath(path))
+        except (exceptions.RepositoryError, OSError) as exc:
+            raise PublishError(f"cannot read {path}: {exc}") from None
+
+    def close(self, role: str, md: Metadata) -> None:
+        md.signed.version += 1
+        md.signed.expires = (self._now() + self.lifetimes[role]).replace(microsecond=0)
+        md.signatures.clear()
+        for signer in self._signers_for(role, md):
+            md.sign(signer, append=True)
+        data = md.to_bytes(JSONSerializer(compact=False))
+        version = md.signed.version
+        if role == Root.type:
+            self._write(self.metadata_dir / f"{version}.root.json", data)
+            self._write(self.metadata_dir / "root.json", data)
+        elif role == Timestamp.type:
+            self._write(self.metadata_dir / "timestamp.json", data)
+        else:
+            self._write(self.metadata_dir / f"{version}.{role}.json", data)
+
+    @property
+    def targets_infos(self) -> dict[str, MetaFile]:
+        return {"targets.json": MetaFile(self._current_version(Targets.type))}
+
+    @property
+    def snapshot_info(self) -> MetaFile:
+        path = self._current_file(Snapshot.type)
+        if path is None:
+            return MetaFile(0)
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        return MetaFile(self._current_version(Snapshot.type), len(data), {HASH: digest})
+
+    # --- operations ---
+
+    def exists(self) -> bool:
+        return (self.metadata_dir / "root.json").is_file()
+
+    def initialise(self) -> Outcome:
+        """Keys (made when missing) and version 1 of every role."""
+        if self.exists():
+            raise PublishError(f"{self.folder} already holds a repository; not overwriting it")
+        outcome = Outcome()
+        for role in ROLES:
+            if self.keys.has(role):
+                outcome.lines.append(f"using the {role} key {self.keys.path(role)}")
+            else:
+                signer, path = self.keys.generate(role)
+                self._signers[role] = signer
+                outcome.lines.append(f"new {role} key: {path}")
+        with self.edit_root() as root:
+            root.consistent_snapshot = True
+            for role in ROLES:
+                root.add_key(self._signer(role).public_key, role)
+        with self.edit_targets():
+            pass
+        self.do_snapshot()
+        self.do_timestamp()
+        self.targets_dir.mkdir(parents=True, exist_ok=True)
+        return outcome
+
+    def add_version(self, folder: str, files: Sequence[Path]) -> Outcome:
+        """Publish ``files`` as version ``folder``; the same files again are a no-op."""
+        self._require_repository()
+        try:
+            version = check_folder(folder)
+        except TargetFormatError as exc:
+            raise PublishError(str(exc)) from None
+        if not files:
+            raise PublishError("name at least one file to publish")
+        names = [path.name for path in files]
+        for path, name in zip(files, names, strict=True):
+            problem = file_name_problem(name)
+            if problem:
+                raise PublishError(f"{path}: the file name {problem}")
+            if not path.is_file():
+                raise PublishError(f"{path} is not a file")
+        if len(set(names)) != len(names):
+            raise PublishError("two files have the same name; a version holds each name once")
+        wanted = {name: _sha256(path) for path, name in zip(files, names, strict=True)}
+        self._load_keys(Targets.type, Snapshot.type, Timestamp.type)  # all, before any change
+
+        outcome = Outcome()
+        published = self._published(version)
+        if published:
+            if published == {(folder, n, h) for n, h in wanted.items()}:
+                # Also finishes a publish that stopped after the targets metadata.
+                self.do_snapshot()
+                self.do_timestamp()
+                outcome.lines.append(f"{folder} is already published with these files")
+                return outcome
+            raise PublishError(
+                f"version {version} is already published with other files; a published "
+                "version never changes (publish a new version instead)"
+            )
+        newest = max(self._versions(), default=None)
+        if newest is not None and version < newest:
+            outcome.warnings.append(
+                f"{version} is older than {newest}: installations never move back to it"
+            )
+
+        infos = self._copy_targets(folder, files, version)
+        with self.edit_targets() as targets:
+            for info in infos:
+                targets.targets[info.path] = info
+        self.do_snapshot()
+        self.do_timestamp()
+        outcome.lines.append(
+            f"published {version}: "
+            + ", ".join(f"{TARGETS_DIR}/{info.path} ({info.length} bytes)" for info in infos)
+        )
+        return outcome
+
+    def refresh(self) -> Outcome:
+        """New timestamp and snapshot; targets and root too when they are due and their keys
+        are at hand (the root key usually is not: it lives offline)."""
+        self._require_repository()
+        self._load_keys(Snapshot.type, Timestamp.type)
+        outcome = Outcome()
+        for role in (Root.type, Targets.type):
+            if not self._due(role):
+                continue
+            expires = self.open(role).signed.expires
+            if not self.keys.has(role):
+                outcome.warnings.append(
+                    f"{role} metadata expires {expires:%Y-%m-%d}: run repo refresh with the "
+                    f"{role} key in --keys to extend it"
+                )
+                continue
+            with self.edit(role):
+                pass
+            outcome.lines.append(f"re-signed {role} (it expired {expires:%Y-%m-%d})")
+        self.do_snapshot(force=True)
+        self.do_timestamp(force=True)
+        timestamp = self.timestamp()
+        outcome.lines.append(
+            f"timestamp v{timestamp.version} valid until {timestamp.expires:%Y-%m-%d %H:%M} UTC"
+        )
+        return outcome
+
+    def rotate_key(self, role: str) -> Outcome:
+        """Replace ``role``'s key: a new root version lists the new key (signed by the old
+        and the new root key when it is the root key), then the role is re-signed."""
+        self._require_repository()
+        if role not in ROLES:
+            raise PublishError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        old_root = self._signer(Root.type)  # the current root key must sign the change
+        # Every key the re-signing below needs is loaded before anything changes.
+        self._load_keys(*{"targets": ("snapshot", "timestamp"), "snapshot": ("timestamp",)}.get(
+            role, ()
+        ))
+        new_signer, new_path = self.keys.generate(role, suffix=".new")
+        self._signers[role] = new_signer
+        if role == Root.type:
+            self._old_root_signers = [old_root]
+        try:
+            with self.edit_root() as root:
+                old_ids = list(root.roles[role].keyids)
+                root.add_key(new_signer.public_key, role)
+                for keyid in old_ids:
+                    root.revoke_key(keyid, role)
+        except BaseException:
+            new_path.unlink(missing_ok=True)  # no metadata names the new key: it never existed
+            raise
+        finally:
+            self._old_root_signers = []
+        # From here the new root lists the new key: it is kept whatever happens next.
+        retired = self.keys.activate(role, new_path)
+        if role == Targets.type:
+            with self.edit_targets():
+                pass
+        if role in (Targets.type, Snapshot.type):
+            self.do_snapshot(force=True)
+        if role != Root.type:
+            self.do_timestamp(force=True)
+        outcome = Outcome([f"new {role} key {self.keys.path(role)}; root v{self.root().version}"])
+        if retired is not None:
+            outcome.lines.append(f"the old {role} key is in {retired}: destroy it when done")
+        return outcome
+
+    def verify(self) -> list[str]:
+        """Run python-tuf's client over the folder, from 1.root.json; problems, as text.
+        Targets are compared with the files present (a CI job may hold only metadata)."""
+        first = self.metadata_dir / "1.root.json"
+        try:
+            bootstrap = first.read_bytes()
+        except OSError as exc:
+            return [f"cannot read {first}: {exc.strerror or exc}"]
+        with tempfile.TemporaryDirectory() as cache:
+            fetcher = _FolderFetcher(self.folder)
+            try:
+                updater = Updater(
+                    cache,
+                    "file:///" + METADATA_DIR + "/",
+                    target_base_url="file:///" + TARGETS_DIR + "/",
+                    fetcher=fetcher,
+                    config=UpdaterConfig(prefix_targets_with_hash=False),
+                    bootstrap=bootstrap,
+                )
+                updater.refresh()
+                problems = []
+                for name in self.targets().targets:
+                    info = updater.get_targetinfo(name)
+                    local = self.targets_dir.joinpath(*name.split("/"))
+                    if info is not None and not local.exists():
+                        continue  # hosted elsewhere (release assets): only metadata is here
+                    if info is None or updater.find_cached_target(info, os.fspath(local)) is None:
+                        problems.append(f"{TARGETS_DIR}/{name} does not match its metadata")
+                return problems
+            except exceptions.ExpiredMetadataError as exc:
+                return [f"the repository does not verify: {exc}"]
+            except (exceptions.RepositoryError, exceptions.DownloadError) as exc:
+                return [f"the repository does not verify: {exc}"]
+
+    # --- internals ---
+
+    def _now(self) -> datetime:
+        return self._clock().astimezone(timezone.utc)
+
+    def _require_repository(self) -> None:
+        if not self.exists():
+            raise PublishError(
+                f"{self.folder} holds no repository ({self.metadata_dir / 'root.json'} is "
+                "missing); create it with: trayupdater repo init"
+            )
+
+    def _current_version(self, role: str) -> int:
+        """The newest version of snapshot or targets (their files carry it in the name)."""
+        path = self._current_file(role)
+        return int(path.name.split(".", 1)[0]) if path is not None else 0
+
+    def _current_file(self, role: str) -> Path | None:
+        if role in (Root.type, Timestamp.type):
+            path = self.metadata_dir / f"{role}.json"
+            return path if path.is_file() else None
+        numbered = [
+            (int(p.name.split(".", 1)[0]), p)
+            for p in self.metadata_dir.glob(f"*.{role}.json")
+            if p.name.split(".", 1)[0].isdigit()
+        ]
+        return max(numbered)[1] if numbered else None
+
+    def _signer(self, role: str) -> Signer:
+        if role not in self._signers:
+            self._signers[role] = self.keys.load(role)
+        return self._signers[role]
+
+    def _load_keys(self, *roles: str) -> None:
+        """Fail on a missing or unreadable key before anything is written, not half-way."""
+        for role in roles:
+            self._signer(role)
+
+    def _signers_for(self, role: str, md: Metadata) -> list[Signer]:
+        signer = self._signer(role)
+        root = md.signed if role == Root.type else self.root()
+        assert isinstance(root, Root)
+        if signer.public_key.keyid not in root.roles[role].keyids:
+            raise PublishError(
+                f"{self.keys.path(role)} is not the {role} key of this repository "
+                f"(its key id {signer.public_key.keyid[:12]}… is not listed in root.json)"
+            )
+        extra = self._old_root_signers if role == Root.type else []
+        return [signer, *extra]
+
+    def _due(self, role: str) -> bool:
+        """Less than a quarter of its lifetime left, or expiring before a new timestamp."""
+        expires = self.open(role).signed.expires
+        left = expires - self._now()
+        return left < self.lifetimes[role] / 4 or left < self.lifetimes[Timestamp.type]
+
+    def _published(self, version: Version) -> set[tuple[str, str, str]]:
+        found = set()
+        for path, info in self.targets().targets.items():
+            entry = _entry(path, info)
+            if entry is not None and entry.version == version:
+                found.add((entry.folder, entry.name, info.hashes.get(HASH, "")))
+        return found
+
+    def _versions(self) -> Iterator[Version]:
+        for path, info in self.targets().targets.items():
+            entry = _entry(path, info)
+            if entry is not None:
+                yield entry.version
+
+    def _copy_targets(
+        self, folder: str, files: Sequence[Path], version: Version
+    ) -> list[TargetFile]:
+        destination = self.targets_dir / folder
+        destination.mkdir(parents=True, exist_ok=True)
+        infos = []
+        custom = custom_block(version, self._now())
+        for source in files:
+            target = destination / source.name
+            with tempfile.NamedTemporaryFile(dir=destination, delete=False) as tmp:
+                with source.open("rb") as fh:
+                    shutil.copyfileobj(fh, tmp)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            os.replace(tmp.name, target)
+            # Hashed from the copy: what is uploaded is what is signed.
+            info = TargetFile.from_file(target_path(folder, source.name), os.fspath(target), [HASH])
+            info.unrecognized_fields["custom"] = custom
+            infos.append(info)
+        return infos
+
+    def _write(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp.name, 0o644)
+        os.replace(tmp.name, path)
+
+
+def _entry(path: str, info: TargetFile) -> TargetEntry | None:
+    try:
+        return parse_target(path, info.custom)
+    except TargetFormatError:
+        return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _FolderFetcher(FetcherInterface):
+    """ngclient reading the repository folder itself (``file:///metadata/x`` -> DIR/metadata/x)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        relative = unquote(url.removeprefix("file:///"))
+        path = self.folder.joinpath(*relative.split("/"))
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise exceptions.DownloadHTTPError(f"{relative} not found", 404) from None
+        return iter([data])
