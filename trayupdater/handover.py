@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import trayupdater
-from trayupdater.children import pid_running
 from trayupdater.errors import SelfUpdateError
 from trayupdater.installation import Installation, find_installation, remove_leftovers
+from trayupdater.processes import pid_running
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from trayupdater.children import Child, describe_exit
+from trayupdater.children import Child
+from trayupdater.processes import describe_exit
 
 log = logging.getLogger(__name__)
 

@@ -35,11 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trayupdater.cancel import Interrupt
-from trayupdater.children import Child, kill_stale
+from trayupdater.children import Child
 from trayupdater.config import Config
 from trayupdater.errors import ChildError, StorageError
 from trayupdater.events import Events
 from trayupdater.monitor import PROBE_INTERVAL, ChildMonitor, probe
+from trayupdater.processes import kill_stale
 from trayupdater.proxy import Backend, Generation, ReverseProxy
 from trayupdater.status import Phase
 from trayupdater.store import InstalledVersion, State, VersionStore, version_key
