@@ -1,0 +1,69 @@
+"""The zero-downtime reverse proxy in front of the child server.
+
+How it works, in one place (each part lives in its own module, named in brackets):
+
+Parking [clients]. One selector thread, the *parker*, owns the listening socket and every
+client connection that is not being served: new connections, idle keep-alive connections
+between requests, and connections with a partial request head. It accepts, watches them, and
+puts a connection that became readable on the ready queue. It closes a connection whose
+deadline passed: ``header_timeout`` from a new connection or the first byte of a head (a
+slow-loris client gets 408), ``client_idle_timeout`` for an idle keep-alive one. A refused
+client is *lingered*: the proxy shuts its write side and reads what the client still sends
+for a moment, so the close never turns into an RST that destroys the error response.
+
+Workers [server]. A bounded pool of threads takes ready connections off the queue, reads what
+arrived without blocking, and serves every complete request the connection holds. A request
+head is parsed strictly [trayupdater.http11]: ambiguous framing (smuggling) is refused before
+anything reaches a backend. With no complete head the connection goes back to the parker:
+a worker never waits for a client. After a response the worker waits a moment for the next
+request when no other connection needs a worker (cheaper than a round trip through the
+parker), then parks the connection. So threads serve requests, not sockets: a thousand idle
+keep-alive clients cost a selector entry each.
+
+Forwarding [forward]. One request goes to the backend of the generation it entered, on a
+pooled keep-alive connection [upstream] or a new one; the response is relayed with the
+framing re-written by the proxy (hop-by-hop fields dropped, X-Forwarded-* added). A 101
+answer turns the connection into a byte tunnel (WebSocket). An attempt that failed before
+anything reached the client is retried once when the whole request is still in hand and its
+method is idempotent (a stale pooled connection, a refused connect); otherwise the client
+gets 502, or 504 when the backend timed out. A client that vanished mid-response closes the
+upstream connection too: it is mid-message and must never be reused.
+
+Generations, switch and drain [routing]. Each backend switch creates a *generation*: the
+backend, its upstream pool and a count of requests in flight. A request enters the current
+generation when it starts and leaves it when its response is complete. ``switch()`` replaces
+the current generation atomically and returns the old one; ``drain()`` waits until the old
+one has no request in flight, after which the old child can be stopped: that is the
+zero-failure update. Client connections are never tied to a backend, so a switch never
+breaks them. A retired generation's pool is closed once it is idle.
+"""
+
+from trayupdater.proxy.observer import (
+    ERR_BODY,
+    ERR_CLOSED,
+    ERR_CONNECT,
+    ERR_NO_BACKEND,
+    ERR_PROTOCOL,
+    ERR_STALE,
+    ERR_TIMEOUT,
+    NullObserver,
+    ProxyObserver,
+)
+from trayupdater.proxy.routing import Generation
+from trayupdater.proxy.server import ReverseProxy
+from trayupdater.proxy.upstream import Backend
+
+__all__ = [
+    "ERR_BODY",
+    "ERR_CLOSED",
+    "ERR_CONNECT",
+    "ERR_NO_BACKEND",
+    "ERR_PROTOCOL",
+    "ERR_STALE",
+    "ERR_TIMEOUT",
+    "Backend",
+    "Generation",
+    "NullObserver",
+    "ProxyObserver",
+    "ReverseProxy",
+]

@@ -1,0 +1,349 @@
+"""The public proxy: options, lifecycle, and the worker loop that reads request heads."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+from trayupdater import http11
+from trayupdater.errors import ConfigError
+from trayupdater.http11 import HttpError
+from trayupdater.proxy.clients import Client, Parker
+from trayupdater.proxy.forward import Forwarder, Slot
+from trayupdater.proxy.observer import NullObserver, ProxyObserver, Reporter
+from trayupdater.proxy.routing import Generation, Router
+from trayupdater.proxy.sockets import (
+    error_response,
+    read_nowait,
+    readable_now,
+    shutdown,
+    wait_readable,
+)
+from trayupdater.proxy.upstream import Backend
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 1024  # the default of 5 gave a 1.7 s p99 under a burst of connections
+CLOSE_GRACE = 2.0  # close(): how long in-flight requests may finish before being cut
+LINGER_SECONDS = 1.0  # after an error response: keep reading so the close is not an RST
+# After a response, wait this long for the next request before parking (only while no other
+# connection waits for a worker): a hand-off to the parker and back costs more CPU than a
+# short wait for a busy client.
+LINGER_NEXT_REQUEST = 0.002
+
+
+class ReverseProxy:
+    """HTTP/1.1 reverse proxy with atomic backend switch and drain. See the package doc.
+
+    ``sock``: an already listening socket (handed over by a predecessor) instead of binding
+    ``bind``:``port``; the caller keeps ownership of it. ``workers``: request threads.
+    ``backend_timeout``: connect and per-read/write limit towards the backend (then 504).
+    ``client_idle_timeout``: how long a keep-alive connection may stay silent, and the
+    per-read/write limit towards a client mid-request. ``header_timeout``: from a new
+    connection or the first byte of a head to its end (then 408). ``max_header_bytes``:
+    larger heads get 431. ``observer``: metrics hook, see :class:`ProxyObserver`.
+    """
+
+    def __init__(
+        self,
+        bind: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        sock: socket.socket | None = None,
+        workers: int = 64,
+        backend_timeout: float = 30.0,
+        client_idle_timeout: float = 60.0,
+        header_timeout: float = 10.0,
+        max_header_bytes: int = 64 * 1024,
+        observer: ProxyObserver | None = None,
+    ) -> None:
+        if not 1 <= workers <= 4096:
+            raise ConfigError(f"proxy workers must be between 1 and 4096, got {workers}")
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"proxy port must be between 0 and 65535, got {port}")
+        for name, value in (
+            ("backend_timeout", backend_timeout),
+            ("client_idle_timeout", client_idle_timeout),
+            ("header_timeout", header_timeout),
+        ):
+            if not value > 0:
+                raise ConfigError(f"proxy {name} must be a positive number of seconds, got {value}")
+        if max_header_bytes < 1024:
+            raise ConfigError(f"proxy max_header_bytes must be >= 1024, got {max_header_bytes}")
+        self._bind_host = bind
+        self._bind_port = port
+        self._given_sock = sock
+        self._workers = workers
+        self.backend_timeout = float(backend_timeout)
+        self.client_idle_timeout = float(client_idle_timeout)
+        self.header_timeout = float(header_timeout)
+        self.max_header_bytes = max_header_bytes
+        self._report = Reporter(observer or NullObserver())
+        self._router = Router(self.backend_timeout, max_idle=workers)
+        self._forwarder = Forwarder(self._router, self._report, max_header_bytes)
+
+        self._slots: list[Slot] = []
+        self._threads: list[threading.Thread] = []
+        self._listener: socket.socket | None = None
+        self._parker: Parker | None = None
+        # How often deadlines (header_timeout, idle keep-alive) are checked.
+        self._scan_every = min(
+            1.0, max(0.02, min(self.header_timeout, self.client_idle_timeout) / 4)
+        )
+        self._address: tuple[str, int] | None = None
+        self._closed = False
+
+    # -- public API ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Listen (unless a listening socket was given) and start the threads."""
+        if self._parker is not None:
+            raise RuntimeError("proxy already started")
+        listener = self._given_sock if self._given_sock is not None else self._listen()
+        listener.setblocking(False)
+        self._listener = listener
+        host, port = listener.getsockname()[:2]
+        self._address = (str(host), int(port))
+        self._parker = parker = Parker(
+            listener,
+            idle_timeout=self.client_idle_timeout,
+            header_timeout=self.header_timeout,
+            scan_every=self._scan_every,
+            on_failure=self._parker_failed,
+        )
+        self._spawn("proxy-parker", parker.run)
+        for i in range(self._workers):
+            slot = Slot()
+            self._slots.append(slot)
+            self._spawn(f"proxy-worker-{i}", lambda slot=slot: self._work(slot))
+        log.info("proxy listening on %s:%d", *self._address)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._address is None:
+            raise RuntimeError("proxy not started")
+        return self._address
+
+    @property
+    def current(self) -> Backend | None:
+        return self._router.current
+
+    def switch(self, backend: Backend | None) -> Generation:
+        """Route new requests to ``backend`` (None: answer 503); returns the old generation."""
+        if backend is not None and not isinstance(backend, Backend):
+            raise TypeError(f"switch() takes a Backend or None, not {type(backend).__name__}")
+        return self._router.switch(backend)
+
+    def drain(self, generation: Generation, timeout: float) -> bool:
+        """Wait until ``generation`` has no request in flight; False if ``timeout`` passed."""
+        return self._router.drain(generation, timeout)
+
+    def listening_socket(self) -> socket.socket:
+        """The listening socket, to hand over to a successor process."""
+        sock = self._listener or self._given_sock
+        if sock is None:
+            raise RuntimeError("proxy not started")
+        return sock
+
+    def close(self) -> None:
+        """Stop accepting, let in-flight requests finish for a short grace, then cut the rest."""
+        if self._closed:
+            return
+        self._closed = True
+        self._forwarder.closing = True
+        parker = self._parker
+        if parker is None:
+            return
+        parker.stop_accepting()
+        if self._given_sock is None and self._listener is not None:
+            self._listener.close()  # a socket we were given belongs to the caller
+        # Kept-alive connections get the grace too (parked, or held by a worker waiting for
+        # their next request): that request is answered with "Connection: close" instead of
+        # racing a close of the connection.
+        self._router.wait_idle(self._has_clients, time.monotonic() + CLOSE_GRACE)
+        parker.stop(len(self._slots))
+        for slot in self._slots:
+            shutdown(slot.client)
+            shutdown(slot.upstream)
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+            if thread.is_alive():
+                log.warning("proxy thread %s did not stop", thread.name)
+        self._router.close()
+
+    def __enter__(self) -> ReverseProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _listen(self) -> socket.socket:
+        where = f"{self._bind_host}:{self._bind_port}"
+        try:
+            info = socket.getaddrinfo(
+                self._bind_host, self._bind_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except socket.gaierror as exc:
+            raise OSError(f"proxy cannot listen on {where}: {exc}") from exc
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        try:
+            if hasattr(socket, "SO_EXCLUSIVEADDRUSE"):  # Windows: REUSEADDR would allow theft
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+            else:  # restart quickly while old connections sit in TIME_WAIT
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(info[4])
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"proxy cannot listen on {where}: {exc.strerror}") from exc
+        return sock
+
+    def _spawn(self, name: str, target: object) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def _parker_failed(self) -> None:
+        self._forwarder.closing = True
+
+    def _has_clients(self) -> bool:
+        parker = self._parker
+        held = any(slot.client is not None for slot in self._slots)
+        parked = parker is not None and parker.parked_count() > 0
+        return self._router.total_in_flight > 0 or held or parked
+
+    def _park(self, conn: Client) -> None:
+        parker = self._parker
+        if parker is None:
+            conn.sock.close()
+            return
+        # Closing: still park it. Its last response promised keep-alive, so its next request
+        # may be on the wire; it is served (with "Connection: close") during close()'s grace.
+        parker.park(conn)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _work(self, slot: Slot) -> None:
+        parker = self._parker
+        assert parker is not None
+        while True:
+            conn = parker.next_ready()
+            if conn is None:
+                return
+            slot.client = conn.sock
+            try:
+                self._serve(conn, slot)
+            except Exception:
+                log.exception("proxy worker failed; closing that connection")
+                conn.sock.close()
+            finally:
+                slot.client = slot.upstream = None
+
+    def _serve(self, conn: Client, slot: Slot) -> None:
+        """Serve every complete request ``conn`` holds, then park or close it."""
+        readable = True
+        while True:
+            if readable:
+                got = read_nowait(conn)
+                if got is False:
+                    conn.sock.close()
+                    return
+                if got is None:  # spurious readiness: nothing to read after all
+                    self._park(conn)
+                    return
+            end = conn.buf.find(b"\r\n\r\n")
+            limit = self.max_header_bytes
+            if end < 0 and len(conn.buf) <= limit:
+                # Wait for more in the selector, never in a worker (slow-loris).
+                now = time.monotonic()
+                if not conn.buf:
+                    conn.mid_head = False
+                    conn.deadline = now + self.client_idle_timeout
+                elif not conn.mid_head:
+                    conn.mid_head = True
+                    conn.deadline = now + self.header_timeout
+                self._park(conn)
+                return
+            if end < 0 or end + 4 > limit:
+                self._reject(conn, 431, head_request=False)
+                return
+            head = bytes(conn.buf[: end + 4])
+            del conn.buf[: end + 4]
+            keep = self._handle(conn, head, slot)
+            if conn.lingering:
+                return  # an error was sent; the parker owns the connection now
+            if not keep:
+                # Not "or closing": a response that promised keep-alive must not be followed
+                # by a close the client's next request could race; close() serves that
+                # request (with "Connection: close") during its grace instead.
+                self._finish(conn)
+                return
+            conn.mid_head = False
+            # A pipelined request may already be buffered; else a busy client usually sends
+            # its next request within microseconds: wait a moment rather than park.
+            readable = (
+                not conn.buf
+                and self._parker is not None
+                and self._parker.linger_ok()
+                and wait_readable(conn.sock, LINGER_NEXT_REQUEST)
+            )
+
+    def _reject(self, conn: Client, status: int, *, head_request: bool) -> None:
+        """Send a proxy-made error and close the connection gracefully."""
+        try:
+            conn.sock.sendall(error_response(status, body=not head_request))
+        except OSError:
+            conn.sock.close()
+            return
+        self._linger(conn)
+
+    def _finish(self, conn: Client) -> None:
+        """Close after a response. With unread request bytes (a body the proxy refused, a
+        pipelined request) a plain close would send an RST, which can destroy the response
+        before the client read it: shut the write side and read the rest first."""
+        if conn.buf or conn.body_unread or readable_now(conn.sock):
+            self._linger(conn)
+        else:
+            conn.sock.close()
+
+    def _linger(self, conn: Client) -> None:
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.setblocking(False)
+        except OSError:
+            conn.sock.close()
+            return
+        conn.lingering = True
+        conn.buf.clear()
+        conn.deadline = time.monotonic() + LINGER_SECONDS
+        self._park(conn)
+
+    def _handle(self, conn: Client, raw: bytes, slot: Slot) -> bool:
+        """Serve one request whose head is ``raw``; True if the connection stays open."""
+        started = time.monotonic()
+        head_request = False
+        try:
+            req = http11.parse_request_head(raw)
+            head_request = req.start[0] == "HEAD"
+            framing, length = http11.request_framing(req)
+            hosts = req.index.get("host")
+            if hosts is None and req.minor >= 1:
+                raise HttpError(400, "HTTP/1.1 request without Host")
+            if hosts is not None and len(hosts) > 1:
+                raise HttpError(400, "more than one Host header")
+            if req.start[0] == "CONNECT":
+                raise HttpError(501, "CONNECT is not supported by a reverse proxy")
+            expect = req.get("expect")
+            if expect is not None and expect.strip().lower() != "100-continue":
+                raise HttpError(417, f"unsupported expectation {expect[:40]!r}")
+        except HttpError as exc:
+            log.debug("proxy rejected a request from %s: %s", conn.ip, exc)
+            self._reject(conn, exc.status, head_request=head_request)
+            self._report.done(exc.status, started, None)
+            return False
+        return self._forwarder.forward(conn, req, framing, length, started, slot)
