@@ -284,6 +284,12 @@ def _read_all(sock: socket.socket) -> bytes:
     return data
 
 
+def _wait_readable(sock: socket.socket, timeout: float) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], timeout)[0])
+
+
 def _wait_until(condition, timeout: float = TIMEOUT) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -712,6 +718,115 @@ def test_client_vanishing_mid_request_body(make_backend, make_proxy):
     sock.close()
     assert _get(proxy, "/version")[:2] == (200, b"v1")
     assert _wait_until(lambda: backend.server.open_connections <= 1)
+
+
+def _slow_body_client(proxy: ReverseProxy, length: int, first: bytes = b"z") -> socket.socket:
+    sock = _raw(proxy)
+    sock.sendall(
+        f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode() + first
+    )
+    return sock
+
+
+def test_slow_request_bodies_hold_no_worker(make_backend, make_proxy):
+    """200 clients trickling a 1 MB body a byte at a time (they took every worker when a
+    worker read each body): the parker receives them; a fresh GET is answered at once."""
+    proxy = make_proxy(make_backend("v1").backend)  # 64 workers, as in the report
+    slow = []
+    try:
+        for _ in range(200):
+            slow.append(_slow_body_client(proxy, 1_000_000))
+        worst = 0.0
+        for _ in range(5):
+            for sock in slow:  # one more byte each, as the attack does
+                sock.sendall(b"z")
+            started = time.monotonic()
+            assert _get(proxy, "/version")[:2] == (200, b"v1")
+            worst = max(worst, time.monotonic() - started)
+        print(f"slowest fresh GET next to 200 slow bodies: {worst * 1000:.1f} ms")
+        assert worst < 1.0, f"a fresh GET waited {worst:.2f} s"
+        assert _wait_until(lambda: proxy.buffered_body_bytes == 200 * 6)
+    finally:
+        for sock in slow:
+            sock.close()
+    assert _wait_until(lambda: proxy.buffered_body_bytes == 0), "closed bodies leave the budget"
+
+
+def test_slow_buffered_body_gets_408(make_backend, make_proxy):
+    backend = make_backend("v1")
+    proxy = make_proxy(backend.backend, body_timeout=0.3, body_min_rate=1000)
+    sock = _slow_body_client(proxy, 5000, b"z" * 100)
+    started = time.monotonic()
+    assert _read_all(sock).startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 5
+    assert backend.requests == 0, "an incomplete body never reaches the backend"
+    assert proxy.buffered_body_bytes == 0
+
+
+def test_streamed_body_below_the_minimum_rate_gets_408(make_backend, make_proxy):
+    """A body past the buffer cap is streamed by a worker, which does not wait for ever."""
+    proxy = make_proxy(
+        make_backend("v1").backend,
+        max_buffered_body=1024,
+        body_timeout=0.5,
+        body_min_rate=20_000,
+        workers=2,
+    )
+    sock = _slow_body_client(proxy, 100_000)
+    started = time.monotonic()
+    answer = b""
+    while not answer:  # a byte every 50 ms: 20 B/s, far below the minimum
+        with contextlib.suppress(OSError):
+            sock.sendall(b"z")
+        if _wait_readable(sock, 0.05):
+            answer = _read_all(sock)
+        assert time.monotonic() - started < 5, "the slow body was not cut off"
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    print(f"slow streamed body refused after {time.monotonic() - started:.2f} s")
+    # A fast streamed body on the same proxy is fine.
+    conn = _client(proxy)
+    body = b"q" * 3_000_000
+    conn.request("POST", "/echo", body=body)
+    assert conn.getresponse().read() == body
+    conn.close()
+
+
+def test_total_buffer_cap_streams_the_rest_and_frees_its_budget(make_backend, make_proxy):
+    backend = make_backend("v1")
+    proxy = make_proxy(backend.backend, max_buffered_total=10_000, workers=3)
+    first = _slow_body_client(proxy, 8000, b"a" * 6000)
+    assert _wait_until(lambda: proxy.buffered_body_bytes == 6000)
+    second = _slow_body_client(proxy, 8000, b"b" * 6000)  # over the total: a worker streams it
+    assert _wait_until(lambda: proxy.buffered_body_bytes == 6000)
+    assert _get(proxy, "/version")[:2] == (200, b"v1"), "workers remain for others"
+    for sock, byte in ((first, b"a"), (second, b"b")):
+        sock.sendall(byte * 2000)
+        response = b""
+        while not response.endswith(byte * 8000):
+            chunk = sock.recv(65536)
+            assert chunk, f"closed early: {response[:80]!r}"
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 200 ")
+        sock.close()
+    assert proxy.buffered_body_bytes == 0
+
+
+def test_chunked_body_is_received_before_a_worker_takes_it(make_backend, make_proxy):
+    proxy = make_proxy(make_backend("v1").backend, workers=1)
+    sock = _raw(proxy)
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+    # The only worker is free for someone else while the chunked body trickles in.
+    assert _get(proxy, "/version")[:2] == (200, b"v1")
+    for piece in (b"lo\r\n", b"6\r\n wor", b"ld\r\n0\r\n", b"X-T: 1\r\n", b"\r\n"):
+        sock.sendall(piece)
+        assert _get(proxy, "/version")[:2] == (200, b"v1")
+    response = b""
+    while not response.endswith(b"hello world"):
+        chunk = sock.recv(4096)
+        assert chunk, f"closed early: {response!r}"
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 200 ")
+    sock.close()
 
 
 def test_upgrade_tunnels_bytes_both_ways(make_backend, make_proxy):

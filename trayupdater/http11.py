@@ -365,6 +365,48 @@ def copy_until_close(src: BufferedSocket, write: Write) -> None:
             raise SourceError(f"reading a close-delimited body: {exc}") from exc
 
 
+def chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line (extensions ignored); SourceError if it is not hex."""
+    size_text = line.split(b";", 1)[0].strip(b" \t").decode("latin-1")
+    if not _HEX.fullmatch(size_text):
+        raise SourceError(f"invalid chunk size {size_text[:20]!r}")
+    return int(size_text, 16)
+
+
+def scan_chunked(buf: bytearray, pos: int, max_trailer_bytes: int) -> tuple[int, bool]:
+    """Walk the complete chunks of a chunked body in ``buf`` from offset ``pos``, reading
+    nothing: returns (offset to resume from, whether the whole body is there).
+
+    For a body received piece by piece without a thread waiting on it; the decoding itself
+    is :func:`copy_chunked`'s, once this says the body is complete. SourceError if malformed.
+    """
+    while True:
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            if len(buf) - pos > MAX_CHUNK_LINE:
+                raise SourceError(f"chunk line longer than {MAX_CHUNK_LINE} bytes")
+            return pos, False
+        size = chunk_size(bytes(buf[pos:end]))
+        if size == 0:
+            # Trailer lines up to an empty one; rescanned from the last chunk until complete.
+            start = end + 2
+            while True:
+                line_end = buf.find(b"\r\n", start)
+                if line_end < 0:
+                    if len(buf) - end > max_trailer_bytes:
+                        raise SourceError("oversized trailer section")
+                    return pos, False
+                if line_end == start:
+                    return pos, True  # resuming from the last chunk finds the end again
+                start = line_end + 2
+        data_end = end + 2 + size
+        if len(buf) < data_end + 2:
+            return pos, False
+        if buf[data_end : data_end + 2] != b"\r\n":
+            raise SourceError("chunk data not followed by CRLF")
+        pos = data_end + 2
+
+
 def copy_chunked(src: BufferedSocket, write_data: Write, max_trailer_bytes: int) -> list[str]:
     """Decode a chunked body from ``src``, passing chunk data on; returns the trailer lines.
 
@@ -376,10 +418,7 @@ def copy_chunked(src: BufferedSocket, write_data: Write, max_trailer_bytes: int)
             line = src.read_line(MAX_CHUNK_LINE)
         except OSError as exc:
             raise SourceError(f"reading a chunked body: {exc}") from exc
-        size_text = line.split(b";", 1)[0].strip(b" \t").decode("latin-1")
-        if not _HEX.fullmatch(size_text):
-            raise SourceError(f"invalid chunk size {size_text[:20]!r}")
-        size = int(size_text, 16)
+        size = chunk_size(line)
         if size == 0:
             break
         copy_length(src, size, write_data)

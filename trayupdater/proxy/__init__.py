@@ -20,6 +20,12 @@ request when no other connection needs a worker (cheaper than a round trip throu
 parker), then parks the connection. So threads serve requests, not sockets: a thousand idle
 keep-alive clients cost a selector entry each.
 
+Request bodies [bodies]. A body that did not arrive with its head is received by the parker,
+without blocking, up to ``max_buffered_body`` bytes per request and ``max_buffered_total``
+across all connections; only a complete request is handed to a worker, so clients trickling
+a body hold no thread. Larger bodies are streamed by a worker. Either way the client must
+keep a minimum rate (``body_timeout``, ``body_min_rate``) or it gets 408.
+
 Forwarding [forward]. One request goes to the backend of the generation it entered, on a
 pooled keep-alive connection [upstream] or a new one; the response is relayed with the
 framing re-written by the proxy (hop-by-hop fields dropped, X-Forwarded-* added). A 101

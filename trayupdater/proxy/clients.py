@@ -14,6 +14,9 @@ from queue import SimpleQueue
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket
+from trayupdater.proxy import bodies
+from trayupdater.proxy.bodies import Bodies
+from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.sockets import blocking_with_timeouts, error_response
 
 log = logging.getLogger(__name__)
@@ -22,7 +25,7 @@ log = logging.getLogger(__name__)
 class Client(BufferedSocket):
     """A client connection: its socket, unread bytes, and parking state."""
 
-    __slots__ = ("body_unread", "deadline", "ip", "lingering", "mid_head")
+    __slots__ = ("body_unread", "deadline", "ip", "lingering", "mid_head", "pending")
 
     def __init__(self, sock: socket.socket, ip: str, deadline: float) -> None:
         super().__init__(sock)
@@ -31,6 +34,8 @@ class Client(BufferedSocket):
         self.mid_head = True  # waiting for a head (a new connection counts): header_timeout
         self.lingering = False  # error sent and write side shut: read and discard until EOF
         self.body_unread = False  # the last request's body was not read to its end
+        # A request whose head was read: parked while the parker receives its body.
+        self.pending: Plan | None = None
 
 
 def _expire(conn: Client) -> None:
@@ -41,8 +46,9 @@ def _expire(conn: Client) -> None:
         # turn the close into an RST.
         while len(conn.buf) <= http11.RECV_SIZE and (data := conn.sock.recv(http11.RECV_SIZE)):
             conn.buf += data
-    if conn.mid_head and conn.buf and not conn.lingering:
-        with contextlib.suppress(OSError):  # a slow-loris client: tell it why
+    slow_head = conn.mid_head and conn.buf
+    if not conn.lingering and (slow_head or conn.pending is not None):
+        with contextlib.suppress(OSError):  # a slow-loris client or a slow body: say why
             conn.sock.send(error_response(408))
     conn.sock.close()
 
@@ -64,7 +70,8 @@ class Parker:
     """The selector thread: owns the listening socket and every idle connection.
 
     When a parked connection becomes readable it goes on the queue, where a worker picks it
-    up; when its deadline passes it is closed (with a 408 for a half-sent head).
+    up; one waiting for its request body is read here until the body is complete. When its
+    deadline passes a connection is closed (with a 408 for a half-sent head or body).
     """
 
     _LISTENER = object()
@@ -77,9 +84,11 @@ class Parker:
         idle_timeout: float,
         header_timeout: float,
         scan_every: float,
+        bodies: Bodies,
         on_failure: Callable[[], None],
     ) -> None:
         self._listener = listener
+        self._bodies = bodies
         self._idle_timeout = idle_timeout
         self._header_timeout = header_timeout
         self._scan_every = scan_every
@@ -162,6 +171,7 @@ class Parker:
                     for conn in expired:
                         del self._parked[conn.sock.fileno()]
                         self._sel.unregister(conn.sock)
+                        self._bodies.drop(conn)
                         _expire(conn)
                     next_scan = now + self._scan_every
                     if self._accepting and self._paused_until and now >= self._paused_until:
@@ -224,7 +234,14 @@ class Parker:
     def _ready(self, conn: Client) -> None:
         self._parked.pop(conn.sock.fileno(), None)
         self._sel.unregister(conn.sock)
-        if not conn.lingering:
+        if conn.lingering:
+            if _linger_read(conn):
+                self._register(conn)
+        elif conn.pending is None:
             self._queue.put(conn)
-        elif _linger_read(conn):
-            self._register(conn)
+        else:
+            outcome = self._bodies.receive(conn)
+            if outcome == bodies.READY:
+                self._queue.put(conn)
+            elif outcome == bodies.WAIT:
+                self._register(conn)

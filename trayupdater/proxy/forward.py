@@ -6,10 +6,10 @@ import contextlib
 import logging
 import selectors
 import socket
-from dataclasses import dataclass
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, Framing, Head, HttpError, SinkError, SourceError
+from trayupdater.proxy.bodies import Bodies, TooSlow
 from trayupdater.proxy.clients import Client
 from trayupdater.proxy.observer import (
     ERR_BODY,
@@ -21,6 +21,7 @@ from trayupdater.proxy.observer import (
     ERR_TIMEOUT,
     Reporter,
 )
+from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.routing import Generation, Router
 from trayupdater.proxy.sockets import error_response, is_timeout
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # The proxy writes these itself in the upstream request.
 _REQUEST_DROP = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "expect"})
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Slot:
@@ -40,22 +40,6 @@ class Slot:
     def __init__(self) -> None:
         self.client: socket.socket | None = None
         self.upstream: socket.socket | None = None
-
-
-@dataclass(slots=True)
-class _Plan:
-    """One request as it will be sent upstream, kept for a possible retry."""
-
-    req: Head
-    head: str  # upstream request head without the final CRLF
-    framing: Framing
-    length: int
-    started: float
-    body: bytes = b""  # the whole body when it was already buffered
-    buffered: bool = False  # True when ``body`` is the whole body (or there is none)
-
-    def __post_init__(self) -> None:
-        self.buffered = self.framing is Framing.NONE
 
 
 class _Retry(Exception):
@@ -72,9 +56,12 @@ def send_error(conn: Client, status: int, head_request: bool) -> None:
 class Forwarder:
     """Sends one parsed request to the current backend and relays the answer."""
 
-    def __init__(self, router: Router, reporter: Reporter, max_header_bytes: int) -> None:
+    def __init__(
+        self, router: Router, reporter: Reporter, bodies: Bodies, max_header_bytes: int
+    ) -> None:
         self._router = router
         self._report = reporter
+        self._bodies = bodies
         self.max_header_bytes = max_header_bytes
         self.closing = False  # set by ReverseProxy.close(): no more keep-alive, end tunnels
 
@@ -102,15 +89,16 @@ class Forwarder:
             lines.append(f"Connection: Upgrade\r\nUpgrade: {upgrade}\r\n")
         return "".join(lines)
 
-    def forward(
-        self, conn: Client, req: Head, framing: Framing, length: int, started: float, slot: Slot
-    ) -> bool:
-        """Proxy one request; True if the client connection stays open."""
-        plan = _Plan(req, self.upstream_head(req, conn, framing, length), framing, length, started)
-        if framing is Framing.LENGTH and len(conn.buf) >= length:
-            plan.body = bytes(conn.buf[:length])
-            del conn.buf[:length]
-            plan.buffered = True
+    def plan(self, conn: Client, req: Head, framing: Framing, length: int, started: float) -> Plan:
+        return Plan(req, self.upstream_head(req, conn, framing, length), framing, length, started)
+
+    def forward(self, conn: Client, plan: Plan, slot: Slot) -> bool:
+        """Proxy one request; True if the client connection stays open.
+
+        The body is either complete in ``conn.buf`` or to be streamed (see :mod:`bodies`).
+        """
+        if not plan.buffered and not plan.stream and not self._take_body(conn, plan):
+            return False
         conn.body_unread = not plan.buffered  # until streamed upstream
         for attempt in (1, 2):
             gen = self._router.enter()
@@ -122,8 +110,30 @@ class Forwarder:
                 self._router.exit(gen)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _take_body(self, conn: Client, plan: Plan) -> bool:
+        """Move a complete body from the client buffer into ``plan``; False if refused."""
+        if plan.framing is Framing.LENGTH:
+            plan.body = bytes(conn.buf[: plan.length])
+            del conn.buf[: plan.length]
+        else:  # chunked, all here: decode it and send it on as one chunk
+            parts: list[bytes] = []
+            try:
+                trailers = http11.copy_chunked(
+                    conn, lambda data: parts.append(bytes(data)), self.max_header_bytes
+                )
+            except (SourceError, OSError) as exc:
+                log.debug("proxy: bad chunked request body from %s: %s", conn.ip, exc)
+                conn.body_unread = True
+                send_error(conn, 400, False)
+                self._report.done(400, plan.started, None)
+                return False
+            data = b"".join(parts)
+            plan.body = (http11.chunk(data) if data else b"") + http11.last_chunk(trailers)
+        plan.buffered = True
+        return True
+
     def _attempt(
-        self, conn: Client, plan: _Plan, slot: Slot, gen: Generation, *, may_retry: bool
+        self, conn: Client, plan: Plan, slot: Slot, gen: Generation, *, may_retry: bool
     ) -> bool:
         """One try at one backend; raises _Retry when nothing reached the client yet."""
         backend, pool, req = gen.backend, gen.pool, plan.req
@@ -172,9 +182,11 @@ class Forwarder:
                 send_error(conn, 502, head_request)
                 self._done(502, plan.started, gen)
                 return False
-            if not plan.buffered and not self._send_request_body(conn, up, plan):
-                self._done(502, plan.started, gen)
-                return False
+            if not plan.buffered:
+                failed = self._send_request_body(conn, up, plan)
+                if failed:
+                    self._done(failed, plan.started, gen)
+                    return False
             resp = self._read_response(conn, up, req, reused and replayable and may_retry)
             if isinstance(resp, int):
                 self._done(resp, plan.started, gen)
@@ -189,35 +201,37 @@ class Forwarder:
             else:
                 sock.close()
 
-    def _send_request_body(self, conn: Client, up: BufferedSocket, plan: _Plan) -> bool:
-        """Stream the rest of the request body upstream; False (response sent) on failure."""
+    def _send_request_body(self, conn: Client, up: BufferedSocket, plan: Plan) -> int:
+        """Stream the request body upstream: 0, or the status of the error already sent."""
         try:
-            if plan.req.get("expect") is not None and plan.req.minor >= 1 and not conn.buf:
-                conn.sock.sendall(_CONTINUE)  # the upstream head is out: now ask for the body
+            self._bodies.send_continue(conn, plan)  # the upstream head is out: ask for the body
+            src = self._bodies.source(conn, plan)
             send = up.sock.sendall
             if plan.framing is Framing.LENGTH:
-                http11.copy_length(conn, plan.length, send)
+                http11.copy_length(src, plan.length, send)
             else:
                 trailers = http11.copy_chunked(
-                    conn, lambda data: send(http11.chunk(data)), self.max_header_bytes
+                    src, lambda data: send(http11.chunk(data)), self.max_header_bytes
                 )
                 try:
                     send(http11.last_chunk(trailers))
                 except OSError as exc:
                     raise SinkError(str(exc)) from exc
         except SourceError as exc:
-            # The client vanished or sent a broken chunked body; tell it if it still listens.
+            # The client vanished, was too slow or sent a broken chunked body; tell it if it
+            # still listens.
             log.debug("proxy: bad or incomplete request body from %s: %s", conn.ip, exc)
-            send_error(conn, 400, False)
-            return False
+            status = 408 if isinstance(exc.__cause__, TooSlow) else 400
+            send_error(conn, status, False)
+            return status
         except SinkError:
             self._report.upstream_error(ERR_CLOSED)
             send_error(conn, 502, False)
-            return False
+            return 502
         except OSError:  # the 100 Continue could not be sent: the client is gone
-            return False
+            return 400
         conn.body_unread = False
-        return True
+        return 0
 
     def _read_response(
         self, conn: Client, up: BufferedSocket, req: Head, may_retry: bool

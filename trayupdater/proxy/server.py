@@ -10,9 +10,11 @@ import time
 from trayupdater import http11
 from trayupdater.errors import ConfigError
 from trayupdater.http11 import HttpError
+from trayupdater.proxy.bodies import Bodies
 from trayupdater.proxy.clients import Client, Parker
 from trayupdater.proxy.forward import Forwarder, Slot
 from trayupdater.proxy.observer import NullObserver, ProxyObserver, Reporter
+from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.routing import Generation, Router
 from trayupdater.proxy.sockets import (
     error_response,
@@ -44,6 +46,12 @@ class ReverseProxy:
     per-read/write limit towards a client mid-request. ``header_timeout``: from a new
     connection or the first byte of a head to its end (then 408). ``max_header_bytes``:
     larger heads get 431. ``observer``: metrics hook, see :class:`ProxyObserver`.
+
+    Request bodies (see :mod:`trayupdater.proxy.bodies`): up to ``max_buffered_body`` bytes
+    are received by the parker before a worker takes the request, while the bodies buffered
+    across all connections stay under ``max_buffered_total`` bytes; larger ones are streamed.
+    A client must not pause longer than ``body_timeout`` within a body and must keep
+    ``body_min_rate`` bytes/s on average after that grace, else 408.
     """
 
     def __init__(
@@ -57,6 +65,10 @@ class ReverseProxy:
         client_idle_timeout: float = 60.0,
         header_timeout: float = 10.0,
         max_header_bytes: int = 64 * 1024,
+        max_buffered_body: int = 1024 * 1024,
+        max_buffered_total: int = 64 * 1024 * 1024,
+        body_timeout: float = 20.0,
+        body_min_rate: float = 500.0,
         observer: ProxyObserver | None = None,
     ) -> None:
         if not 1 <= workers <= 4096:
@@ -67,11 +79,20 @@ class ReverseProxy:
             ("backend_timeout", backend_timeout),
             ("client_idle_timeout", client_idle_timeout),
             ("header_timeout", header_timeout),
+            ("body_timeout", body_timeout),
         ):
             if not value > 0:
                 raise ConfigError(f"proxy {name} must be a positive number of seconds, got {value}")
+        if not body_min_rate > 0:
+            raise ConfigError(f"proxy body_min_rate must be positive, got {body_min_rate}")
         if max_header_bytes < 1024:
             raise ConfigError(f"proxy max_header_bytes must be >= 1024, got {max_header_bytes}")
+        for name, size in (
+            ("max_buffered_body", max_buffered_body),
+            ("max_buffered_total", max_buffered_total),
+        ):
+            if not (isinstance(size, int) and size >= 0):
+                raise ConfigError(f"proxy {name} must be a number of bytes >= 0, got {size!r}")
         self._bind_host = bind
         self._bind_port = port
         self._given_sock = sock
@@ -82,16 +103,22 @@ class ReverseProxy:
         self.max_header_bytes = max_header_bytes
         self._report = Reporter(observer or NullObserver())
         self._router = Router(self.backend_timeout, max_idle=workers)
-        self._forwarder = Forwarder(self._router, self._report, max_header_bytes)
+        self._bodies = Bodies(
+            max_body=max_buffered_body,
+            max_total=max_buffered_total,
+            timeout=float(body_timeout),
+            min_rate=float(body_min_rate),
+            max_trailer=max_header_bytes,
+        )
+        self._forwarder = Forwarder(self._router, self._report, self._bodies, max_header_bytes)
 
         self._slots: list[Slot] = []
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
         self._parker: Parker | None = None
-        # How often deadlines (header_timeout, idle keep-alive) are checked.
-        self._scan_every = min(
-            1.0, max(0.02, min(self.header_timeout, self.client_idle_timeout) / 4)
-        )
+        # How often deadlines (header_timeout, idle keep-alive, bodies) are checked.
+        shortest = min(self.header_timeout, self.client_idle_timeout, self._bodies.timeout)
+        self._scan_every = min(1.0, max(0.02, shortest / 4))
         self._address: tuple[str, int] | None = None
         self._closed = False
 
@@ -111,6 +138,7 @@ class ReverseProxy:
             idle_timeout=self.client_idle_timeout,
             header_timeout=self.header_timeout,
             scan_every=self._scan_every,
+            bodies=self._bodies,
             on_failure=self._parker_failed,
         )
         self._spawn("proxy-parker", parker.run)
@@ -129,6 +157,11 @@ class ReverseProxy:
     @property
     def current(self) -> Backend | None:
         return self._router.current
+
+    @property
+    def buffered_body_bytes(self) -> int:
+        """Bytes of request bodies the parker is receiving, across all connections."""
+        return self._bodies.buffered_bytes
 
     def switch(self, backend: Backend | None) -> Generation:
         """Route new requests to ``backend`` (None: answer 503); returns the old generation."""
@@ -248,35 +281,40 @@ class ReverseProxy:
         """Serve every complete request ``conn`` holds, then park or close it."""
         readable = True
         while True:
-            if readable:
-                got = read_nowait(conn)
-                if got is False:
-                    conn.sock.close()
-                    return
-                if got is None:  # spurious readiness: nothing to read after all
+            plan = conn.pending
+            if plan is not None:  # back from the parker with its body
+                conn.pending = None
+                keep = self._forward(conn, plan, slot)
+            else:
+                if readable:
+                    got = read_nowait(conn)
+                    if got is False:
+                        conn.sock.close()
+                        return
+                    if got is None:  # spurious readiness: nothing to read after all
+                        self._park(conn)
+                        return
+                end = conn.buf.find(b"\r\n\r\n")
+                limit = self.max_header_bytes
+                if end < 0 and len(conn.buf) <= limit:
+                    # Wait for more in the selector, never in a worker (slow-loris).
+                    now = time.monotonic()
+                    if not conn.buf:
+                        conn.mid_head = False
+                        conn.deadline = now + self.client_idle_timeout
+                    elif not conn.mid_head:
+                        conn.mid_head = True
+                        conn.deadline = now + self.header_timeout
                     self._park(conn)
                     return
-            end = conn.buf.find(b"\r\n\r\n")
-            limit = self.max_header_bytes
-            if end < 0 and len(conn.buf) <= limit:
-                # Wait for more in the selector, never in a worker (slow-loris).
-                now = time.monotonic()
-                if not conn.buf:
-                    conn.mid_head = False
-                    conn.deadline = now + self.client_idle_timeout
-                elif not conn.mid_head:
-                    conn.mid_head = True
-                    conn.deadline = now + self.header_timeout
-                self._park(conn)
-                return
-            if end < 0 or end + 4 > limit:
-                self._reject(conn, 431, head_request=False)
-                return
-            head = bytes(conn.buf[: end + 4])
-            del conn.buf[: end + 4]
-            keep = self._handle(conn, head, slot)
-            if conn.lingering:
-                return  # an error was sent; the parker owns the connection now
+                if end < 0 or end + 4 > limit:
+                    self._reject(conn, 431, head_request=False)
+                    return
+                head = bytes(conn.buf[: end + 4])
+                del conn.buf[: end + 4]
+                keep = self._handle(conn, head, slot)
+            if keep is None:
+                return  # handed off: the parker owns the connection now
             if not keep:
                 # Not "or closing": a response that promised keep-alive must not be followed
                 # by a close the client's next request could race; close() serves that
@@ -286,12 +324,40 @@ class ReverseProxy:
             conn.mid_head = False
             # A pipelined request may already be buffered; else a busy client usually sends
             # its next request within microseconds: wait a moment rather than park.
-            readable = (
-                not conn.buf
-                and self._parker is not None
-                and self._parker.linger_ok()
-                and wait_readable(conn.sock, LINGER_NEXT_REQUEST)
-            )
+            readable = not conn.buf and self._linger_for(conn)
+
+    def _linger_for(self, conn: Client) -> bool:
+        """Wait a moment for ``conn`` to send more, if no other connection needs a worker."""
+        parker = self._parker
+        return (
+            parker is not None
+            and parker.linger_ok()
+            and wait_readable(conn.sock, LINGER_NEXT_REQUEST)
+        )
+
+    def _forward(self, conn: Client, plan: Plan, slot: Slot) -> bool | None:
+        """Forward ``plan`` once its body is in hand (None: parked until it is)."""
+        bodies = self._bodies
+        lingered = False
+        while not bodies.ready(conn, plan):
+            # The rest of a small body usually follows the head at once: wait a moment
+            # rather than park; then let the parker receive it, not a worker.
+            if not lingered and self._linger_for(conn):
+                lingered = True
+                if read_nowait(conn) is not False:
+                    continue
+                conn.sock.close()
+                return None
+            try:
+                bodies.begin_wait(conn, plan)
+            except OSError:  # could not send "100 Continue": the client is gone
+                bodies.drop(conn)
+                conn.sock.close()
+                return None
+            conn.pending = plan
+            self._park(conn)
+            return None
+        return self._forwarder.forward(conn, plan, slot)
 
     def _reject(self, conn: Client, status: int, *, head_request: bool) -> None:
         """Send a proxy-made error and close the connection gracefully."""
@@ -323,8 +389,9 @@ class ReverseProxy:
         conn.deadline = time.monotonic() + LINGER_SECONDS
         self._park(conn)
 
-    def _handle(self, conn: Client, raw: bytes, slot: Slot) -> bool:
-        """Serve one request whose head is ``raw``; True if the connection stays open."""
+    def _handle(self, conn: Client, raw: bytes, slot: Slot) -> bool | None:
+        """Serve one request whose head is ``raw``: keep the connection open (True), close
+        it (False), or None when it was handed off (lingering, or parked for its body)."""
         started = time.monotonic()
         head_request = False
         try:
@@ -345,5 +412,5 @@ class ReverseProxy:
             log.debug("proxy rejected a request from %s: %s", conn.ip, exc)
             self._reject(conn, exc.status, head_request=head_request)
             self._report.done(exc.status, started, None)
-            return False
-        return self._forwarder.forward(conn, req, framing, length, started, slot)
+            return None
+        return self._forward(conn, self._forwarder.plan(conn, req, framing, length, started), slot)
