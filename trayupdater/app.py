@@ -44,6 +44,7 @@ class App:
         self.successor = take_handover()
         sock = self.successor.socket if self.successor else None
         self.proxy = ReverseProxy(config.bind, config.port, sock=sock, observer=self.metrics)
+        self.metrics.watch_proxy(self.proxy)
         self.updater = Updater(
             config,
             self.store,

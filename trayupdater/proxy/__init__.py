@@ -26,22 +26,39 @@ across all connections; only a complete request is handed to a worker, so client
 a body hold no thread. Larger bodies are streamed by a worker. Either way the client must
 keep a minimum rate (``body_timeout``, ``body_min_rate``) or it gets 408.
 
-Forwarding [forward]. One request goes to the backend of the generation it entered, on a
-pooled keep-alive connection [upstream] or a new one; the response is relayed with the
-framing re-written by the proxy (hop-by-hop fields dropped, X-Forwarded-* added). A 101
-answer turns the connection into a byte tunnel (WebSocket). An attempt that failed before
-anything reached the client is retried once when the whole request is still in hand and its
-method is idempotent (a stale pooled connection, a refused connect); otherwise the client
-gets 502, or 504 when the backend timed out. A client that vanished mid-response closes the
+Forwarding [forward, relay]. One request goes to the backend of the generation it entered,
+on a pooled keep-alive connection [upstream] or a new one; the response is relayed with the
+framing re-written by the proxy (hop-by-hop fields dropped, X-Forwarded-* added). A small
+response body is read whole before anything goes to the client, so a backend dying between
+its head and its body is still a failure the proxy can retry. A 101 answer turns the
+connection into a byte tunnel (WebSocket). A client that vanished mid-response closes the
 upstream connection too: it is mid-message and must never be reused.
 
-Generations, switch and drain [routing]. Each backend switch creates a *generation*: the
-backend, its upstream pool and a count of requests in flight. A request enters the current
-generation when it starts and leaves it when its response is complete. ``switch()`` replaces
-the current generation atomically and returns the old one; ``drain()`` waits until the old
-one has no request in flight, after which the old child can be stopped: that is the
-zero-failure update. Client connections are never tied to a backend, so a switch never
-breaks them. A retired generation's pool is closed once it is idle.
+Generations, switch and drain [routing]. Each routing decision is a *generation*: the
+backend (or none), its upstream pool, an optional warm *fallback*, and a count of requests
+in flight. A request enters the current generation when an attempt starts and leaves it
+when that attempt ends. ``switch()`` replaces the current generation atomically and returns
+the old one; ``drain()`` waits until the old one has no request in flight, after which the
+old child can be stopped: that is the zero-failure update. Client connections are never
+tied to a backend, so a switch never breaks them. A retired generation's pool is closed
+once it is idle.
+
+Backend death [routing, retry]. The supervisor calls ``backend_down()`` the moment a child
+exits or fails health. If it is the current backend the proxy switches at once to the
+generation's fallback (probation: the previous version, kept warm), or else to a *holding*
+generation; attempts still waiting for that backend's answer are cut loose. Any request
+that has no response byte yet and whose whole request the proxy holds (no body, or one it
+buffered) is then sent again to whatever is current: a backend's death never fails it. The
+retry policy waits for the routing to change rather than spinning: a moment (20 ms) covers
+a refused connect that arrives before the exit is reported; past that, an unreachable
+backend's requests are held. Timeouts are not retried (504); a request whose body was being
+streamed cannot be replayed (502); a response already under way is cut short.
+
+Holds [holding]. ``hold()`` (a child restarting or backing off) or a dead backend without a
+fallback makes requests wait instead of failing: each is parked in the parker with its
+request kept for replay, costing no worker, and handed back to the workers when the routing
+changes. Holds are bounded in time (``hold_seconds``, then 503 with Retry-After), count and
+bytes (beyond: 503 at once); a client that goes away while held is forgotten.
 """
 
 from trayupdater.proxy.observer import (

@@ -5,19 +5,26 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable
 from queue import SimpleQueue
+from typing import TYPE_CHECKING
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket
 from trayupdater.proxy import bodies
 from trayupdater.proxy.bodies import Bodies
+from trayupdater.proxy.holding import HoldRoom
+from trayupdater.proxy.observer import Reporter
 from trayupdater.proxy.plan import Plan
-from trayupdater.proxy.sockets import blocking_with_timeouts, error_response
+from trayupdater.proxy.sockets import blocking_with_timeouts, error_response, read_nowait
+
+if TYPE_CHECKING:
+    from trayupdater.proxy.routing import Generation
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +32,7 @@ log = logging.getLogger(__name__)
 class Client(BufferedSocket):
     """A client connection: its socket, unread bytes, and parking state."""
 
-    __slots__ = ("body_unread", "deadline", "ip", "lingering", "mid_head", "pending")
+    __slots__ = ("body_unread", "deadline", "held", "ip", "lingering", "mid_head", "pending")
 
     def __init__(self, sock: socket.socket, ip: str, deadline: float) -> None:
         super().__init__(sock)
@@ -34,8 +41,9 @@ class Client(BufferedSocket):
         self.mid_head = True  # waiting for a head (a new connection counts): header_timeout
         self.lingering = False  # error sent and write side shut: read and discard until EOF
         self.body_unread = False  # the last request's body was not read to its end
-        # A request whose head was read: parked while the parker receives its body.
+        # A request whose head was read: parked while the parker receives its body, or held.
         self.pending: Plan | None = None
+        self.held = False  # ``pending`` waits for the routing to change (holding.py)
 
 
 def _expire(conn: Client) -> None:
@@ -50,6 +58,20 @@ def _expire(conn: Client) -> None:
     if not conn.lingering and (slow_head or conn.pending is not None):
         with contextlib.suppress(OSError):  # a slow-loris client or a slow body: say why
             conn.sock.send(error_response(408))
+    conn.sock.close()
+
+
+def _answer_and_close(conn: Client, status: int) -> None:
+    """A proxy-made error for a held request, then close, never blocking this thread."""
+    plan = conn.pending
+    head_request = plan is not None and plan.method == "HEAD"
+    with contextlib.suppress(OSError):
+        conn.sock.setblocking(False)
+        conn.sock.send(error_response(status, body=not head_request, retry_after=status == 503))
+        conn.sock.shutdown(socket.SHUT_WR)
+        # Read what the client still sent, so the close is not an RST that eats the answer.
+        while conn.sock.recv(http11.RECV_SIZE):
+            pass
     conn.sock.close()
 
 
@@ -72,6 +94,10 @@ class Parker:
     When a parked connection becomes readable it goes on the queue, where a worker picks it
     up; one waiting for its request body is read here until the body is complete. When its
     deadline passes a connection is closed (with a 408 for a half-sent head or body).
+
+    Held requests (see :mod:`holding`) are kept apart: watched for the client going away,
+    given back to the workers when the routing changes or an unreachable backend is due
+    for another try, answered 503 (or 502) when their hold expires.
     """
 
     _LISTENER = object()
@@ -85,10 +111,20 @@ class Parker:
         header_timeout: float,
         scan_every: float,
         bodies: Bodies,
+        room: HoldRoom,
+        generation: Callable[[], Generation],
+        reporter: Reporter,
         on_failure: Callable[[], None],
     ) -> None:
         self._listener = listener
         self._bodies = bodies
+        self._room = room
+        self._generation = generation
+        self._report = reporter
+        self._held: dict[int, Client] = {}
+        self._held_wake = math.inf  # the earliest deadline or retry time of a held request
+        self._routing_changed = False
+        self._flushing = False  # closing: held requests are answered 503 at once
         self._idle_timeout = idle_timeout
         self._header_timeout = header_timeout
         self._scan_every = scan_every
@@ -125,6 +161,16 @@ class Parker:
     def parked_count(self) -> int:
         return len(self._parked) + len(self._incoming)
 
+    def routing_changed(self) -> None:
+        """Any thread: the current generation changed; give held requests back."""
+        self._routing_changed = True
+        self._wake()
+
+    def flush_held(self) -> None:
+        """Closing: answer every held request (and any held later) with 503 now."""
+        self._flushing = True
+        self.routing_changed()
+
     def stop_accepting(self) -> None:
         self._stop_accepting = True
         self._wake()
@@ -149,7 +195,8 @@ class Parker:
         try:
             while not self._stopping:
                 now = time.monotonic()
-                for key, _ in self._sel.select(max(0.0, next_scan - now)):
+                wake = min(next_scan, self._held_wake)
+                for key, _ in self._sel.select(max(0.0, wake - now)):
                     data = key.data
                     if data is self._LISTENER:
                         self._accept()
@@ -160,6 +207,11 @@ class Parker:
                 self._wake_pending = False
                 while self._incoming:
                     self._register(self._incoming.popleft())
+                if self._routing_changed:
+                    self._routing_changed = False
+                    self._release_changed()
+                if time.monotonic() >= self._held_wake:
+                    self._held_timers(time.monotonic())
                 if self._stop_accepting and self._accepting:
                     if not self._paused_until:
                         self._sel.unregister(self._listener)
@@ -187,6 +239,8 @@ class Parker:
             for conn in self._parked.values():
                 conn.sock.close()
             self._parked.clear()
+            for conn in list(self._held.values()):
+                self._expire_held(conn, 503)
             self._sel.close()
             self._wake_r.close()
             self._wake_w.close()
@@ -221,6 +275,9 @@ class Parker:
         return Client(sock, str(addr[0]), time.monotonic() + self._header_timeout)
 
     def _register(self, conn: Client) -> None:
+        if conn.held:
+            self._register_held(conn)
+            return
         if self._stopping:
             conn.sock.close()
             return
@@ -232,6 +289,9 @@ class Parker:
         self._parked[conn.sock.fileno()] = conn
 
     def _ready(self, conn: Client) -> None:
+        if conn.held:
+            self._held_readable(conn)
+            return
         self._parked.pop(conn.sock.fileno(), None)
         self._sel.unregister(conn.sock)
         if conn.lingering:
@@ -245,3 +305,81 @@ class Parker:
                 self._queue.put(conn)
             elif outcome == bodies.WAIT:
                 self._register(conn)
+
+    # -- held requests -----------------------------------------------------------------
+
+    def _register_held(self, conn: Client) -> None:
+        plan = conn.pending
+        assert plan is not None
+        if self._flushing or self._stopping:
+            self._expire_held(conn, 503, registered=False)
+            return
+        if plan.hold_gen is not self._generation():  # changed while it was on its way here
+            self._release(conn, registered=False)
+            return
+        try:
+            self._sel.register(conn.sock, selectors.EVENT_READ, conn)  # to see it go away
+        except (OSError, ValueError):  # closed meanwhile
+            self._forget_held(conn, registered=False)
+            return
+        self._held[conn.sock.fileno()] = conn
+        self._held_wake = min(self._held_wake, conn.deadline)
+
+    def _held_readable(self, conn: Client) -> None:
+        got = read_nowait(conn)
+        if got is None:
+            return
+        # Gone, or pipelining more than a head's worth behind a held request: forget it.
+        if got is False or len(conn.buf) > http11.RECV_SIZE:
+            self._forget_held(conn)
+
+    def _release_changed(self) -> None:
+        if self._flushing:
+            for conn in list(self._held.values()):
+                self._expire_held(conn, 503)
+            return
+        gen = self._generation()
+        for conn in list(self._held.values()):
+            plan = conn.pending
+            if plan is not None and plan.hold_gen is not gen:
+                self._release(conn)
+
+    def _held_timers(self, now: float) -> None:
+        wake = math.inf
+        for conn in list(self._held.values()):
+            plan = conn.pending
+            assert plan is not None
+            if now >= plan.deadline:
+                self._expire_held(conn, plan.hold_status)
+            elif plan.retry_at and now >= plan.retry_at:
+                self._release(conn)
+            else:
+                wake = min(wake, conn.deadline)
+        self._held_wake = wake
+
+    def _unregister_held(self, conn: Client, registered: bool) -> None:
+        if registered:
+            self._held.pop(conn.sock.fileno(), None)
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(conn.sock)
+
+    def _release(self, conn: Client, *, registered: bool = True) -> None:
+        """Back to the workers, to be tried on whatever is current now."""
+        self._unregister_held(conn, registered)
+        self._room.leave(conn)
+        self._queue.put(conn)
+
+    def _expire_held(self, conn: Client, status: int, *, registered: bool = True) -> None:
+        self._unregister_held(conn, registered)
+        gen = conn.pending.hold_gen if conn.pending else None
+        plan = self._room.leave(conn)
+        _answer_and_close(conn, status)
+        self._report.done(status, plan.started, gen.backend.label if gen and gen.backend else None)
+        self._report.hold_finished(plan.held_seconds, False)
+
+    def _forget_held(self, conn: Client, *, registered: bool = True) -> None:
+        """The client went away while its request was held."""
+        self._unregister_held(conn, registered)
+        plan = self._room.leave(conn)
+        conn.sock.close()
+        self._report.hold_finished(plan.held_seconds, False)

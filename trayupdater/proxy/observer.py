@@ -19,11 +19,21 @@ ERR_BODY = "response_body"  # the backend failed in the middle of a response bod
 
 
 class ProxyObserver(Protocol):
-    """Metrics hook. Called from worker threads; must be quick and must not raise."""
+    """Metrics hook. Called from the proxy's threads; must be quick and must not raise.
+
+    ``retried``: a request is sent again after an attempt failed with error ``kind`` before
+    any response byte. ``hold_finished``: a held request left the hold for good after
+    ``seconds`` held in all, ``served`` by a backend or not (expired, client gone, refused).
+    An observer written before these two may lack them.
+    """
 
     def request_done(self, status: int, seconds: float, backend_label: str | None) -> None: ...
 
     def upstream_error(self, kind: str) -> None: ...
+
+    def retried(self, kind: str) -> None: ...
+
+    def hold_finished(self, seconds: float, served: bool) -> None: ...
 
 
 class NullObserver:
@@ -35,14 +45,26 @@ class NullObserver:
     def upstream_error(self, kind: str) -> None:
         pass
 
+    def retried(self, kind: str) -> None:
+        pass
+
+    def hold_finished(self, seconds: float, served: bool) -> None:
+        pass
+
+
+def _nothing(*args: object) -> None:
+    pass
+
 
 class Reporter:
     """Calls the observer so that a failing one never breaks a request."""
 
-    __slots__ = ("_observer",)
+    __slots__ = ("_hold_finished", "_observer", "_retried")
 
     def __init__(self, observer: ProxyObserver) -> None:
         self._observer = observer
+        self._retried = getattr(observer, "retried", _nothing)
+        self._hold_finished = getattr(observer, "hold_finished", _nothing)
 
     def done(self, status: int, started: float, label: str | None) -> None:
         try:
@@ -53,5 +75,17 @@ class Reporter:
     def upstream_error(self, kind: str) -> None:
         try:
             self._observer.upstream_error(kind)
+        except Exception:
+            log.exception("proxy observer failed")
+
+    def retried(self, kind: str) -> None:
+        try:
+            self._retried(kind)
+        except Exception:
+            log.exception("proxy observer failed")
+
+    def hold_finished(self, seconds: float, served: bool) -> None:
+        try:
+            self._hold_finished(seconds, served)
         except Exception:
             log.exception("proxy observer failed")

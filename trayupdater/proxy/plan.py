@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from trayupdater.http11 import Framing, Head
+
+if TYPE_CHECKING:
+    from trayupdater.proxy.routing import Generation
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 @dataclass(slots=True)
@@ -27,6 +33,21 @@ class Plan:
     body_started: float = 0.0  # when the proxy began waiting for the body
     accounted: int = 0  # bytes of it counted in the buffered-bodies budget
     chunk_scan: int = 0  # chunked: offset in the client buffer of the next chunk line
+    # Retries and holds (see retry.py and holding.py).
+    deadline: float = 0.0  # no retry or hold past this (set at the first failure or hold)
+    retried_on: Generation | None = None  # the generation it was already resent to once
+    graced: bool = False  # it already waited a moment for the routing to change
+    hold_gen: Generation | None = None  # held until the current generation is another one
+    hold_status: int = 503  # the answer if the hold expires
+    retry_at: float = 0.0  # held for an unreachable backend: try it again then (0: never)
+    holds: int = 0  # times held for an unreachable backend (the back-off grows)
+    failed_kind: str = ""  # the error that sent it to a hold: reported as a retry after it
+    held_at: float = 0.0  # when the current hold began
+    held_seconds: float = 0.0  # time held so far, all holds together
+    held_size: int = 0  # bytes it counts for in the hold room
+    ever_held: bool = False
+    consumed: bool = False  # streaming of the body from the client began: never replayed
+    answered: bool = False  # a backend's response head arrived
 
     def __post_init__(self) -> None:
         self.buffered = self.framing is Framing.NONE
@@ -34,3 +55,7 @@ class Plan:
     @property
     def method(self) -> str:
         return self.req.start[0]
+
+    @property
+    def idempotent(self) -> bool:
+        return self.req.start[0] in IDEMPOTENT

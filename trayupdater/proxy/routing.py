@@ -1,4 +1,4 @@
-"""Which backend a request goes to: generations, switch and drain."""
+"""Which backend a request goes to: generations, switch, hold, backend death, drain."""
 
 from __future__ import annotations
 
@@ -13,11 +13,26 @@ log = logging.getLogger(__name__)
 
 
 class Generation:
-    """One backend switch: the backend, its upstream pool, and its requests in flight."""
+    """One routing decision: the backend (or none), its upstream pool, the warm fallback to
+    use if it dies, and the requests in flight.
 
-    def __init__(self, backend: Backend | None, pool: UpstreamPool | None) -> None:
+    ``holding``: no backend, but one is coming; requests wait instead of failing.
+    ``down``: it was replaced because its backend died; requests in it are retried.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None,
+        pool: UpstreamPool | None,
+        *,
+        fallback: Backend | None = None,
+        holding: bool = False,
+    ) -> None:
         self.backend = backend
         self.pool = pool
+        self.fallback = fallback
+        self.holding = holding and backend is None
+        self.down = False
         self._in_flight = 0  # guarded by Router._lock
         self._retired = False
 
@@ -31,37 +46,86 @@ class Generation:
 
     def __repr__(self) -> str:
         label = self.backend.label if self.backend else None
-        return f"Generation(backend={label!r}, in_flight={self._in_flight})"
+        state = " holding" if self.holding else " down" if self.down else ""
+        return f"Generation(backend={label!r}, in_flight={self._in_flight}{state})"
+
+
+def describe(gen: Generation) -> str:
+    if gen.backend is not None:
+        fallback = f" (warm fallback {gen.fallback.label})" if gen.fallback else ""
+        return gen.backend.label + fallback
+    return "no backend, holding requests" if gen.holding else "no backend"
 
 
 class Router:
-    """The current generation, swapped atomically, and the in-flight count of each."""
+    """The current generation, swapped atomically, and the in-flight count of each.
 
-    def __init__(self, backend_timeout: float, max_idle: int) -> None:
+    ``on_change`` is called (outside the lock) after every change of the current generation,
+    so whoever holds requests can give them back.
+    """
+
+    def __init__(
+        self, backend_timeout: float, max_idle: int, on_change: Callable[[], None]
+    ) -> None:
         self._backend_timeout = backend_timeout
         self._max_idle = max_idle
+        self._on_change = on_change
         self._lock = threading.Lock()
-        self._drained = threading.Condition(self._lock)
+        self._drained = threading.Condition(self._lock)  # a request ended
+        self._changed = threading.Condition(self._lock)  # the current generation changed
         self._gen = Generation(None, None)
         self.total_in_flight = 0
+
+    @property
+    def generation(self) -> Generation:
+        return self._gen
 
     @property
     def current(self) -> Backend | None:
         return self._gen.backend
 
-    def switch(self, backend: Backend | None) -> Generation:
-        pool = None
-        if backend is not None:
-            pool = UpstreamPool(backend, self._backend_timeout, max_idle=self._max_idle)
-        new = Generation(backend, pool)
+    @property
+    def fallback(self) -> Backend | None:
+        return self._gen.fallback
+
+    def switch(self, backend: Backend | None, fallback: Backend | None = None) -> Generation:
+        return self._install(self._new(backend, fallback), None)
+
+    def hold(self) -> Generation:
+        return self._install(Generation(None, None, holding=True), None)
+
+    def backend_down(self, backend: Backend) -> bool:
+        """``backend`` died: go to the current generation's fallback, or hold; or forget it
+        as the fallback. True if routing changed."""
         with self._lock:
-            old, self._gen = self._gen, new
-            old._retired = True
-            idle = old._in_flight == 0
-        if idle:
-            old._close_pool()
-        log.info("proxy switched to %s", backend.label if backend else "no backend")
-        return old
+            gen = self._gen
+            if gen.backend is not None and gen.backend == backend:
+                replaced = gen
+            elif gen.fallback is not None and gen.fallback == backend:
+                gen.fallback = None
+                replaced = None
+            else:
+                return False
+        if replaced is None:
+            log.info("proxy: warm fallback %s is gone", backend.label)
+            return True
+        if replaced.fallback is not None:
+            new = self._new(replaced.fallback, None)
+        else:
+            new = Generation(None, None, holding=True)
+        # Lost a race with another change (switch() meanwhile): that one stands.
+        return self._install(new, replaced) is replaced
+
+    def wait_change(self, gen: Generation, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the current generation to be another than ``gen``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._gen is gen:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
 
     def drain(self, generation: Generation, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -100,3 +164,33 @@ class Router:
         with self._lock:
             gen = self._gen
         gen._close_pool()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _new(self, backend: Backend | None, fallback: Backend | None) -> Generation:
+        pool = None
+        if backend is not None:
+            pool = UpstreamPool(backend, self._backend_timeout, max_idle=self._max_idle)
+        return Generation(backend, pool, fallback=fallback)
+
+    def _install(self, new: Generation, expected: Generation | None) -> Generation:
+        """Make ``new`` current (only if ``expected`` still is, when given); the old one."""
+        with self._lock:
+            old = self._gen
+            if expected is not None and old is not expected:
+                new._close_pool()
+                return old
+            self._gen = new
+            old._retired = True
+            old.down = expected is not None
+            idle = old._in_flight == 0
+            self._changed.notify_all()
+        if idle:
+            old._close_pool()
+        if expected is not None:
+            down = expected.backend.label if expected.backend else "?"
+            log.warning("proxy: %s is down; now %s", down, describe(new))
+        else:
+            log.info("proxy switched to %s", describe(new))
+        self._on_change()
+        return old

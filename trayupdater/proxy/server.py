@@ -13,6 +13,7 @@ from trayupdater.http11 import HttpError
 from trayupdater.proxy.bodies import Bodies
 from trayupdater.proxy.clients import Client, Parker
 from trayupdater.proxy.forward import Forwarder, Slot
+from trayupdater.proxy.holding import HoldRoom
 from trayupdater.proxy.observer import NullObserver, ProxyObserver, Reporter
 from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.routing import Generation, Router
@@ -52,6 +53,10 @@ class ReverseProxy:
     across all connections stay under ``max_buffered_total`` bytes; larger ones are streamed.
     A client must not pause longer than ``body_timeout`` within a body and must keep
     ``body_min_rate`` bytes/s on average after that grace, else 408.
+
+    Held requests (see :mod:`trayupdater.proxy.holding`): while there is no backend but one
+    is coming, or the backend cannot be reached, requests wait up to ``hold_seconds`` instead
+    of failing; at most ``max_held`` of them keeping ``max_held_bytes`` bytes in all.
     """
 
     def __init__(
@@ -69,6 +74,9 @@ class ReverseProxy:
         max_buffered_total: int = 64 * 1024 * 1024,
         body_timeout: float = 20.0,
         body_min_rate: float = 500.0,
+        hold_seconds: float = 10.0,
+        max_held: int = 1000,
+        max_held_bytes: int = 64 * 1024 * 1024,
         observer: ProxyObserver | None = None,
     ) -> None:
         if not 1 <= workers <= 4096:
@@ -80,6 +88,7 @@ class ReverseProxy:
             ("client_idle_timeout", client_idle_timeout),
             ("header_timeout", header_timeout),
             ("body_timeout", body_timeout),
+            ("hold_seconds", hold_seconds),
         ):
             if not value > 0:
                 raise ConfigError(f"proxy {name} must be a positive number of seconds, got {value}")
@@ -90,6 +99,8 @@ class ReverseProxy:
         for name, size in (
             ("max_buffered_body", max_buffered_body),
             ("max_buffered_total", max_buffered_total),
+            ("max_held", max_held),
+            ("max_held_bytes", max_held_bytes),
         ):
             if not (isinstance(size, int) and size >= 0):
                 raise ConfigError(f"proxy {name} must be a number of bytes >= 0, got {size!r}")
@@ -102,7 +113,8 @@ class ReverseProxy:
         self.header_timeout = float(header_timeout)
         self.max_header_bytes = max_header_bytes
         self._report = Reporter(observer or NullObserver())
-        self._router = Router(self.backend_timeout, max_idle=workers)
+        self._router = Router(self.backend_timeout, max_idle=workers, on_change=self._changed)
+        self._room = HoldRoom(float(hold_seconds), max_held, max_held_bytes)
         self._bodies = Bodies(
             max_body=max_buffered_body,
             max_total=max_buffered_total,
@@ -110,7 +122,9 @@ class ReverseProxy:
             min_rate=float(body_min_rate),
             max_trailer=max_header_bytes,
         )
-        self._forwarder = Forwarder(self._router, self._report, self._bodies, max_header_bytes)
+        self._forwarder = Forwarder(
+            self._router, self._report, self._bodies, self._room, max_header_bytes
+        )
 
         self._slots: list[Slot] = []
         self._threads: list[threading.Thread] = []
@@ -139,6 +153,9 @@ class ReverseProxy:
             header_timeout=self.header_timeout,
             scan_every=self._scan_every,
             bodies=self._bodies,
+            room=self._room,
+            generation=lambda: self._router.generation,
+            reporter=self._report,
             on_failure=self._parker_failed,
         )
         self._spawn("proxy-parker", parker.run)
@@ -156,18 +173,62 @@ class ReverseProxy:
 
     @property
     def current(self) -> Backend | None:
+        """The backend new requests go to (None: holding them, or no backend at all)."""
         return self._router.current
+
+    @property
+    def fallback(self) -> Backend | None:
+        """The warm backend the current one falls back to if it dies."""
+        return self._router.fallback
+
+    @property
+    def held_count(self) -> int:
+        """Requests held right now, waiting for a backend."""
+        return self._room.count
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes those held requests keep for their replay."""
+        return self._room.size
 
     @property
     def buffered_body_bytes(self) -> int:
         """Bytes of request bodies the parker is receiving, across all connections."""
         return self._bodies.buffered_bytes
 
-    def switch(self, backend: Backend | None) -> Generation:
-        """Route new requests to ``backend`` (None: answer 503); returns the old generation."""
-        if backend is not None and not isinstance(backend, Backend):
-            raise TypeError(f"switch() takes a Backend or None, not {type(backend).__name__}")
-        return self._router.switch(backend)
+    def switch(self, backend: Backend | None, *, fallback: Backend | None = None) -> Generation:
+        """Route new requests to ``backend``; returns the old generation, to drain.
+
+        ``backend`` None: answer 503 at once (shutdown, nothing installed). ``fallback``: a
+        warm previous backend to go back to at once if ``backend`` dies (probation).
+        Held requests are given to the new generation.
+        """
+        for value, what in ((backend, "switch()"), (fallback, "fallback")):
+            if value is not None and not isinstance(value, Backend):
+                raise TypeError(f"{what} takes a Backend or None, not {type(value).__name__}")
+        return self._router.switch(backend, fallback)
+
+    def hold(self) -> Generation:
+        """No backend right now, but one is coming (a child restarting or backing off):
+        requests wait up to ``hold_seconds`` for the next switch(), then get 503 with
+        Retry-After. Returns the old generation."""
+        return self._router.hold()
+
+    def backend_down(self, backend: Backend) -> bool:
+        """``backend`` died (its process exited, or it fails health). Any thread; fast.
+
+        If it is the current backend: switch to its fallback at once if there is one, else
+        hold(). If it is the current fallback: forget it. Requests to it that have no
+        response yet are cut loose, to be retried. True if routing changed.
+        """
+        if not isinstance(backend, Backend):
+            raise TypeError(f"backend_down() takes a Backend, not {type(backend).__name__}")
+        changed = self._router.backend_down(backend)
+        for slot in self._slots:
+            attempt = slot.attempt
+            if attempt is not None and attempt[1].backend == backend and not slot.responding:
+                shutdown(attempt[0])
+        return changed
 
     def drain(self, generation: Generation, timeout: float) -> bool:
         """Wait until ``generation`` has no request in flight; False if ``timeout`` passed."""
@@ -185,10 +246,11 @@ class ReverseProxy:
         if self._closed:
             return
         self._closed = True
-        self._forwarder.closing = True
+        self._forwarder.relay.closing = True
         parker = self._parker
         if parker is None:
             return
+        parker.flush_held()
         parker.stop_accepting()
         if self._given_sock is None and self._listener is not None:
             self._listener.close()  # a socket we were given belongs to the caller
@@ -242,7 +304,13 @@ class ReverseProxy:
         self._threads.append(thread)
 
     def _parker_failed(self) -> None:
-        self._forwarder.closing = True
+        self._forwarder.relay.closing = True
+
+    def _changed(self) -> None:
+        """The current generation changed: held requests go back to the workers."""
+        parker = self._parker
+        if parker is not None:
+            parker.routing_changed()
 
     def _has_clients(self) -> bool:
         parker = self._parker
@@ -357,7 +425,10 @@ class ReverseProxy:
             conn.pending = plan
             self._park(conn)
             return None
-        return self._forwarder.forward(conn, plan, slot)
+        keep = self._forwarder.forward(conn, plan, slot)
+        if keep is None:  # held: the parker keeps it until the routing changes
+            self._park(conn)
+        return keep
 
     def _reject(self, conn: Client, status: int, *, head_request: bool) -> None:
         """Send a proxy-made error and close the connection gracefully."""
