@@ -11,7 +11,7 @@ slow-loris client gets 408), ``client_idle_timeout`` for an idle keep-alive one.
 client is *lingered*: the proxy shuts its write side and reads what the client still sends
 for a moment, so the close never turns into an RST that destroys the error response.
 
-Workers [server]. A bounded pool of threads takes ready connections off the queue, reads what
+Workers [workers]. A bounded pool of threads takes ready connections off the queue, reads what
 arrived without blocking, and serves every complete request the connection holds. A request
 head is parsed strictly [trayupdater.http11]: ambiguous framing (smuggling) is refused before
 anything reaches a backend. With no complete head the connection goes back to the parker:

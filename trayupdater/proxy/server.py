@@ -1,4 +1,4 @@
-"""The public proxy: options, lifecycle, and the worker loop that reads request heads."""
+"""The public proxy: options, lifecycle, routing commands."""
 
 from __future__ import annotations
 
@@ -7,34 +7,23 @@ import socket
 import threading
 import time
 
-from trayupdater import http11
 from trayupdater.errors import ConfigError
-from trayupdater.http11 import HttpError
 from trayupdater.proxy.bodies import Bodies
-from trayupdater.proxy.clients import Client, Parker
+from trayupdater.proxy.clients import Parker
 from trayupdater.proxy.forward import Forwarder, Slot
 from trayupdater.proxy.holding import HoldRoom
 from trayupdater.proxy.observer import NullObserver, ProxyObserver, Reporter
-from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.routing import Generation, Router
 from trayupdater.proxy.sockets import (
-    error_response,
-    read_nowait,
-    readable_now,
     shutdown,
-    wait_readable,
 )
 from trayupdater.proxy.upstream import Backend
+from trayupdater.proxy.workers import Workers
 
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 1024  # the default of 5 gave a 1.7 s p99 under a burst of connections
 CLOSE_GRACE = 2.0  # close(): how long in-flight requests may finish before being cut
-LINGER_SECONDS = 1.0  # after an error response: keep reading so the close is not an RST
-# After a response, wait this long for the next request before parking (only while no other
-# connection waits for a worker): a hand-off to the parker and back costs more CPU than a
-# short wait for a busy client.
-LINGER_NEXT_REQUEST = 0.002
 
 
 class ReverseProxy:
@@ -159,10 +148,19 @@ class ReverseProxy:
             on_failure=self._parker_failed,
         )
         self._spawn("proxy-parker", parker.run)
+        workers = Workers(
+            parker,
+            self._forwarder,
+            self._bodies,
+            self._report,
+            max_header_bytes=self.max_header_bytes,
+            header_timeout=self.header_timeout,
+            idle_timeout=self.client_idle_timeout,
+        )
         for i in range(self._workers):
             slot = Slot()
             self._slots.append(slot)
-            self._spawn(f"proxy-worker-{i}", lambda slot=slot: self._work(slot))
+            self._spawn(f"proxy-worker-{i}", lambda slot=slot: workers.run(slot))
         log.info("proxy listening on %s:%d", *self._address)
 
     @property
@@ -317,171 +315,3 @@ class ReverseProxy:
         held = any(slot.client is not None for slot in self._slots)
         parked = parker is not None and parker.parked_count() > 0
         return self._router.total_in_flight > 0 or held or parked
-
-    def _park(self, conn: Client) -> None:
-        parker = self._parker
-        if parker is None:
-            conn.sock.close()
-            return
-        # Closing: still park it. Its last response promised keep-alive, so its next request
-        # may be on the wire; it is served (with "Connection: close") during close()'s grace.
-        parker.park(conn)
-
-    # -- workers ---------------------------------------------------------------------------
-
-    def _work(self, slot: Slot) -> None:
-        parker = self._parker
-        assert parker is not None
-        while True:
-            conn = parker.next_ready()
-            if conn is None:
-                return
-            slot.client = conn.sock
-            try:
-                self._serve(conn, slot)
-            except Exception:
-                log.exception("proxy worker failed; closing that connection")
-                conn.sock.close()
-            finally:
-                slot.client = slot.upstream = None
-
-    def _serve(self, conn: Client, slot: Slot) -> None:
-        """Serve every complete request ``conn`` holds, then park or close it."""
-        readable = True
-        while True:
-            plan = conn.pending
-            if plan is not None:  # back from the parker with its body
-                conn.pending = None
-                keep = self._forward(conn, plan, slot)
-            else:
-                if readable:
-                    got = read_nowait(conn)
-                    if got is False:
-                        conn.sock.close()
-                        return
-                    if got is None:  # spurious readiness: nothing to read after all
-                        self._park(conn)
-                        return
-                end = conn.buf.find(b"\r\n\r\n")
-                limit = self.max_header_bytes
-                if end < 0 and len(conn.buf) <= limit:
-                    # Wait for more in the selector, never in a worker (slow-loris).
-                    now = time.monotonic()
-                    if not conn.buf:
-                        conn.mid_head = False
-                        conn.deadline = now + self.client_idle_timeout
-                    elif not conn.mid_head:
-                        conn.mid_head = True
-                        conn.deadline = now + self.header_timeout
-                    self._park(conn)
-                    return
-                if end < 0 or end + 4 > limit:
-                    self._reject(conn, 431, head_request=False)
-                    return
-                head = bytes(conn.buf[: end + 4])
-                del conn.buf[: end + 4]
-                keep = self._handle(conn, head, slot)
-            if keep is None:
-                return  # handed off: the parker owns the connection now
-            if not keep:
-                # Not "or closing": a response that promised keep-alive must not be followed
-                # by a close the client's next request could race; close() serves that
-                # request (with "Connection: close") during its grace instead.
-                self._finish(conn)
-                return
-            conn.mid_head = False
-            # A pipelined request may already be buffered; else a busy client usually sends
-            # its next request within microseconds: wait a moment rather than park.
-            readable = not conn.buf and self._linger_for(conn)
-
-    def _linger_for(self, conn: Client) -> bool:
-        """Wait a moment for ``conn`` to send more, if no other connection needs a worker."""
-        parker = self._parker
-        return (
-            parker is not None
-            and parker.linger_ok()
-            and wait_readable(conn.sock, LINGER_NEXT_REQUEST)
-        )
-
-    def _forward(self, conn: Client, plan: Plan, slot: Slot) -> bool | None:
-        """Forward ``plan`` once its body is in hand (None: parked until it is)."""
-        bodies = self._bodies
-        lingered = False
-        while not bodies.ready(conn, plan):
-            # The rest of a small body usually follows the head at once: wait a moment
-            # rather than park; then let the parker receive it, not a worker.
-            if not lingered and self._linger_for(conn):
-                lingered = True
-                if read_nowait(conn) is not False:
-                    continue
-                conn.sock.close()
-                return None
-            try:
-                bodies.begin_wait(conn, plan)
-            except OSError:  # could not send "100 Continue": the client is gone
-                bodies.drop(conn)
-                conn.sock.close()
-                return None
-            conn.pending = plan
-            self._park(conn)
-            return None
-        keep = self._forwarder.forward(conn, plan, slot)
-        if keep is None:  # held: the parker keeps it until the routing changes
-            self._park(conn)
-        return keep
-
-    def _reject(self, conn: Client, status: int, *, head_request: bool) -> None:
-        """Send a proxy-made error and close the connection gracefully."""
-        try:
-            conn.sock.sendall(error_response(status, body=not head_request))
-        except OSError:
-            conn.sock.close()
-            return
-        self._linger(conn)
-
-    def _finish(self, conn: Client) -> None:
-        """Close after a response. With unread request bytes (a body the proxy refused, a
-        pipelined request) a plain close would send an RST, which can destroy the response
-        before the client read it: shut the write side and read the rest first."""
-        if conn.buf or conn.body_unread or readable_now(conn.sock):
-            self._linger(conn)
-        else:
-            conn.sock.close()
-
-    def _linger(self, conn: Client) -> None:
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)
-            conn.sock.setblocking(False)
-        except OSError:
-            conn.sock.close()
-            return
-        conn.lingering = True
-        conn.buf.clear()
-        conn.deadline = time.monotonic() + LINGER_SECONDS
-        self._park(conn)
-
-    def _handle(self, conn: Client, raw: bytes, slot: Slot) -> bool | None:
-        """Serve one request whose head is ``raw``: keep the connection open (True), close
-        it (False), or None when it was handed off (lingering, or parked for its body)."""
-        started = time.monotonic()
-        head_request = False
-        try:
-            req = http11.parse_request_head(raw)
-            head_request = req.start[0] == "HEAD"
-            framing, length = http11.request_framing(req)
-            hosts = req.index.get("host")
-            if hosts is None and req.minor >= 1:
-                raise HttpError(400, "HTTP/1.1 request without Host")
-            if hosts is not None and len(hosts) > 1:
-                raise HttpError(400, "more than one Host header")
-            if req.start[0] == "CONNECT":
-                raise HttpError(501, "CONNECT is not supported by a reverse proxy")
-            expect = req.get("expect")
-            if expect is not None and expect.strip().lower() != "100-continue":
-                raise HttpError(417, f"unsupported expectation {expect[:40]!r}")
-        except HttpError as exc:
-            log.debug("proxy rejected a request from %s: %s", conn.ip, exc)
-            self._reject(conn, exc.status, head_request=head_request)
-            self._report.done(exc.status, started, None)
-            return None
-        return self._forward(conn, self._forwarder.plan(conn, req, framing, length, started), slot)
