@@ -59,6 +59,12 @@ fallback makes requests wait instead of failing: each is parked in the parker wi
 request kept for replay, costing no worker, and handed back to the workers when the routing
 changes. Holds are bounded in time (``hold_seconds``, then 503 with Retry-After), count and
 bytes (beyond: 503 at once); a client that goes away while held is forgotten.
+
+Reporting [observer, summary]. Every request, upstream error, retry and hold goes to the
+observer (metrics). The log gets one line per event that matters (a switch, a backend
+down) and, for what repeats per request (backends that cannot be reached, retries, holds),
+one summary line per second: "45 requests could not reach 1.6.1 in the last second
+(connection refused)".
 """
 
 from trayupdater.proxy.observer import (

@@ -195,7 +195,7 @@ class Parker:
         try:
             while not self._stopping:
                 now = time.monotonic()
-                wake = min(next_scan, self._held_wake)
+                wake = min(next_scan, self._held_wake, self._report.summary.due)
                 for key, _ in self._sel.select(max(0.0, wake - now)):
                     data = key.data
                     if data is self._LISTENER:
@@ -212,6 +212,8 @@ class Parker:
                     self._release_changed()
                 if time.monotonic() >= self._held_wake:
                     self._held_timers(time.monotonic())
+                if time.monotonic() >= self._report.summary.due:
+                    self._report.summary.flush()
                 if self._stop_accepting and self._accepting:
                     if not self._paused_until:
                         self._sel.unregister(self._listener)
@@ -241,6 +243,7 @@ class Parker:
             self._parked.clear()
             for conn in list(self._held.values()):
                 self._expire_held(conn, 503)
+            self._report.summary.flush(everything=True)
             self._sel.close()
             self._wake_r.close()
             self._wake_w.close()
@@ -372,10 +375,18 @@ class Parker:
     def _expire_held(self, conn: Client, status: int, *, registered: bool = True) -> None:
         self._unregister_held(conn, registered)
         gen = conn.pending.hold_gen if conn.pending else None
+        label = gen.backend.label if gen and gen.backend else None
         plan = self._room.leave(conn)
         _answer_and_close(conn, status)
-        self._report.done(status, plan.started, gen.backend.label if gen and gen.backend else None)
+        self._report.done(status, plan.started, label)
         self._report.hold_finished(plan.held_seconds, False)
+        limit = f"{self._room.hold_seconds:g} s"
+        if self._flushing or self._stopping:
+            self._report.hold_expired(status, "the proxy is closing")
+        elif label is not None:
+            self._report.hold_expired(status, f"{label} stayed unreachable for {limit}")
+        else:
+            self._report.hold_expired(status, f"no backend within {limit}")
 
     def _forget_held(self, conn: Client, *, registered: bool = True) -> None:
         """The client went away while its request was held."""
@@ -383,3 +394,4 @@ class Parker:
         plan = self._room.leave(conn)
         conn.sock.close()
         self._report.hold_finished(plan.held_seconds, False)
+        self._report.hold_abandoned()

@@ -22,9 +22,18 @@ from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.relay import Relay, send_error
 from trayupdater.proxy.retry import AttemptFailed, RetryPolicy
 from trayupdater.proxy.routing import Generation, Router
+from trayupdater.proxy.sockets import reason
 
 log = logging.getLogger(__name__)
 
+# Error kinds as words, for log lines that have no better detail.
+_WORDS = {
+    ERR_CONNECT: "connection refused",
+    ERR_STALE: "a kept-alive connection was closed",
+    ERR_CLOSED: "closed without answering",
+    ERR_TIMEOUT: "timed out",
+    ERR_NO_BACKEND: "no backend",
+}
 # The proxy writes these itself in the upstream request.
 _REQUEST_DROP = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "expect"})
 
@@ -97,9 +106,9 @@ class Forwarder:
         if not plan.buffered and not plan.stream and not self._take_body(conn, plan):
             return False
         conn.body_unread = not plan.buffered  # until streamed upstream
-        if plan.failed_kind:  # back from a hold after a failed attempt: this is a retry
-            self._report.retried(plan.failed_kind)
-            plan.failed_kind = ""
+        if plan.failure is not None:  # back from a hold after a failed attempt: a retry
+            self._report.retried(*plan.failure)
+            plan.failure = None
         while True:
             gen = self._router.enter()
             try:
@@ -113,18 +122,26 @@ class Forwarder:
             finally:
                 self._router.exit(gen)
             step = self._policy.decide(plan, gen, failure)
+            label = gen.backend.label if gen.backend else "no backend"
+            detail = failure.detail or _WORDS.get(failure.kind, failure.kind)
             if step.retry:
-                self._report.retried(failure.kind)
+                self._report.retried(failure.kind, label, detail)
                 continue
             status = step.status
             if step.hold:
                 if self._room.admit(conn, plan, gen, status=status, retry=step.backoff):
                     if step.backoff:
-                        plan.failed_kind = failure.kind
+                        plan.failure = (failure.kind, label, detail)
+                        self._report.held(f"{label} unreachable: {detail}")
+                    else:
+                        self._report.held("waiting for a backend")
                     return None
-                status = 503  # the hold room is full
-            elif status == 502 and gen.backend is not None:
-                log.warning("proxy: request could not reach %s (%s)", gen.backend.label, failure)
+                status = 503
+                self._report.hold_refused(
+                    f"{self._room.max_held} requests or {self._room.max_held_bytes} bytes held"
+                )
+            elif gen.backend is not None and status in (502, 504):
+                self._report.could_not_reach(label, detail)
             send_error(conn, status, plan.method == "HEAD")
             self._done(status, plan.started, gen)
             if plan.ever_held:
@@ -175,7 +192,7 @@ class Forwarder:
                 raise AttemptFailed(ERR_TIMEOUT, 504, "connect timed out") from exc
             except OSError as exc:
                 self._report.upstream_error(ERR_CONNECT)
-                raise AttemptFailed(ERR_CONNECT, 502, _reason(exc)) from exc
+                raise AttemptFailed(ERR_CONNECT, 502, reason(exc)) from exc
         slot.upstream = sock
         slot.responding = False
         slot.attempt = (sock, gen)
@@ -187,19 +204,21 @@ class Forwarder:
             except OSError as exc:
                 kind = ERR_STALE if reused else ERR_CLOSED
                 self._report.upstream_error(kind)
-                raise AttemptFailed(kind, 502, _reason(exc)) from exc
+                raise AttemptFailed(kind, 502, reason(exc)) from exc
             if not plan.buffered:
                 failed = self._send_request_body(conn, up, plan)
                 if failed:
                     self._done(failed, plan.started, gen)
                     return False
-            resp = self.relay.read_response(conn, up, req, reused)
+            resp = self.relay.read_response(conn, up, req, reused, backend.label)
             if isinstance(resp, int):
                 self._done(resp, plan.started, gen)
                 return False
             slot.responding = True
             plan.answered = True
-            status, keep_client, keep_upstream = self.relay.relay(conn, up, req, resp)
+            status, keep_client, keep_upstream = self.relay.relay(
+                conn, up, req, resp, backend.label
+            )
             self._done(status, plan.started, gen)
             return keep_client
         finally:
@@ -242,9 +261,3 @@ class Forwarder:
             return 400
         conn.body_unread = False
         return 0
-
-
-def _reason(exc: OSError) -> str:
-    """An OSError as a few words for a log line ("connection refused")."""
-    text = exc.strerror or str(exc) or type(exc).__name__
-    return text[:1].lower() + text[1:]

@@ -6,6 +6,8 @@ import logging
 import time
 from typing import Protocol
 
+from trayupdater.proxy.summary import LogSummary
+
 log = logging.getLogger(__name__)
 
 # Upstream error kinds reported to ProxyObserver.upstream_error.
@@ -57,14 +59,16 @@ def _nothing(*args: object) -> None:
 
 
 class Reporter:
-    """Calls the observer so that a failing one never breaks a request."""
+    """What the proxy reports: to the observer (so that a failing one never breaks a
+    request) and to the log, where repeated events are summarised once per second."""
 
-    __slots__ = ("_hold_finished", "_observer", "_retried")
+    __slots__ = ("_hold_finished", "_observer", "_retried", "summary")
 
-    def __init__(self, observer: ProxyObserver) -> None:
+    def __init__(self, observer: ProxyObserver, summary: LogSummary) -> None:
         self._observer = observer
         self._retried = getattr(observer, "retried", _nothing)
         self._hold_finished = getattr(observer, "hold_finished", _nothing)
+        self.summary = summary
 
     def done(self, status: int, started: float, label: str | None) -> None:
         try:
@@ -78,11 +82,35 @@ class Reporter:
         except Exception:
             log.exception("proxy observer failed")
 
-    def retried(self, kind: str) -> None:
+    def retried(self, kind: str, label: str, detail: str) -> None:
+        self.summary.add(logging.INFO, f"{{n}} request{{s}} to {label} sent again", detail)
         try:
             self._retried(kind)
         except Exception:
             log.exception("proxy observer failed")
+
+    # -- log lines, summarised -------------------------------------------------------------
+
+    def could_not_reach(self, label: str, detail: str) -> None:
+        self.summary.add(logging.WARNING, f"{{n}} request{{s}} could not reach {label}", detail)
+
+    def held(self, reason: str) -> None:
+        self.summary.add(logging.INFO, "{n} request{s} held", reason)
+
+    def hold_refused(self, reason: str) -> None:
+        self.summary.add(logging.WARNING, "{n} request{s} not held: answered 503", reason)
+
+    def hold_abandoned(self) -> None:
+        self.summary.add(logging.INFO, "{n} held request{s} abandoned by the client")
+
+    def hold_expired(self, status: int, reason: str) -> None:
+        self.summary.add(logging.WARNING, f"{{n}} held request{{s}} answered {status}", reason)
+
+    def cut_short(self, label: str, detail: str) -> None:
+        self.summary.add(logging.WARNING, f"{{n}} response{{s}} from {label} cut short", detail)
+
+    def bad_response(self, label: str, detail: str) -> None:
+        self.summary.add(logging.WARNING, f"{{n}} bad response{{s}} from {label}", detail)
 
     def hold_finished(self, seconds: float, served: bool) -> None:
         try:

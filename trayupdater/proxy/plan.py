@@ -41,7 +41,8 @@ class Plan:
     hold_status: int = 503  # the answer if the hold expires
     retry_at: float = 0.0  # held for an unreachable backend: try it again then (0: never)
     holds: int = 0  # times held for an unreachable backend (the back-off grows)
-    failed_kind: str = ""  # the error that sent it to a hold: reported as a retry after it
+    # The failed attempt that sent it to a hold (kind, backend, detail): a retry after it.
+    failure: tuple[str, str, str] | None = None
     held_at: float = 0.0  # when the current hold began
     held_seconds: float = 0.0  # time held so far, all holds together
     held_size: int = 0  # bytes it counts for in the hold room

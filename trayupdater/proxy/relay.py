@@ -19,7 +19,7 @@ from trayupdater.proxy.observer import (
     Reporter,
 )
 from trayupdater.proxy.retry import AttemptFailed
-from trayupdater.proxy.sockets import error_response, is_timeout
+from trayupdater.proxy.sockets import error_response, is_timeout, reason
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Relay:
         self.closing = False  # set by ReverseProxy.close(): no more keep-alive, end tunnels
 
     def read_response(
-        self, conn: Client, up: BufferedSocket, req: Head, reused: bool
+        self, conn: Client, up: BufferedSocket, req: Head, reused: bool, label: str
     ) -> Head | int:
         """The final response head, or the status of the error already sent to the client.
 
@@ -68,12 +68,14 @@ class Relay:
                     kind = ERR_STALE if reused and not up.buf else ERR_CLOSED
                     status = 502
                 self._report.upstream_error(kind)
+                detail = "closed without answering" if isinstance(exc, SourceError) else reason(exc)
                 if not passed_on:
-                    raise AttemptFailed(kind, status, str(exc)) from exc
+                    raise AttemptFailed(kind, status, detail) from exc
+                self._report.could_not_reach(label, detail)
                 send_error(conn, status, head_request)
                 return status
             except HttpError as exc:
-                log.warning("proxy: bad response from backend: %s", exc)
+                self._report.bad_response(label, str(exc))
                 self._report.upstream_error(ERR_PROTOCOL)
                 send_error(conn, 502, head_request)
                 return 502
@@ -109,23 +111,26 @@ class Relay:
                     raise SourceError("connection closed before the end of the body")
             except (OSError, SourceError) as exc:
                 if is_timeout(exc):
-                    kind, status = ERR_TIMEOUT, 504
+                    kind, status, detail = ERR_TIMEOUT, 504, "timed out in the middle of its answer"
                 else:
                     kind, status = ERR_CLOSED, 502
+                    detail = "closed in the middle of its answer"
+                    if isinstance(exc, OSError):
+                        detail = f"{reason(exc)} in the middle of its answer"
                 self._report.upstream_error(kind)
-                raise AttemptFailed(kind, status, f"body: {exc}") from exc
+                raise AttemptFailed(kind, status, detail) from exc
 
     def relay(
-        self, conn: Client, up: BufferedSocket, req: Head, resp: Head
+        self, conn: Client, up: BufferedSocket, req: Head, resp: Head, label: str
     ) -> tuple[int, bool, bool]:
         """Send the response to the client; returns (status, keep client, keep upstream)."""
         status = int(resp.start[1])
         if status == 101:
-            return status, self._upgrade(conn, up, req, resp), False
+            return status, self._upgrade(conn, up, req, resp, label), False
         try:
             framing, length, reusable = http11.response_framing(resp, req.start[0])
         except HttpError as exc:
-            log.warning("proxy: bad response framing from backend: %s", exc)
+            self._report.bad_response(label, str(exc))
             self._report.upstream_error(ERR_PROTOCOL)
             send_error(conn, 502, req.start[0] == "HEAD")
             return 502, False, False
@@ -182,15 +187,16 @@ class Relay:
             # The client went away mid-response: the upstream socket is mid-message, close it.
             return status, False, False
         except SourceError as exc:
-            log.warning("proxy: backend failed mid-response: %s", exc)
+            self._report.cut_short(label, reason(exc.__cause__ or exc))
             self._report.upstream_error(ERR_BODY)
             return status, False, False  # the client sees a truncated body, not a wrong one
         return status, keep, reusable
 
-    def _upgrade(self, conn: Client, up: BufferedSocket, req: Head, resp: Head) -> bool:
+    def _upgrade(self, conn: Client, up: BufferedSocket, req: Head, resp: Head, label: str) -> bool:
         """Relay a 101 and tunnel bytes both ways until either side closes."""
         upgrade = req.get("upgrade")
         if upgrade is None or "upgrade" not in req.connection_tokens():
+            self._report.bad_response(label, "101 to a request that asked for no upgrade")
             self._report.upstream_error(ERR_PROTOCOL)
             send_error(conn, 502, False)
             return False

@@ -14,13 +14,13 @@ from trayupdater.proxy.forward import Forwarder, Slot
 from trayupdater.proxy.holding import HoldRoom
 from trayupdater.proxy.observer import NullObserver, ProxyObserver, Reporter
 from trayupdater.proxy.routing import Generation, Router
-from trayupdater.proxy.sockets import (
-    shutdown,
-)
+from trayupdater.proxy.sockets import shutdown
+from trayupdater.proxy.summary import LogSummary
 from trayupdater.proxy.upstream import Backend
 from trayupdater.proxy.workers import Workers
 
 log = logging.getLogger(__name__)
+LOGGER = "trayupdater.proxy"
 
 LISTEN_BACKLOG = 1024  # the default of 5 gave a 1.7 s p99 under a burst of connections
 CLOSE_GRACE = 2.0  # close(): how long in-flight requests may finish before being cut
@@ -101,7 +101,8 @@ class ReverseProxy:
         self.client_idle_timeout = float(client_idle_timeout)
         self.header_timeout = float(header_timeout)
         self.max_header_bytes = max_header_bytes
-        self._report = Reporter(observer or NullObserver())
+        # Repeated events (backend errors, retries, holds) are logged once a second.
+        self._report = Reporter(observer or NullObserver(), LogSummary(logging.getLogger(LOGGER)))
         self._router = Router(self.backend_timeout, max_idle=workers, on_change=self._changed)
         self._room = HoldRoom(float(hold_seconds), max_held, max_held_bytes)
         self._bodies = Bodies(

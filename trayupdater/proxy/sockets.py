@@ -91,6 +91,13 @@ def read_nowait(conn: http11.BufferedSocket) -> bool | None:
     return bool(data)
 
 
+def reason(exc: BaseException) -> str:
+    """An exception as a few words for a log line: "connection refused"."""
+    text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    text = text or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
 def shutdown(sock: socket.socket | None) -> None:
     if sock is None:
         return
