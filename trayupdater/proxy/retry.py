@@ -22,6 +22,7 @@ client cannot be replayed once streaming began: 502, as an attempt that lost its
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.routing import Generation, Router
 
 GRACE = 0.02  # covers the gap between a backend's death and the news of it
+PROBE_TIMEOUT = 1.0  # is a backend that closed a connection without answering still there?
 
 
 class AttemptFailed(Exception):
@@ -100,10 +102,13 @@ class RetryPolicy:
 
 def _reachable(gen: Generation) -> bool:
     """Does the backend still accept connections? (It closed one without an answer.)"""
-    if gen.pool is None:
+    backend = gen.backend
+    if backend is None:
         return False
     try:
-        gen.pool.connect().close()
+        socket.create_connection((backend.host, backend.port), PROBE_TIMEOUT).close()
+    except TimeoutError:
+        return True  # there, but too busy to accept: not dead
     except OSError:
         return False
     return True
