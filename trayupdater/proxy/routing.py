@@ -109,7 +109,7 @@ class Router:
         if replaced is None:
             log.info("proxy: warm fallback %s is gone", backend.label)
             return True
-        if replaced.fallback is not None:
+        if replaced.fallback is not None and replaced.fallback != backend:
             new = self._new(replaced.fallback, None)
         else:
             new = Generation(None, None, holding=True)
