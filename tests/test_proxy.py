@@ -1,7 +1,6 @@
 """The reverse proxy against real backends on real loopback sockets.
 
-The backend is a small threaded ``http.server`` that can report its label, echo bodies and
-headers, stream chunked responses, sleep, close early and switch protocols; clients are
+The backends are real ``http.server`` instances (see proxy_support.py); clients are
 ``http.client`` or raw sockets where the bytes on the wire are the point.
 """
 
@@ -14,208 +13,19 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from proxy_support import TIMEOUT, RealBackend
+from proxy_support import get as _get
+from proxy_support import open_client as _client
+from proxy_support import raw as _raw
+from proxy_support import read_all as _read_all
+from proxy_support import wait_readable as _wait_readable
+from proxy_support import wait_until as _wait_until
 
 from trayupdater import http11
 from trayupdater.errors import ConfigError
 from trayupdater.proxy import Backend, ReverseProxy
-
-TIMEOUT = 10.0  # generous: the suite must pass on a loaded 2-core machine
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        self.requests_here = 0
-        with self.server.lock:
-            self.server.connections += 1
-            self.server.open_connections += 1
-            self.server.live.add(self.connection)
-
-    def finish(self) -> None:
-        with contextlib.suppress(OSError):
-            super().finish()
-        with self.server.lock:
-            self.server.open_connections -= 1
-            self.server.live.discard(self.connection)
-
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = b""
-            while True:
-                size = int(self.rfile.readline().split(b";")[0], 16)
-                if size == 0:
-                    break
-                data += self.rfile.read(size)
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b""):
-                pass  # trailers
-            return data
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def do_POST(self) -> None:
-        self.do_GET()
-
-    def do_PUT(self) -> None:
-        self.do_GET()
-
-    def do_GET(self) -> None:
-        self.requests_here += 1
-        with self.server.lock:
-            self.server.requests += 1
-        url = urlsplit(self.path)
-        query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        route = url.path
-        if route == "/version":
-            self._send(200, self.server.label.encode())
-        elif route == "/echo":
-            body = self._body()
-            self._send(200, body, {"X-Method": self.command})
-        elif route == "/headers":
-            self._body()
-            fields = [[k, v] for k, v in self.headers.items()]
-            self._send(200, json.dumps(fields).encode(), {"Content-Type": "application/json"})
-        elif route == "/hop":
-            self._send(
-                200,
-                b"ok",
-                {
-                    "Connection": "X-Private",
-                    "X-Private": "secret",
-                    "Keep-Alive": "timeout=5",
-                    "Proxy-Thing": "1",
-                    "X-Public": "yes",
-                },
-            )
-        elif route == "/big":
-            self._send(200, b"x" * int(query.get("n", 1 << 20)))
-        elif route == "/chunked":
-            self.send_response(200)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Trailer", "X-Checksum")
-            self.end_headers()
-            for i in range(int(query.get("n", 3))):
-                part = f"part{i};".encode()
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-            self.wfile.write(b"0\r\nX-Checksum: abc\r\n\r\n")
-        elif route == "/until-close":
-            self.send_response(200)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(b"no length, the close ends me")
-            self.close_connection = True
-        elif route == "/sleep":
-            time.sleep(float(query.get("s", 1)))
-            self._send(200, b"slept")
-        elif route == "/close-early":
-            self._body()
-            self.close_connection = True  # no answer at all
-        elif route == "/flaky":
-            # Answers the first request on a connection, then drops the connection on the
-            # next one without answering: a keep-alive race with an idle timeout.
-            self._body()
-            if self.requests_here > 1:
-                self.close_connection = True
-                return
-            self._send(200, b"fresh")
-        elif route == "/forever":
-            self.send_response(200)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            try:
-                while True:
-                    self.wfile.write(b"4000\r\n" + b"y" * 0x4000 + b"\r\n")
-                    self.wfile.flush()
-            except OSError:
-                self.server.write_failed.set()
-                self.close_connection = True
-        elif route == "/status":
-            self._send_status(int(query["code"]))
-        elif route == "/ws":
-            self.send_response(101)
-            self.send_header("Connection", "Upgrade")
-            self.send_header("Upgrade", self.headers.get("Upgrade", ""))
-            self.end_headers()
-            self.wfile.flush()
-            while data := self.connection.recv(4096):
-                self.connection.sendall(data.upper())
-            self.close_connection = True
-        else:
-            self._send(404, b"no such route")
-
-    def _send_status(self, code: int) -> None:
-        self.send_response(code)
-        if code == 304:
-            self.send_header("Content-Length", "1234")  # describes the cached body
-        self.end_headers()
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    label: str
-    lock: threading.Lock
-    requests: int
-    connections: int
-    open_connections: int
-    write_failed: threading.Event
-    live: set[socket.socket]
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # connections cut by the proxy or by close() are expected here
-
-
-class RealBackend:
-    """A real HTTP/1.1 server on a free loopback port."""
-
-    def __init__(self, label: str) -> None:
-        self.server = _Server(("127.0.0.1", 0), _Handler)
-        self.server.label = label
-        self.server.lock = threading.Lock()
-        self.server.requests = 0
-        self.server.connections = 0
-        self.server.open_connections = 0
-        self.server.write_failed = threading.Event()
-        self.server.live = set()
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-        self.backend = Backend("127.0.0.1", self.server.server_address[1], label)
-
-    @property
-    def requests(self) -> int:
-        return self.server.requests
-
-    def close(self) -> None:
-        """Stop like a killed child: no listener, and every open connection cut."""
-        self.server.shutdown()
-        self.server.server_close()
-        with self.server.lock:
-            live = list(self.server.live)
-        for sock in live:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture
@@ -251,43 +61,6 @@ def make_proxy():
     yield make
     for proxy in proxies:
         proxy.close()
-
-
-def _client(proxy: ReverseProxy) -> http.client.HTTPConnection:
-    host, port = proxy.address
-    return http.client.HTTPConnection(host, port, timeout=TIMEOUT)
-
-
-def _get(proxy: ReverseProxy, path: str) -> tuple[int, bytes, http.client.HTTPResponse]:
-    conn = _client(proxy)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read(), response
-    finally:
-        conn.close()
-
-
-def _raw(proxy: ReverseProxy) -> socket.socket:
-    sock = socket.create_connection(proxy.address, timeout=TIMEOUT)
-    return sock
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    """Everything until the proxy closes; a reset (instead of a clean close) fails the test."""
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
-
-
-def _wait_until(condition, timeout: float = TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 # -- basics ------------------------------------------------------------------------------------
@@ -527,11 +300,19 @@ def test_dead_backend_502(make_proxy):
         def upstream_error(self, kind):
             seen.append(kind)
 
-    proxy = make_proxy(Backend("127.0.0.1", port, "ghost"), observer=Observer())
+    # A refused connect may be a child that just died: the request is held and the backend
+    # tried again with a growing back-off until the hold deadline (Caddy's lb_try_duration).
+    proxy = make_proxy(Backend("127.0.0.1", port, "ghost"), observer=Observer(), hold_seconds=0.5)
+    started = time.monotonic()
     status, _, _ = _get(proxy, "/")
+    elapsed = time.monotonic() - started
     assert status == 502
-    assert _wait_until(lambda: len(seen) == 3)  # reported just after the answer went out
-    assert seen == ["connect", "connect", "done 502 ghost"], "one retry, then 502"
+    assert 0.4 < elapsed < 5
+    assert _wait_until(lambda: seen[-1:] == ["done 502 ghost"])  # reported after the answer
+    tries = seen[:-1]
+    assert set(tries) == {"connect"}
+    assert 2 <= len(tries) <= 10, f"retried with a back-off, not spinning: {len(tries)}"
+    assert proxy.held_count == 0
 
 
 def test_backend_closing_before_answer_502(make_backend, make_proxy):
@@ -622,6 +403,35 @@ def test_oversized_head_431(make_backend, make_proxy):
     assert backend.requests == 0
 
 
+def test_a_hostile_whitespace_head_does_not_freeze_the_proxy(make_backend, make_proxy):
+    """64,000 spaces inside a header value cost seconds of CPU under the GIL with a
+    backtracking parser, and every other client waited. Parsing is linear now."""
+    proxy = make_proxy(make_backend("v1").backend)
+    value = b"a" + b" " * 64_000 + b"b"
+    hostile = []
+    for _ in range(3):
+        sock = _raw(proxy)
+        sock.sendall(b"GET /headers HTTP/1.1\r\nHost: x\r\nX: " + value + b"\r\n\r\n")
+        hostile.append(sock)
+    worst = 0.0
+    for _ in range(10):  # fresh clients while the hostile heads are being handled
+        started = time.monotonic()
+        assert _get(proxy, "/version")[:2] == (200, b"v1")
+        worst = max(worst, time.monotonic() - started)
+    print(f"slowest fresh GET next to 3 hostile heads: {worst * 1000:.1f} ms")
+    assert worst < 1.0, f"a fresh GET waited {worst:.2f} s"
+    for sock in hostile:
+        response = b""
+        while b"]]" not in response:
+            chunk = sock.recv(65536)
+            assert chunk, "the hostile (but valid) request was answered"
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 200 ")
+        fields = json.loads(response.partition(b"\r\n\r\n")[2])
+        assert ["X", value.decode()] in fields, "inner whitespace is passed on verbatim"
+        sock.close()
+
+
 def test_slow_loris_is_cut_off_while_others_are_served(make_backend, make_proxy):
     proxy = make_proxy(make_backend("v1").backend, header_timeout=0.5, workers=2)
     trickler = _raw(proxy)
@@ -680,6 +490,115 @@ def test_client_vanishing_mid_request_body(make_backend, make_proxy):
     sock.close()
     assert _get(proxy, "/version")[:2] == (200, b"v1")
     assert _wait_until(lambda: backend.server.open_connections <= 1)
+
+
+def _slow_body_client(proxy: ReverseProxy, length: int, first: bytes = b"z") -> socket.socket:
+    sock = _raw(proxy)
+    sock.sendall(
+        f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode() + first
+    )
+    return sock
+
+
+def test_slow_request_bodies_hold_no_worker(make_backend, make_proxy):
+    """200 clients trickling a 1 MB body a byte at a time (they took every worker when a
+    worker read each body): the parker receives them; a fresh GET is answered at once."""
+    proxy = make_proxy(make_backend("v1").backend)  # 64 workers, as in the report
+    slow = []
+    try:
+        for _ in range(200):
+            slow.append(_slow_body_client(proxy, 1_000_000))
+        worst = 0.0
+        for _ in range(5):
+            for sock in slow:  # one more byte each, as the attack does
+                sock.sendall(b"z")
+            started = time.monotonic()
+            assert _get(proxy, "/version")[:2] == (200, b"v1")
+            worst = max(worst, time.monotonic() - started)
+        print(f"slowest fresh GET next to 200 slow bodies: {worst * 1000:.1f} ms")
+        assert worst < 1.0, f"a fresh GET waited {worst:.2f} s"
+        assert _wait_until(lambda: proxy.buffered_body_bytes == 200 * 6)
+    finally:
+        for sock in slow:
+            sock.close()
+    assert _wait_until(lambda: proxy.buffered_body_bytes == 0), "closed bodies leave the budget"
+
+
+def test_slow_buffered_body_gets_408(make_backend, make_proxy):
+    backend = make_backend("v1")
+    proxy = make_proxy(backend.backend, body_timeout=0.3, body_min_rate=1000)
+    sock = _slow_body_client(proxy, 5000, b"z" * 100)
+    started = time.monotonic()
+    assert _read_all(sock).startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 5
+    assert backend.requests == 0, "an incomplete body never reaches the backend"
+    assert proxy.buffered_body_bytes == 0
+
+
+def test_streamed_body_below_the_minimum_rate_gets_408(make_backend, make_proxy):
+    """A body past the buffer cap is streamed by a worker, which does not wait for ever."""
+    proxy = make_proxy(
+        make_backend("v1").backend,
+        max_buffered_body=1024,
+        body_timeout=0.5,
+        body_min_rate=20_000,
+        workers=2,
+    )
+    sock = _slow_body_client(proxy, 100_000)
+    started = time.monotonic()
+    answer = b""
+    while not answer:  # a byte every 50 ms: 20 B/s, far below the minimum
+        with contextlib.suppress(OSError):
+            sock.sendall(b"z")
+        if _wait_readable(sock, 0.05):
+            answer = _read_all(sock)
+        assert time.monotonic() - started < 5, "the slow body was not cut off"
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    print(f"slow streamed body refused after {time.monotonic() - started:.2f} s")
+    # A fast streamed body on the same proxy is fine.
+    conn = _client(proxy)
+    body = b"q" * 3_000_000
+    conn.request("POST", "/echo", body=body)
+    assert conn.getresponse().read() == body
+    conn.close()
+
+
+def test_total_buffer_cap_streams_the_rest_and_frees_its_budget(make_backend, make_proxy):
+    backend = make_backend("v1")
+    proxy = make_proxy(backend.backend, max_buffered_total=10_000, workers=3)
+    first = _slow_body_client(proxy, 8000, b"a" * 6000)
+    assert _wait_until(lambda: proxy.buffered_body_bytes == 6000)
+    second = _slow_body_client(proxy, 8000, b"b" * 6000)  # over the total: a worker streams it
+    assert _wait_until(lambda: proxy.buffered_body_bytes == 6000)
+    assert _get(proxy, "/version")[:2] == (200, b"v1"), "workers remain for others"
+    for sock, byte in ((first, b"a"), (second, b"b")):
+        sock.sendall(byte * 2000)
+        response = b""
+        while not response.endswith(byte * 8000):
+            chunk = sock.recv(65536)
+            assert chunk, f"closed early: {response[:80]!r}"
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 200 ")
+        sock.close()
+    assert proxy.buffered_body_bytes == 0
+
+
+def test_chunked_body_is_received_before_a_worker_takes_it(make_backend, make_proxy):
+    proxy = make_proxy(make_backend("v1").backend, workers=1)
+    sock = _raw(proxy)
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+    # The only worker is free for someone else while the chunked body trickles in.
+    assert _get(proxy, "/version")[:2] == (200, b"v1")
+    for piece in (b"lo\r\n", b"6\r\n wor", b"ld\r\n0\r\n", b"X-T: 1\r\n", b"\r\n"):
+        sock.sendall(piece)
+        assert _get(proxy, "/version")[:2] == (200, b"v1")
+    response = b""
+    while not response.endswith(b"hello world"):
+        chunk = sock.recv(4096)
+        assert chunk, f"closed early: {response!r}"
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 200 ")
+    sock.close()
 
 
 def test_upgrade_tunnels_bytes_both_ways(make_backend, make_proxy):

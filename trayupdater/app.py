@@ -43,7 +43,14 @@ class App:
         # Started by a self-update: the predecessor lends us its listening socket.
         self.successor = take_handover()
         sock = self.successor.socket if self.successor else None
-        self.proxy = ReverseProxy(config.bind, config.port, sock=sock, observer=self.metrics)
+        self.proxy = ReverseProxy(
+            config.bind,
+            config.port,
+            sock=sock,
+            observer=self.metrics,
+            hold_seconds=config.hold_seconds,
+        )
+        self.metrics.watch_proxy(self.proxy)
         self.updater = Updater(
             config,
             self.store,

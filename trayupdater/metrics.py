@@ -6,10 +6,13 @@ several apps in one process and each endpoint shows only its own numbers.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     generate_latest,
@@ -17,7 +20,11 @@ from prometheus_client import (
 
 from trayupdater.events import Events
 
+if TYPE_CHECKING:
+    from trayupdater.proxy import ReverseProxy
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+HOLD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics(Events):
@@ -51,6 +58,29 @@ class Metrics(Events):
             ["kind"],
             registry=r,
         )
+        self.retries = Counter(
+            "trayupdater_proxy_retries",
+            "Requests sent again after a backend failed before answering, by error kind",
+            ["kind"],
+            registry=r,
+        )
+        self.hold_time = Histogram(
+            "trayupdater_proxy_hold_seconds",
+            "How long requests were held waiting for a backend",
+            buckets=HOLD_BUCKETS,
+            registry=r,
+        )
+        self.held_requests = Gauge(
+            "trayupdater_proxy_held_requests", "Requests held right now", registry=r
+        )
+        self.held_bytes = Gauge(
+            "trayupdater_proxy_held_bytes", "Bytes kept by the held requests", registry=r
+        )
+
+    def watch_proxy(self, proxy: ReverseProxy) -> None:
+        """Read the held-request gauges from ``proxy`` at each scrape."""
+        self.held_requests.set_function(lambda: proxy.held_count)
+        self.held_bytes.set_function(lambda: proxy.held_bytes)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -83,3 +113,9 @@ class Metrics(Events):
 
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors.labels(kind).inc()
+
+    def retried(self, kind: str) -> None:
+        self.retries.labels(kind).inc()
+
+    def hold_finished(self, seconds: float, served: bool) -> None:
+        self.hold_time.observe(seconds)

@@ -1,0 +1,186 @@
+"""Request bodies: received by the parker before a worker is spent on them, or streamed by a
+worker at a minimum rate.
+
+A client may send its body as slowly as TCP allows, and a worker blocked on it is lost to
+every other client (80 clients trickling ``Content-Length: 1000000`` took all 64 workers).
+So a body of up to ``max_body`` bytes is read by the parker, without blocking, until it is
+complete; only then does a worker take the request. A body in hand also makes the request
+replayable on another backend. A body past that cap, or one arriving while the bodies
+buffered across all connections pass ``max_total`` bytes, is streamed upstream by a worker.
+
+Either way the client is held to one rule (as Apache's mod_reqtimeout ``body=T,MinRate=R``):
+no pause longer than ``timeout`` between two reads, and on average ``min_rate`` bytes/s after
+a grace of ``timeout``. A client below it gets 408 and is closed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+from trayupdater import http11
+from trayupdater.http11 import BufferedSocket, Framing, SourceError
+from trayupdater.proxy.plan import Plan
+from trayupdater.proxy.sockets import read_nowait, wait_readable
+
+if TYPE_CHECKING:
+    from trayupdater.proxy.clients import Client
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# What the parker does with a connection after reading some of its body.
+WAIT = "wait"  # not complete: keep it parked
+READY = "ready"  # complete, or to be streamed: hand it to a worker
+GONE = "gone"  # the client closed: it was closed and forgotten
+
+
+class TooSlow(TimeoutError):
+    """The client sent its request body below the minimum rate."""
+
+
+class _PacedReader:
+    """The reads of a streamed request body, each bounded by the rate rule."""
+
+    def __init__(self, sock: Any, rules: Bodies, received: int, waited: float) -> None:
+        self._sock = sock
+        self._rules = rules
+        self._received = received
+        self._waited = waited  # seconds spent waiting for this client's body so far
+
+    def _wait(self) -> None:
+        limit = min(self._rules.timeout, self._rules.allowance(self._received) - self._waited)
+        started = time.monotonic()
+        if limit <= 0 or not wait_readable(self._sock, limit):
+            raise TooSlow(f"request body slower than {self._rules.min_rate:g} bytes/s")
+        self._waited += time.monotonic() - started
+
+    def recv(self, size: int) -> bytes:
+        self._wait()
+        data = self._sock.recv(size)
+        self._received += len(data)
+        return data
+
+    def recv_into(self, view: memoryview) -> int:
+        self._wait()
+        n = self._sock.recv_into(view)
+        self._received += n
+        return n
+
+
+class Bodies:
+    """The body policy and the budget of bytes buffered across all connections."""
+
+    def __init__(
+        self, *, max_body: int, max_total: int, timeout: float, min_rate: float, max_trailer: int
+    ) -> None:
+        self.max_body = max_body
+        self.max_total = max_total
+        self.timeout = timeout
+        self.min_rate = min_rate
+        self._max_trailer = max_trailer
+        self._lock = threading.Lock()
+        self._total = 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._total
+
+    def allowance(self, received: int) -> float:
+        """Seconds a client may have spent sending ``received`` body bytes."""
+        return self.timeout + received / self.min_rate
+
+    # -- worker side -------------------------------------------------------------------
+
+    def ready(self, conn: Client, plan: Plan) -> bool:
+        """Can a worker forward ``plan`` now? False: the parker should receive its body.
+
+        True either because the body is complete in ``conn.buf`` or because it is to be
+        streamed (``plan.stream``). A worker calling this takes the body out of the budget.
+        """
+        self._account(plan, 0)
+        return self._complete_or_stream(conn, plan)
+
+    def begin_wait(self, conn: Client, plan: Plan) -> None:
+        """Before the body is left to the parker: ask for it, count it, set the deadline."""
+        now = time.monotonic()
+        if not plan.body_started:
+            plan.body_started = now
+        self.send_continue(conn, plan)  # OSError: the client is gone; the caller closes it
+        self._account(plan, len(conn.buf))
+        conn.deadline = self._deadline(plan, len(conn.buf), now)
+
+    def source(self, conn: Client, plan: Plan) -> BufferedSocket:
+        """The client as the source of a streamed body: ``conn.buf`` first, then paced reads."""
+        waited = time.monotonic() - plan.body_started if plan.body_started else 0.0
+        reader = _PacedReader(conn.sock, self, len(conn.buf), waited)
+        src = BufferedSocket(cast(Any, reader))
+        src.buf = conn.buf  # shared: what follows the body stays for the next request
+        return src
+
+    def send_continue(self, conn: Client, plan: Plan) -> None:
+        """Ask the client for its body ("100 Continue") if it waits for that, once."""
+        if not plan.continue_sent and not conn.buf and _expects_continue(plan):
+            plan.continue_sent = True
+            conn.sock.sendall(CONTINUE)
+
+    # -- parker side -------------------------------------------------------------------
+
+    def receive(self, conn: Client) -> str:
+        """Read what arrived of the body of ``conn.pending``: WAIT, READY or GONE."""
+        plan = conn.pending
+        assert plan is not None
+        got = read_nowait(conn)
+        if got is None:
+            return WAIT
+        if got is False:
+            self.drop(conn)
+            conn.sock.close()
+            return GONE
+        self._account(plan, len(conn.buf))
+        if self._complete_or_stream(conn, plan):
+            return READY
+        conn.deadline = self._deadline(plan, len(conn.buf), time.monotonic())
+        return WAIT
+
+    def drop(self, conn: Client) -> None:
+        """The connection is being closed: its buffered body leaves the budget."""
+        if conn.pending is not None:
+            self._account(conn.pending, 0)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _complete_or_stream(self, conn: Client, plan: Plan) -> bool:
+        if plan.buffered or plan.stream:
+            return True
+        if plan.framing is Framing.LENGTH:
+            if len(conn.buf) >= plan.length:
+                return True
+            too_big = plan.length > self.max_body
+        else:
+            try:
+                plan.chunk_scan, done = http11.scan_chunked(
+                    conn.buf, plan.chunk_scan, self._max_trailer
+                )
+            except SourceError:
+                done = True  # malformed: the decoder refuses it with 400 at once
+            if done:
+                return True
+            too_big = len(conn.buf) > self.max_body
+        if too_big or self._total >= self.max_total:
+            plan.stream = True
+            return True
+        return False
+
+    def _account(self, plan: Plan, size: int) -> None:
+        if size != plan.accounted:
+            with self._lock:
+                self._total += size - plan.accounted
+            plan.accounted = size
+
+    def _deadline(self, plan: Plan, received: int, now: float) -> float:
+        return min(now + self.timeout, plan.body_started + self.allowance(received))
+
+
+def _expects_continue(plan: Plan) -> bool:
+    return plan.req.minor >= 1 and plan.req.get("expect") is not None

@@ -1,0 +1,263 @@
+"""Forwarding one request: attempts at the current backend, with retries and holds."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from trayupdater import http11
+from trayupdater.http11 import BufferedSocket, Framing, Head, SinkError, SourceError
+from trayupdater.proxy.bodies import Bodies, TooSlow
+from trayupdater.proxy.clients import Client
+from trayupdater.proxy.holding import HoldRoom
+from trayupdater.proxy.observer import (
+    ERR_CLOSED,
+    ERR_CONNECT,
+    ERR_NO_BACKEND,
+    ERR_STALE,
+    ERR_TIMEOUT,
+    Reporter,
+)
+from trayupdater.proxy.plan import Plan
+from trayupdater.proxy.relay import Relay, send_error
+from trayupdater.proxy.retry import AttemptFailed, RetryPolicy
+from trayupdater.proxy.routing import Generation, Router
+from trayupdater.proxy.sockets import reason
+
+log = logging.getLogger(__name__)
+
+# Error kinds as words, for log lines that have no better detail.
+_WORDS = {
+    ERR_CONNECT: "connection refused",
+    ERR_STALE: "a kept-alive connection was closed",
+    ERR_CLOSED: "closed without answering",
+    ERR_TIMEOUT: "timed out",
+    ERR_NO_BACKEND: "no backend",
+}
+# The proxy writes these itself in the upstream request.
+_REQUEST_DROP = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "expect"})
+
+
+class Slot:
+    """What one worker is using right now, so close() and backend_down() can cut it loose."""
+
+    __slots__ = ("attempt", "client", "responding", "upstream")
+
+    def __init__(self) -> None:
+        self.client: socket.socket | None = None
+        self.upstream: socket.socket | None = None
+        # The upstream socket and its generation, set together (one assignment).
+        self.attempt: tuple[socket.socket, Generation] | None = None
+        self.responding = False  # the response is being relayed: too late to retry
+
+
+class Forwarder:
+    """Sends one parsed request to the current backend and relays the answer."""
+
+    def __init__(
+        self,
+        router: Router,
+        reporter: Reporter,
+        bodies: Bodies,
+        room: HoldRoom,
+        max_header_bytes: int,
+    ) -> None:
+        self._router = router
+        self._report = reporter
+        self._bodies = bodies
+        self._room = room
+        self._policy = RetryPolicy(router, room)
+        self.relay = Relay(reporter, max_header_bytes)
+        self.max_header_bytes = max_header_bytes
+
+    def _done(self, status: int, started: float, gen: Generation) -> None:
+        self._report.done(status, started, gen.backend.label if gen.backend else None)
+
+    def upstream_head(self, req: Head, conn: Client, framing: Framing, length: int) -> str:
+        method, target, _ = req.start
+        lines = [f"{method} {target} HTTP/1.1\r\n"]
+        lines += http11.forwarded_fields(req, _REQUEST_DROP)
+        prior = ", ".join(req.index.get("x-forwarded-for", ()))
+        lines.append(f"X-Forwarded-For: {prior + ', ' if prior else ''}{conn.ip}\r\n")
+        lines.append("X-Forwarded-Proto: http\r\n")
+        host = req.get("host")
+        if host is not None:
+            lines.append(f"X-Forwarded-Host: {host}\r\n")
+        if framing is Framing.LENGTH:
+            lines.append(f"Content-Length: {length}\r\n")
+        elif framing is Framing.CHUNKED:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        elif "content-length" in req.index:
+            lines.append("Content-Length: 0\r\n")
+        upgrade = req.get("upgrade")
+        if upgrade is not None and "upgrade" in req.connection_tokens() and req.minor >= 1:
+            lines.append(f"Connection: Upgrade\r\nUpgrade: {upgrade}\r\n")
+        return "".join(lines)
+
+    def plan(self, conn: Client, req: Head, framing: Framing, length: int, started: float) -> Plan:
+        return Plan(req, self.upstream_head(req, conn, framing, length), framing, length, started)
+
+    def forward(self, conn: Client, plan: Plan, slot: Slot) -> bool | None:
+        """Proxy one request: True if the client connection stays open, False to close it,
+        None when the request is held (``conn.pending``; the caller parks the connection).
+
+        The body is either complete in ``conn.buf`` or to be streamed (see :mod:`bodies`).
+        """
+        if not plan.buffered and not plan.stream and not self._take_body(conn, plan):
+            return False
+        conn.body_unread = not plan.buffered  # until streamed upstream
+        if plan.failure is not None:  # back from a hold after a failed attempt: a retry
+            self._report.retried(*plan.failure)
+            plan.failure = None
+        while True:
+            gen = self._router.enter()
+            try:
+                keep = self._attempt(conn, plan, slot, gen)
+            except AttemptFailed as exc:
+                failure = exc
+            else:
+                if plan.ever_held:
+                    self._report.hold_finished(plan.held_seconds, plan.answered)
+                return keep
+            finally:
+                self._router.exit(gen)
+            step = self._policy.decide(plan, gen, failure)
+            label = gen.backend.label if gen.backend else "no backend"
+            detail = failure.detail or _WORDS.get(failure.kind, failure.kind)
+            if step.retry:
+                self._report.retried(failure.kind, label, detail)
+                continue
+            status = step.status
+            if step.hold:
+                if self._room.admit(conn, plan, gen, status=status, retry=step.backoff):
+                    if step.backoff:
+                        plan.failure = (failure.kind, label, detail)
+                        self._report.held(f"{label} unreachable: {detail}")
+                    else:
+                        self._report.held("waiting for a backend")
+                    return None
+                status = 503
+                self._report.hold_refused(
+                    f"{self._room.max_held} requests or {self._room.max_held_bytes} bytes held"
+                )
+            elif gen.backend is not None and status in (502, 504):
+                self._report.could_not_reach(label, detail)
+            send_error(conn, status, plan.method == "HEAD")
+            self._done(status, plan.started, gen)
+            if plan.ever_held:
+                self._report.hold_finished(plan.held_seconds, False)
+            return False
+
+    def _take_body(self, conn: Client, plan: Plan) -> bool:
+        """Move a complete body from the client buffer into ``plan``; False if refused."""
+        if plan.framing is Framing.LENGTH:
+            plan.body = bytes(conn.buf[: plan.length])
+            del conn.buf[: plan.length]
+        else:  # chunked, all here: decode it and send it on as one chunk
+            parts: list[bytes] = []
+            try:
+                trailers = http11.copy_chunked(
+                    conn, lambda data: parts.append(bytes(data)), self.max_header_bytes
+                )
+            except (SourceError, OSError) as exc:
+                log.debug("proxy: bad chunked request body from %s: %s", conn.ip, exc)
+                conn.body_unread = True
+                send_error(conn, 400, False)
+                self._report.done(400, plan.started, None)
+                return False
+            data = b"".join(parts)
+            plan.body = (http11.chunk(data) if data else b"") + http11.last_chunk(trailers)
+        plan.buffered = True
+        return True
+
+    def _attempt(self, conn: Client, plan: Plan, slot: Slot, gen: Generation) -> bool:
+        """One try at one backend; AttemptFailed when nothing reached the client yet."""
+        backend, pool, req = gen.backend, gen.pool, plan.req
+        if backend is None or pool is None:
+            self._report.upstream_error(ERR_NO_BACKEND)
+            raise AttemptFailed(ERR_NO_BACKEND, 503)
+        head = plan.head
+        if "host" not in req.index:  # HTTP/1.0 without Host: name the backend
+            head += f"Host: {backend.host}:{backend.port}\r\n"
+        payload = (head + "\r\n").encode("latin-1") + plan.body
+        # A pooled connection that may be dead is fine when the request can be resent.
+        resendable = plan.buffered and plan.idempotent and plan.retried_on is not gen
+        sock = pool.acquire(check=not resendable)
+        reused = sock is not None
+        if sock is None:
+            try:
+                sock = pool.connect()
+            except TimeoutError as exc:
+                self._report.upstream_error(ERR_TIMEOUT)
+                raise AttemptFailed(ERR_TIMEOUT, 504, "connect timed out") from exc
+            except OSError as exc:
+                self._report.upstream_error(ERR_CONNECT)
+                raise AttemptFailed(ERR_CONNECT, 502, reason(exc)) from exc
+        slot.upstream = sock
+        slot.responding = False
+        slot.attempt = (sock, gen)
+        up = BufferedSocket(sock)
+        keep_upstream = False
+        try:
+            try:
+                sock.sendall(payload)
+            except OSError as exc:
+                kind = ERR_STALE if reused else ERR_CLOSED
+                self._report.upstream_error(kind)
+                raise AttemptFailed(kind, 502, reason(exc)) from exc
+            if not plan.buffered:
+                failed = self._send_request_body(conn, up, plan)
+                if failed:
+                    self._done(failed, plan.started, gen)
+                    return False
+            resp = self.relay.read_response(conn, up, req, reused, backend.label)
+            if isinstance(resp, int):
+                self._done(resp, plan.started, gen)
+                return False
+            slot.responding = True
+            plan.answered = True
+            status, keep_client, keep_upstream = self.relay.relay(
+                conn, up, req, resp, backend.label
+            )
+            self._done(status, plan.started, gen)
+            return keep_client
+        finally:
+            slot.attempt = None
+            slot.upstream = None
+            if keep_upstream and not up.buf:
+                pool.release(sock)
+            else:
+                sock.close()
+
+    def _send_request_body(self, conn: Client, up: BufferedSocket, plan: Plan) -> int:
+        """Stream the request body upstream: 0, or the status of the error already sent."""
+        plan.consumed = True
+        try:
+            self._bodies.send_continue(conn, plan)  # the upstream head is out: ask for the body
+            src = self._bodies.source(conn, plan)
+            send = up.sock.sendall
+            if plan.framing is Framing.LENGTH:
+                http11.copy_length(src, plan.length, send)
+            else:
+                trailers = http11.copy_chunked(
+                    src, lambda data: send(http11.chunk(data)), self.max_header_bytes
+                )
+                try:
+                    send(http11.last_chunk(trailers))
+                except OSError as exc:
+                    raise SinkError(str(exc)) from exc
+        except SourceError as exc:
+            # The client vanished, was too slow or sent a broken chunked body; tell it if it
+            # still listens.
+            log.debug("proxy: bad or incomplete request body from %s: %s", conn.ip, exc)
+            status = 408 if isinstance(exc.__cause__, TooSlow) else 400
+            send_error(conn, status, False)
+            return status
+        except SinkError:
+            self._report.upstream_error(ERR_CLOSED)
+            send_error(conn, 502, False)
+            return 502
+        except OSError:  # the 100 Continue could not be sent: the client is gone
+            return 400
+        conn.body_unread = False
+        return 0

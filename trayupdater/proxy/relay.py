@@ -1,0 +1,240 @@
+"""The way back: reading the backend's response head, relaying the response, tunnelling."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+
+from trayupdater import http11
+from trayupdater.http11 import BufferedSocket, Framing, Head, HttpError, SinkError, SourceError
+from trayupdater.proxy.clients import Client
+from trayupdater.proxy.observer import (
+    ERR_BODY,
+    ERR_CLOSED,
+    ERR_PROTOCOL,
+    ERR_STALE,
+    ERR_TIMEOUT,
+    Reporter,
+)
+from trayupdater.proxy.retry import AttemptFailed
+from trayupdater.proxy.sockets import error_response, is_timeout, reason
+
+log = logging.getLogger(__name__)
+
+# A response body up to this size is read whole before the response goes out (see
+# Relay._prefetch_body); larger ones are streamed.
+PREFETCH_BYTES = http11.RECV_SIZE
+
+
+def send_error(conn: Client, status: int, head_request: bool) -> None:
+    """Send a proxy-made error response, if the client still listens."""
+    data = error_response(status, body=not head_request, retry_after=status == 503)
+    with contextlib.suppress(OSError):  # the client may be gone already
+        conn.sock.sendall(data)
+
+
+class Relay:
+    """Relays responses from a backend connection to a client connection."""
+
+    def __init__(self, reporter: Reporter, max_header_bytes: int) -> None:
+        self._report = reporter
+        self.max_header_bytes = max_header_bytes
+        self.closing = False  # set by ReverseProxy.close(): no more keep-alive, end tunnels
+
+    def read_response(
+        self, conn: Client, up: BufferedSocket, req: Head, reused: bool, label: str
+    ) -> Head | int:
+        """The final response head, or the status of the error already sent to the client.
+
+        Raises :class:`AttemptFailed` when the backend failed before anything was sent to
+        the client (the request may then be tried again).
+        """
+        head_request = req.start[0] == "HEAD"
+        passed_on = False  # an interim response (103) went to the client: no retry now
+        while True:
+            try:
+                raw = up.read_head(self.max_header_bytes, too_big=502)
+                if raw is None:
+                    raise SourceError("closed")
+                resp = http11.parse_response_head(raw)
+            except (OSError, SourceError) as exc:
+                if is_timeout(exc):
+                    kind, status = ERR_TIMEOUT, 504
+                else:
+                    # Nothing at all on a reused connection: it was stale (or the backend
+                    # died); else the backend closed or reset before its answer.
+                    kind = ERR_STALE if reused and not up.buf else ERR_CLOSED
+                    status = 502
+                self._report.upstream_error(kind)
+                detail = "closed without answering" if isinstance(exc, SourceError) else reason(exc)
+                if not passed_on:
+                    raise AttemptFailed(kind, status, detail) from exc
+                self._report.could_not_reach(label, detail)
+                send_error(conn, status, head_request)
+                return status
+            except HttpError as exc:
+                self._report.bad_response(label, str(exc))
+                self._report.upstream_error(ERR_PROTOCOL)
+                send_error(conn, 502, head_request)
+                return 502
+            status = int(resp.start[1])
+            if status >= 200 or status == 101:
+                if not passed_on:
+                    self._prefetch_body(up, req, resp)
+                return resp
+            if status != 100 and req.minor >= 1:  # e.g. 103 Early Hints: pass it on
+                lines = [f"HTTP/1.1 {status} {resp.start[2]}\r\n"]
+                lines += http11.forwarded_fields(resp)
+                passed_on = True
+                try:
+                    conn.sock.sendall(("".join(lines) + "\r\n").encode("latin-1"))
+                except OSError:
+                    return status
+
+    def _prefetch_body(self, up: BufferedSocket, req: Head, resp: Head) -> None:
+        """Read a small body whole before anything goes to the client.
+
+        A backend that dies between its head and its body then fails an attempt that can
+        still be retried, instead of a response already half sent.
+        """
+        try:
+            framing, length, _ = http11.response_framing(resp, req.start[0])
+        except HttpError:
+            return  # relay() refuses it
+        if framing is not Framing.LENGTH or length > PREFETCH_BYTES:
+            return
+        while len(up.buf) < length:
+            try:
+                if not up.fill():
+                    raise SourceError("connection closed before the end of the body")
+            except (OSError, SourceError) as exc:
+                if is_timeout(exc):
+                    kind, status, detail = ERR_TIMEOUT, 504, "timed out in the middle of its answer"
+                else:
+                    kind, status = ERR_CLOSED, 502
+                    detail = "closed in the middle of its answer"
+                    if isinstance(exc, OSError):
+                        detail = f"{reason(exc)} in the middle of its answer"
+                self._report.upstream_error(kind)
+                raise AttemptFailed(kind, status, detail) from exc
+
+    def relay(
+        self, conn: Client, up: BufferedSocket, req: Head, resp: Head, label: str
+    ) -> tuple[int, bool, bool]:
+        """Send the response to the client; returns (status, keep client, keep upstream)."""
+        status = int(resp.start[1])
+        if status == 101:
+            return status, self._upgrade(conn, up, req, resp, label), False
+        try:
+            framing, length, reusable = http11.response_framing(resp, req.start[0])
+        except HttpError as exc:
+            self._report.bad_response(label, str(exc))
+            self._report.upstream_error(ERR_PROTOCOL)
+            send_error(conn, 502, req.start[0] == "HEAD")
+            return 502, False, False
+        keep = req.keep_alive() and not self.closing
+        chunked_out = False
+        lines = [f"HTTP/1.1 {status} {resp.start[2]}\r\n"]
+        lines += http11.forwarded_fields(resp)
+        if framing is Framing.LENGTH:
+            lines.append(f"Content-Length: {length}\r\n")
+        elif framing is Framing.NONE:
+            # HEAD and 304 describe the body they do not carry: keep that length.
+            try:
+                declared = http11.content_length(resp, 502)
+            except HttpError:
+                declared = None
+            if declared is not None and status != 204:
+                lines.append(f"Content-Length: {declared}\r\n")
+        elif req.minor >= 1:
+            lines.append("Transfer-Encoding: chunked\r\n")
+            chunked_out = True
+        else:
+            keep = False  # HTTP/1.0 client, unknown length: the close ends the body
+        if not keep:
+            lines.append("Connection: close\r\n")
+        elif req.minor == 0:
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1")
+        client = conn.sock
+        try:
+            if framing is Framing.LENGTH and len(up.buf) >= length:
+                # The common case: the whole small body is here, one write for everything.
+                client.sendall(head + up.buf[:length])
+                del up.buf[:length]
+            elif framing is Framing.NONE:
+                client.sendall(head)
+            else:
+                client.sendall(head)
+                if framing is Framing.LENGTH:
+                    http11.copy_length(up, length, client.sendall)
+                elif chunked_out:
+                    write = _chunk_writer(client)
+                    if framing is Framing.CHUNKED:
+                        trailers = http11.copy_chunked(up, write, self.max_header_bytes)
+                    else:
+                        trailers = []
+                        http11.copy_until_close(up, write)
+                    client.sendall(http11.last_chunk(trailers))
+                elif framing is Framing.CHUNKED:
+                    http11.copy_chunked(up, client.sendall, self.max_header_bytes)
+                else:
+                    http11.copy_until_close(up, client.sendall)
+        except (OSError, SinkError):
+            # The client went away mid-response: the upstream socket is mid-message, close it.
+            return status, False, False
+        except SourceError as exc:
+            self._report.cut_short(label, reason(exc.__cause__ or exc))
+            self._report.upstream_error(ERR_BODY)
+            return status, False, False  # the client sees a truncated body, not a wrong one
+        return status, keep, reusable
+
+    def _upgrade(self, conn: Client, up: BufferedSocket, req: Head, resp: Head, label: str) -> bool:
+        """Relay a 101 and tunnel bytes both ways until either side closes."""
+        upgrade = req.get("upgrade")
+        if upgrade is None or "upgrade" not in req.connection_tokens():
+            self._report.bad_response(label, "101 to a request that asked for no upgrade")
+            self._report.upstream_error(ERR_PROTOCOL)
+            send_error(conn, 502, False)
+            return False
+        lines = [f"HTTP/1.1 101 {resp.start[2]}\r\n"]
+        lines += http11.forwarded_fields(resp)
+        lines.append(f"Connection: Upgrade\r\nUpgrade: {resp.get('upgrade') or upgrade}\r\n\r\n")
+        try:
+            conn.sock.sendall("".join(lines).encode("latin-1") + bytes(up.buf))
+            up.buf.clear()
+            if conn.buf:
+                up.sock.sendall(bytes(conn.buf))
+                conn.buf.clear()
+        except OSError:
+            return False
+        self._tunnel(conn.sock, up.sock)
+        return False
+
+    def _tunnel(self, client: socket.socket, upstream: socket.socket) -> None:
+        peers = {client: upstream, upstream: client}
+        with selectors.DefaultSelector() as sel:
+            sel.register(client, selectors.EVENT_READ)
+            sel.register(upstream, selectors.EVENT_READ)
+            while not self.closing:
+                for key, _ in sel.select(0.5):
+                    src = key.fileobj
+                    assert isinstance(src, socket.socket)
+                    try:
+                        data = src.recv(http11.RECV_SIZE)
+                        if data:
+                            peers[src].sendall(data)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        return
+
+
+def _chunk_writer(client: socket.socket) -> http11.Write:
+    def write(data: bytes | bytearray | memoryview) -> None:
+        client.sendall(http11.chunk(data))
+
+    return write

@@ -1,0 +1,117 @@
+"""Socket helpers shared by the proxy's parts: timeouts, readiness, proxy-made responses."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import select
+import socket
+import struct
+import sys
+
+from trayupdater import http11
+
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    417: "Expectation Failed",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # Windows lacks it; readiness is exact there
+_TIMEOUT_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ETIMEDOUT, 10060})
+
+
+def blocking_with_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Blocking mode with kernel send/receive timeouts.
+
+    With ``settimeout()`` CPython polls before every recv/send: twice the system calls on the
+    hot path. SO_RCVTIMEO/SO_SNDTIMEO bound each call without that; an expiry surfaces as an
+    OSError that :func:`is_timeout` recognises.
+    """
+    sock.settimeout(None)
+    if sys.platform == "win32":
+        value = struct.pack("I", max(1, int(seconds * 1000)))  # DWORD milliseconds
+    else:
+        whole = int(seconds)
+        value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))  # struct timeval
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Did a socket call fail because a kernel timeout (or a Python one) expired?"""
+    return isinstance(exc, TimeoutError) or (
+        isinstance(exc, OSError) and exc.errno in _TIMEOUT_ERRNOS
+    )
+
+
+def wait_readable(sock: socket.socket, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``sock`` to become readable."""
+    if hasattr(select, "poll"):  # select() cannot take descriptors >= FD_SETSIZE
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+    return bool(select.select([sock], [], [], timeout)[0])
+
+
+if hasattr(socket, "MSG_DONTWAIT"):
+
+    def readable_now(sock: socket.socket) -> bool:
+        """Is ``sock`` readable without waiting? For an idle pooled connection: EOF or junk."""
+        try:
+            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True
+
+else:  # Windows
+
+    def readable_now(sock: socket.socket) -> bool:
+        """Is ``sock`` readable without waiting? For an idle pooled connection: EOF or junk."""
+        return wait_readable(sock, 0)
+
+
+def read_nowait(conn: http11.BufferedSocket) -> bool | None:
+    """Read what a ready connection has: True if data, False on EOF/error, None if nothing."""
+    try:
+        data = conn.sock.recv(http11.RECV_SIZE, DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return False
+    conn.buf += data
+    return bool(data)
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as a few words for a log line: "connection refused"."""
+    text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    text = text or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def shutdown(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def error_response(status: int, *, body: bool = True, retry_after: bool = False) -> bytes:
+    """A complete proxy-made response that closes the connection."""
+    reason = _REASONS.get(status, "Error")
+    text = f"{status} {reason}\n".encode()
+    extra = "Retry-After: 1\r\n" if retry_after else ""
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(text)}\r\nConnection: close\r\n{extra}\r\n"
+    )
+    return head.encode("latin-1") + (text if body else b"")
