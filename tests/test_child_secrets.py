@@ -46,8 +46,9 @@ def test_the_token_never_reaches_the_child(feed: ReleaseFeed, tmp_path: Path) ->
     try:
         instance.start()
         wait_for(lambda: instance.version() == "1.0.0", what="serving 1.0.0")
+        # The proxy switches a moment before state.json records the child's pid.
+        wait_for(lambda: VersionStore(instance.data).load_state().child_pid, what="pid saved")
         pid = VersionStore(instance.data).load_state().child_pid
-        assert pid
         env = child_environ(pid)
         leaked = {k: v for k, v in env.items() if TOKEN in v}
         assert leaked == {}, f"the child sees the token in {sorted(leaked)}"
