@@ -328,3 +328,41 @@ def test_launch_command_from_source_and_frozen(monkeypatch):
     assert launch_command() == [sys.executable, "-m", "trayupdater"]
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     assert launch_command() == [sys.executable]
+
+
+# --- turning it on by itself: once, never against the user ---
+
+
+def test_first_run_turns_it_on_once_and_never_after_the_user_turned_it_off(tmp_path):
+    from trayupdater.autostart import LoginChoice, enable_on_first_run
+
+    auto = linux(tmp_path, ["/usr/bin/trayupdater"], XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    choice = LoginChoice(tmp_path / "cfg" / "trayupdater" / "start-at-login.json")
+    assert enable_on_first_run(auto, choice) is True
+    assert auto.is_enabled()
+    assert json.loads(choice.path.read_text())["by"] == "first run"
+
+    auto.disable()  # the user removes the entry (desktop settings, or the tray's checkbox)
+    # A later start, also with another data folder (which used to count as a first run):
+    assert enable_on_first_run(auto, choice, legacy_marker=tmp_path / "new-data" / "x") is False
+    assert not auto.is_enabled()
+
+
+def test_an_older_versions_first_run_marker_counts_as_decided(tmp_path):
+    from trayupdater.autostart import LoginChoice, enable_on_first_run
+
+    auto = linux(tmp_path, ["/usr/bin/trayupdater"])
+    legacy = tmp_path / "data" / ".first-run-done"
+    legacy.parent.mkdir()
+    legacy.touch()
+    choice = LoginChoice(tmp_path / "c.json")
+    assert enable_on_first_run(auto, choice, legacy_marker=legacy) is False
+    assert not auto.is_enabled()
+
+
+def test_the_choice_lives_in_the_users_config_folder(tmp_path, monkeypatch):
+    from trayupdater.autostart import choice_path
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    if sys.platform.startswith("linux"):
+        assert choice_path() == tmp_path / "cfg" / "trayupdater" / "start-at-login.json"

@@ -150,3 +150,51 @@ def test_demo_shows_an_update_offline(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _demo_cli(tmp_path: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "none.toml").write_text("")
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trayupdater",
+            "--config",
+            str(tmp_path / "none.toml"),
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(data),
+            "demo",
+            "--headless",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_demo_refuses_a_folder_it_did_not_create(tmp_path: Path) -> None:
+    """`demo --data-dir X` used to delete X whatever it held."""
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    result = _demo_cli(tmp_path, precious, "--duration", "1")
+    assert result.returncode == 1
+    assert "was not created by the demo" in result.stderr and "Traceback" not in result.stderr
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in precious.iterdir()) == ["thesis.tex"]
+
+
+def test_demo_reuses_its_own_folder(tmp_path: Path) -> None:
+    from trayupdater.demo import DEMO_MARKER
+
+    data = tmp_path / "demo"
+    first = _demo_cli(tmp_path, data, "--duration", "2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (data / DEMO_MARKER).is_file() and (data / "state.json").is_file()
+    (data / "leftover").write_text("from the first demo")
+    second = _demo_cli(tmp_path, data, "--duration", "2")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert not (data / "leftover").exists()  # a clean slate, in the demo's own folder

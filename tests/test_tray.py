@@ -490,3 +490,37 @@ def test_tray_is_unavailable_when_the_display_cannot_be_opened():
     out = _tray_available_in({"DISPLAY": ":93"})  # nothing listens there
     assert out.startswith("(False, ")
     assert "GTK cannot open the display" in out or "PyGObject" in out
+
+
+# --- start at login: the user's choice is recorded; the demo offers none ---
+
+
+def test_turning_start_at_login_off_records_the_users_choice(tmp_path):
+    import json
+
+    from trayupdater.autostart import LoginChoice
+
+    harness = Harness(tmp_path, RUNNING)
+    choice = LoginChoice(tmp_path / "choice.json")
+    harness.app._login_choice = choice
+    harness.autostart.enable()
+    harness.icon.click("Start at login")
+    assert not harness.autostart.is_enabled()
+    assert json.loads(choice.path.read_text())["by"] == "user"
+    assert json.loads(choice.path.read_text())["enabled"] is False
+
+
+def test_without_autostart_the_item_is_disabled_and_touches_nothing(tmp_path):
+    controller = FakeController(RUNNING)
+    app = TrayApp(
+        controller,
+        autostart=None,
+        open_url=lambda url: None,
+        open_path=lambda path: None,
+        logs_dir=tmp_path / "logs",
+        icon_factory=RecordingIcon,
+    )
+    item = app.icon.item("Start at login")
+    assert item.text == "Start at login (not for the demo)"
+    assert not item.enabled and item.checked is False
+    assert not (tmp_path / "config").exists()

@@ -7,16 +7,19 @@ after the user changed it elsewhere (deleted the file, Task Manager's Startup ta
 
 from __future__ import annotations
 
+import json
 import os
 import plistlib
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from xml.parsers.expat import ExpatError
 
+from trayupdater import APP_NAME
 from trayupdater.errors import TrayUpdaterError
 
 RUN_KEY = r"Software\Microsoft\Windows\CurrentVersion\Run"
@@ -108,6 +111,54 @@ def launch_command() -> list[str]:
         if windowless.exists():
             python = windowless
     return [os.fspath(python), "-m", "trayupdater"]
+
+
+# --- turning it on by itself: once per user, never against the user's choice ---
+
+
+def choice_path() -> Path:
+    """Where the start-at-login decision is recorded: the user's config folder, not the
+    data folder, so a fresh ``--data-dir`` (or a deleted data folder) is not a first run."""
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "start-at-login.json"
+
+
+class LoginChoice:
+    """The record of who last decided about start at login (``first run`` or ``user``).
+
+    The app turns start at login on by itself only while no decision is recorded; a user
+    who turned it off (in the tray, or by deleting the entry after the first run) is
+    never overruled.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path if path is not None else choice_path()
+
+    def decided(self) -> bool:
+        return self.path.exists()
+
+    def record(self, *, enabled: bool, by: str) -> None:
+        data = {"enabled": enabled, "by": by, "at": time.time()}
+        _write_atomically(self.path, json.dumps(data).encode("utf-8"))
+
+
+def enable_on_first_run(
+    autostart: Autostart, choice: LoginChoice, *, legacy_marker: Path | None = None
+) -> bool:
+    """Turn start at login on if nobody decided yet; True if it was turned on now.
+
+    ``legacy_marker`` is the data folder's ``.first-run-done`` of older versions: a user
+    who ran one of those already had the first run.
+    """
+    if choice.decided() or (legacy_marker is not None and legacy_marker.exists()):
+        return False
+    # Recorded first: if enabling fails, the user gets the error once, not at every start.
+    choice.record(enabled=True, by="first run")
+    if autostart.is_enabled():
+        return False
+    autostart.enable()
+    return True
 
 
 # --- Linux and other XDG desktops ---

@@ -211,6 +211,7 @@ def _run_app(
     headless: bool,
     on_started: Callable[[], None] | None = None,
     duration: float = 0,
+    manage_autostart: bool = True,
 ) -> int:
     from trayupdater.app import AlreadyRunningError, App
     from trayupdater.handover import is_successor
@@ -238,7 +239,7 @@ def _run_app(
         _after(duration, app.quit)
     try:
         if use_tray:
-            return _run_tray(app, on_started)
+            return _run_tray(app, on_started, manage_autostart=manage_autostart)
         if on_started:
             _after(0.5, on_started)
         return app.run_headless()
@@ -255,14 +256,24 @@ def _after(seconds: float, action: Callable[[], None]) -> None:
     timer.start()
 
 
-def _run_tray(app: Any, on_started: Callable[[], None] | None) -> int:
-    from trayupdater.autostart import Autostart, launch_command
+def _run_tray(
+    app: Any, on_started: Callable[[], None] | None, *, manage_autostart: bool = True
+) -> int:
+    from trayupdater.autostart import Autostart, LoginChoice, enable_on_first_run, launch_command
     from trayupdater.tray import TrayApp
 
-    autostart = Autostart(launch_command())
-    if app.config.start_at_login and _first_run(app.config) and not autostart.is_enabled():
-        autostart.enable()
-    tray = TrayApp(app.updater, autostart=autostart, logs_dir=app.config.logs_dir)
+    autostart = choice = None
+    if manage_autostart:
+        autostart, choice = Autostart(launch_command()), LoginChoice()
+        if app.config.start_at_login:
+            legacy = app.config.data_dir / ".first-run-done"
+            try:
+                enable_on_first_run(autostart, choice, legacy_marker=legacy)
+            except (OSError, TrayUpdaterError) as exc:
+                log.warning("could not turn on start at login: %s", exc)
+    tray = TrayApp(
+        app.updater, autostart=autostart, login_choice=choice, logs_dir=app.config.logs_dir
+    )
     app.start()
 
     # Quit from anywhere (menu, `trayupdater quit`, logout) ends the worker; the icon follows.
@@ -285,15 +296,6 @@ def _run_tray(app: Any, on_started: Callable[[], None] | None) -> int:
     return 0
 
 
-def _first_run(config: Config) -> bool:
-    marker = config.data_dir / ".first-run-done"
-    if marker.exists():
-        return False
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    return True
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     import platformdirs
 
@@ -313,6 +315,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             headless=args.headless,
             on_started=demo.start_timeline,
             duration=args.duration,
+            manage_autostart=False,  # a demo must never register anything to start at login
         )
     finally:
         demo.close()

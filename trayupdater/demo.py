@@ -23,6 +23,7 @@ from pathlib import Path
 
 from trayupdater.config import Config
 from trayupdater.demo_server import render_script
+from trayupdater.errors import TrayUpdaterError
 from trayupdater.feed import ReleaseFeed
 from trayupdater.platforms import Platform
 
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 DEMO_REPO = "demo/simple-server"
 GORELEASER_OS = {"linux": "Linux", "darwin": "Darwin", "windows": "Windows"}
 GORELEASER_ARCH = {"x86_64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+# Written into every folder the demo creates: only such a folder may be emptied by a demo.
+DEMO_MARKER = ".trayupdater-demo"
 
 
 def asset_name(platform: Platform, program: str = "simple-server") -> str:
@@ -98,12 +101,36 @@ def demo_config(base: Config, feed_url: str, data_dir: Path) -> Config:
     )
 
 
+def prepare_demo_folder(folder: Path) -> None:
+    """Make ``folder`` an empty demo data folder, or refuse with a clear error.
+
+    Only a folder holding the demo's marker (one an earlier demo created) is emptied; a
+    missing or empty folder is taken; anything else is the user's and stays untouched.
+    """
+    marker = folder / DEMO_MARKER
+    if folder.exists() or folder.is_symlink():
+        if not folder.is_dir():
+            raise TrayUpdaterError(f"demo: {folder} exists and is not a folder; choose another")
+        if marker.is_file():
+            for entry in folder.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        elif any(folder.iterdir()):
+            raise TrayUpdaterError(
+                f"demo: {folder} is not empty and was not created by the demo; refusing to "
+                "use it (the demo empties its folder). Choose a new or empty folder."
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text("created by `trayupdater demo`; the demo may empty this folder\n")
+
+
 class Demo:
     """The feed plus a timeline of releases; the caller runs the app against ``config``."""
 
     def __init__(self, base: Config, data_dir: Path, *, publish_after: float = 12.0) -> None:
-        if data_dir.exists():
-            shutil.rmtree(data_dir)  # every demo starts from a clean slate
+        prepare_demo_folder(data_dir)  # every demo starts from a clean slate
         self.feed = ReleaseFeed().start()
         self.config = demo_config(base, self.feed.url, data_dir)
         self.publish_after = publish_after

@@ -31,7 +31,7 @@ from trayupdater.status import Command, Controller, Phase, Status
 if TYPE_CHECKING:
     import pystray
 
-    from trayupdater.autostart import Autostart
+    from trayupdater.autostart import Autostart, LoginChoice
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ class TrayApp:
         self,
         controller: Controller,
         *,
-        autostart: Autostart,
+        autostart: Autostart | None,
+        login_choice: LoginChoice | None = None,
         open_url: Callable[[str], Any] = webbrowser.open,
         open_path: Callable[[Path], Any] = open_folder,
         logs_dir: Path,
@@ -152,7 +153,8 @@ class TrayApp:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._controller = controller
-        self._autostart = autostart
+        self._autostart = autostart  # None: not offered (the demo never touches it)
+        self._login_choice = login_choice
         self._open_url = open_url
         self._open_path = open_path
         self._logs_dir = logs_dir
@@ -245,6 +247,7 @@ class TrayApp:
     def _build_menu(self) -> pystray.Menu:
         from pystray import Menu, MenuItem
 
+        autostart_offered = self._autostart is not None
         return Menu(
             MenuItem(lambda _: self._headline_text(self._status), None, enabled=False),
             MenuItem(
@@ -267,9 +270,10 @@ class TrayApp:
             ),
             Menu.SEPARATOR,
             MenuItem(
-                "Start at login",
+                "Start at login" if autostart_offered else "Start at login (not for the demo)",
                 self._action(self._toggle_autostart),
                 checked=lambda _: self._autostart_enabled(),
+                enabled=autostart_offered,
             ),
             MenuItem("Open logs", self._action(self._open_logs)),
             Menu.SEPARATOR,
@@ -298,6 +302,8 @@ class TrayApp:
         return f"Roll back ({reason})"
 
     def _autostart_enabled(self) -> bool:
+        if self._autostart is None:
+            return False
         try:
             return self._autostart.is_enabled()
         except (OSError, TrayUpdaterError):
@@ -329,10 +335,15 @@ class TrayApp:
 
     def _toggle_autostart(self) -> None:
         # Failures (AutostartError naming the file or registry value) become a notification.
-        if self._autostart_enabled():
-            self._autostart.disable()
-        else:
+        if self._autostart is None:
+            return
+        enable = not self._autostart_enabled()
+        if enable:
             self._autostart.enable()
+        else:
+            self._autostart.disable()
+        if self._login_choice is not None:
+            self._login_choice.record(enabled=enable, by="user")
 
     def _open_logs(self) -> None:
         self._logs_dir.mkdir(parents=True, exist_ok=True)
