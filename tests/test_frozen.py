@@ -414,6 +414,38 @@ def test_frozen_app_updates_its_child_then_replaces_itself(
     wait_for(lambda: not alive(new_pid) and not alive(child), 60, "quit to stop app and child")
 
 
+@linux_only
+@pytest.mark.slow
+def test_frozen_demo_serves_and_updates(frozen: dict[str, Path], tmp_path: Path) -> None:
+    """`trayupdater demo` from the executable: there is no Python to run the demo child
+    script with, so the executable serves the child itself (hidden `demo-child`)."""
+    port = free_port()
+    (tmp_path / "none.toml").write_text("")
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(frozen["0.1.0"]),
+                *("--config", str(tmp_path / "none.toml"), "--port", str(port)),
+                *("--data-dir", str(tmp_path / "demo")),
+                *("demo", "--headless", "--publish-after", "1", "--duration", "120"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: get_version(port) == "1.0.0", 90, "the frozen demo serving 1.0.0")
+        wait_for(lambda: get_version(port) == "1.1.0", 90, "the frozen demo updating to 1.1.0")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "published 1.1.0" in text, text[-3000:]
+
+
 # --- packaging files for the other OSes (cheap; no build) -----------------------------------------
 
 

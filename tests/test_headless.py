@@ -198,3 +198,39 @@ def test_demo_reuses_its_own_folder(tmp_path: Path) -> None:
     second = _demo_cli(tmp_path, data, "--duration", "2")
     assert second.returncode == 0, second.stdout + second.stderr
     assert not (data / "leftover").exists()  # a clean slate, in the demo's own folder
+
+
+def test_the_app_serves_a_frozen_form_demo_child_itself(tmp_path: Path, monkeypatch) -> None:
+    """A frozen build has no demo_server.py to copy: its demo archives hold only the
+    VERSION/BEHAVIOUR lines, and `trayupdater demo-child SCRIPT PORT` serves them."""
+    from support import served_version
+
+    import trayupdater.demo_server as demo_server
+
+    monkeypatch.setattr(demo_server, "__file__", str(tmp_path / "absent" / "demo_server.py"))
+    script = tmp_path / "simple-server"
+    script.write_text(demo_server.render_script("2.5.0"))
+    assert "import" not in script.read_text()  # the frozen form: data only
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trayupdater", "demo-child", str(script), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: served_version(port) == "2.5.0", what="the demo child serving")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    script.write_text("import os; os.system('touch pwned')\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "trayupdater", "demo-child", str(script), str(free_port())],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "not a demo child script" in bad.stderr
+    assert not (tmp_path / "pwned").exists()

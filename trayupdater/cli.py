@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=0, help="stop after this many seconds")
     p.add_argument("--publish-after", type=float, default=12.0, help="seconds until 1.1.0 appears")
 
+    # Hidden: how a frozen build runs the demo's child (it has no Python for the script).
+    p = sub.add_parser("demo-child")
+    p.add_argument("script", type=Path, help="the demo child script from a demo release")
+    p.add_argument("port", type=int, help="port to listen on (loopback)")
+
     p = sub.add_parser("status", help="what the running app is doing")
     p.add_argument("--json", action="store_true")
     for name, text in (
@@ -321,6 +326,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         demo.close()
 
 
+def cmd_demo_child(args: argparse.Namespace) -> int:
+    from trayupdater.demo_server import serve_script
+
+    try:
+        return serve_script(args.script, args.port)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise TrayUpdaterError(f"demo-child: {exc}") from None
+
+
 def _client(args: argparse.Namespace) -> ControlClient:
     config = config_from_args(args)
     client = ControlClient.find(config.data_dir)
@@ -378,6 +392,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "config": cmd_config,
     "run": cmd_run,
     "demo": cmd_demo,
+    "demo-child": cmd_demo_child,
     "status": cmd_status,
     "rollback": _command(Command.ROLLBACK),
     "resume": _command(Command.RESUME),

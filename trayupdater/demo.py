@@ -83,7 +83,10 @@ def publish_version(
 
 def demo_config(base: Config, feed_url: str, data_dir: Path) -> Config:
     command = base.command
-    if sys.platform == "win32":
+    if getattr(sys, "frozen", False):
+        # No Python to run the demo child script with: the app serves it itself.
+        command = (sys.executable, "demo-child", "{exe}", "{port}")
+    elif sys.platform == "win32":
         command = (sys.executable, "{exe}", "{port}")  # the demo child is a Python script
     return replace(
         base,
