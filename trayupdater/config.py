@@ -48,6 +48,7 @@ class Config:
     token: str | None = field(default=None, repr=False)  # never printed: repr=False
     channel: str = "stable"
     check_interval: float = 3600.0
+    first_retry: float = 30.0  # after a failed check; doubles up to check_interval
     asset_pattern: str | None = None
     # [child]
     command: tuple[str, ...] = ("{exe}", "{port}")
@@ -228,6 +229,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("token", "source", _opt_str),
     FieldSpec("channel", "source", _channel),
     FieldSpec("check_interval", "source", _number(1, 7 * 24 * 3600)),
+    FieldSpec("first_retry", "source", _number(1, 7 * 24 * 3600)),
     FieldSpec("asset_pattern", "source", _opt_pattern),
     FieldSpec("command", "child", _command),
     FieldSpec("exe_name", "child", _opt_str),

@@ -31,6 +31,7 @@ from trayupdater.config import Config
 from trayupdater.errors import ChildError, TrayUpdaterError
 from trayupdater.pipeline import ReleasePipeline
 from trayupdater.proxy import Backend, ReverseProxy
+from trayupdater.schedule import retry_delay
 from trayupdater.selfupdate import SelfUpdater
 from trayupdater.status import Command, Phase, Status
 from trayupdater.store import InstalledVersion, State, VersionStore, version_key
@@ -97,6 +98,7 @@ class Updater:
         self._next_check = 0.0 if check_on_start else time.monotonic() + self._interval()
         self._thread: threading.Thread | None = None
         self._downloaded: int | None = None  # bytes of the current download seen so far
+        self._check_failures = 0  # failed checks in a row: the retry back-off (schedule.py)
 
     # --- Controller API (any thread) ---
 
@@ -300,10 +302,16 @@ class Updater:
             outcome = "updated"
         except TrayUpdaterError as exc:
             self._fail(exc, previous_phase)
+            self._check_failures += 1
+            self._next_check = time.monotonic() + retry_delay(
+                self._check_failures, self.config.check_interval, self.config.first_retry
+            )
             if exc.reason == "rate_limited":
                 retry_at = getattr(exc, "retry_at", 0.0)
                 self._next_check = time.monotonic() + max(60.0, retry_at - time.time())
         finally:
+            if outcome != "error":
+                self._check_failures = 0
             self.events.check_done(outcome)
             self._save()
             if self.self_updater is not None:
