@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,13 @@ class Release:
     assets: tuple[Asset, ...] = field(default_factory=tuple)
     published_at: str = ""
     html_url: str = ""
+    notes: str = ""  # the release body (Markdown), at most MAX_NOTES characters
+
+    @property
+    def notes_headline(self) -> str:
+        """The first line of the notes that says something, as plain text (for a
+        notification): headings such as "## What's Changed" and list bullets are skipped."""
+        return notes_headline(self.notes)
 
     @property
     def version_text(self) -> str:
@@ -51,6 +59,33 @@ class Release:
 
     def asset(self, name: str) -> Asset | None:
         return next((a for a in self.assets if a.name == name), None)
+
+
+MAX_NOTES = 64 * 1024
+HEADLINE_LIMIT = 120
+
+
+def notes_headline(notes: str) -> str:
+    lines = [line.strip() for line in notes.splitlines() if line.strip()]
+    text = next((line for line in lines if not line.startswith("#")), lines[0] if lines else "")
+    text = re.sub(r"^(?:(?:#{1,6}|[*+-]|>)\s+)+", "", text)  # heading marks, bullets, quotes
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # [text](url) -> text
+    text = re.sub(r"[*_`]{1,3}([^*_`]+)[*_`]{1,3}", r"\1", text)  # emphasis, code
+    text = "".join(ch for ch in text if ch.isprintable())
+    return text if len(text) <= HEADLINE_LIMIT else text[: HEADLINE_LIMIT - 1] + "…"
+
+
+def _notes(value: Any) -> str:
+    # The body is the publisher's free text: anything but a string is ignored, and it is
+    # capped so a huge body cannot sit in memory (or in every status answer).
+    return value[:MAX_NOTES] if isinstance(value, str) else ""
+
+
+def _url(value: Any) -> str:
+    # Only a web page address is opened in the browser for "What's new".
+    if isinstance(value, str) and len(value) <= 2048 and re.match(r"https?://[^\s]+$", value):
+        return value
+    return ""
 
 
 def parse_version(tag: str) -> Version | None:
@@ -76,5 +111,6 @@ def release_from_github(data: Mapping[str, Any]) -> Release | None:
         prerelease=bool(data.get("prerelease")),
         assets=tuple(Asset.from_github(a) for a in data.get("assets") or ()),
         published_at=str(data.get("published_at") or ""),
-        html_url=str(data.get("html_url") or ""),
+        html_url=_url(data.get("html_url")),
+        notes=_notes(data.get("body")),
     )
