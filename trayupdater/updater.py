@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from trayupdater import preferences
 from trayupdater.children import Child, kill_stale
 from trayupdater.config import Config
 from trayupdater.errors import ChildError, TrayUpdaterError
@@ -110,12 +111,12 @@ class Updater:
         with self._lock:
             self._listeners.append(callback)
 
-    def send(self, command: Command) -> None:
-        self._queue.put(_Job(command))
+    def send(self, command: Command, payload: object = None) -> None:
+        self._queue.put(_Job(command, payload=payload))
 
-    def request(self, command: Command, timeout: float = 300.0) -> Status:
+    def request(self, command: Command, timeout: float = 300.0, payload: object = None) -> Status:
         """Queue a command and wait until the worker has handled it; the status after it."""
-        job = _Job(command)
+        job = _Job(command, payload=payload)
         self._queue.put(job)
         if not job.done.wait(timeout):
             raise TrayUpdaterError(f"{command.value} did not finish within {timeout:.0f} s")
@@ -189,6 +190,17 @@ class Updater:
             self._state.blocked = []
             self._save()
             self._publish(blocked=(), message="Updates resumed")
+        elif job.command in _PREFERENCES:
+            # Skip / allow / pause / unpause: the rules live in preferences.py.
+            try:
+                message = preferences.apply(self._state, Command(job.command), job.payload)
+            except TrayUpdaterError as exc:
+                self._publish(message=str(exc))
+                return
+            self._save()
+            self._publish(message=message)
+            if job.command in (Command.ALLOW, Command.UNPAUSE):
+                self._next_check = time.monotonic()  # what was held back may install now
         elif job.command == "child_exited":
             self._on_child_exit(job.payload)
         elif job.command == "self_update":
@@ -280,7 +292,12 @@ class Updater:
             self._state.last_check = time.time()
             self._state.latest_seen = plan.latest
             self._state.etag = self.pipeline.source.etag
-            self._publish(latest=plan.latest, last_check=self._state.last_check)
+            self._publish(
+                latest=plan.latest,
+                last_check=self._state.last_check,
+                release_url=(plan.release.html_url or None) if plan.release else None,
+                release_notes=plan.release.notes_headline if plan.release else "",
+            )
             if not plan.should_install:
                 outcome = "up_to_date" if plan.release else "no_release"
                 if plan.newer and plan.asset is None:
@@ -288,6 +305,12 @@ class Updater:
                 self._publish(
                     phase=self._resting_phase(previous_phase), message=_capital(plan.summary())
                 )
+                return
+            hold = preferences.hold_reason(self._state, plan.latest or "")
+            if hold:
+                outcome = "held"
+                self._publish_state()
+                self._publish(phase=self._resting_phase(previous_phase), message=hold)
                 return
             release, asset = self.pipeline.require_asset(plan)
             self._publish(
@@ -297,7 +320,7 @@ class Updater:
             )
             self._downloaded = None
             installed = self.pipeline.install(release, asset)
-            self._publish(progress=None)
+            self._publish(progress=None, download_done=None, download_total=None)
             self._update_to(installed)
             outcome = "updated"
         except TrayUpdaterError as exc:
@@ -335,7 +358,8 @@ class Updater:
         if not self.config.probation_seconds:
             self._probation_passed()
         self.events.updated(old_version, installed.version)
-        self._publish(phase=Phase.RUNNING, message=f"Updated to {installed.version}", error=None)
+        done = "Installed" if old_version is None else "Updated to"  # a first install is no update
+        self._publish(phase=Phase.RUNNING, message=f"{done} {installed.version}", error=None)
 
     def _swap_to(self, new_child: Child) -> None:
         """Point the proxy at ``new_child``, drain the old generation, stop the old child."""
@@ -574,7 +598,7 @@ class Updater:
             self.events.download_bytes(done - self._downloaded)
         self._downloaded = done
         if total:
-            self._publish(progress=min(1.0, done / total))
+            self._publish(progress=min(1.0, done / total), download_done=done, download_total=total)
 
     def _save(self) -> None:
         try:
@@ -596,6 +620,9 @@ class Updater:
             latest=self._state.latest_seen,
             last_check=self._state.last_check,
             rollback_reason=reason,
+            skipped=self._state.skipped,
+            paused=self._state.paused,
+            paused_until=self._state.paused_until,
         )
 
     def _publish(self, **changes: object) -> None:
@@ -614,6 +641,9 @@ class Updater:
     def _interval(self) -> float:
         # Jitter spreads many installs' polls so they do not hit GitHub in step.
         return self.config.check_interval * random.uniform(0.9, 1.1)  # noqa: S311
+
+
+_PREFERENCES = frozenset({Command.SKIP, Command.ALLOW, Command.PAUSE, Command.UNPAUSE})
 
 
 def _capital(text: str) -> str:
