@@ -40,6 +40,12 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 
+def default_logs_dir() -> Path:
+    """The OS log folder: ~/.local/state/trayupdater/log, ~/Library/Logs/trayupdater,
+    %LOCALAPPDATA%\\trayupdater\\Logs."""
+    return Path(platformdirs.user_log_dir(APP_NAME, appauthor=False))
+
+
 @dataclass(frozen=True)
 class Config:
     # [source]
@@ -62,6 +68,8 @@ class Config:
     port: int = 8080
     # [store]
     data_dir: Path = field(default_factory=default_data_dir)
+    # None: the OS log folder, or data_dir/logs for a data folder other than the default.
+    log_dir: Path | None = None
     keep_versions: int = 3
     max_download_bytes: int = 1024 * 1024 * 1024
     # [security]
@@ -82,7 +90,16 @@ class Config:
 
     @property
     def logs_dir(self) -> Path:
-        return self.data_dir / "logs"
+        """Where the app's and the children's logs go.
+
+        A data folder other than the default is a self-contained instance (a demo, a test,
+        a second app side by side): its logs stay with it rather than mix into one file.
+        """
+        if self.log_dir is not None:
+            return self.log_dir
+        if self.data_dir != default_data_dir():
+            return self.data_dir / "logs"
+        return default_logs_dir()
 
 
 # --- value parsers: each takes the raw value and returns the typed one or raises ValueError ---
@@ -240,6 +257,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("bind", "proxy", _bind),
     FieldSpec("port", "proxy", _integer(0, 65535)),
     FieldSpec("data_dir", "store", _path),
+    FieldSpec("log_dir", "store", _path),
     FieldSpec("keep_versions", "store", _integer(2, 100)),
     FieldSpec("max_download_bytes", "store", _integer(1024, 64 * 1024**3)),
     FieldSpec("require_checksum", "security", _bool),
@@ -331,6 +349,8 @@ def describe(config: Config) -> dict[str, Any]:
         value = getattr(config, f.name)
         if f.name == "token" and value:
             value = "***"
+        elif f.name == "log_dir":
+            value = str(config.logs_dir)
         elif isinstance(value, Path):
             value = str(value)
         elif isinstance(value, tuple):
