@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from xml.parsers.expat import ExpatError
@@ -52,6 +52,7 @@ class Autostart:
         winreg_module: Any = None,
         name: str = "trayupdater",
         icon: str | None = None,
+        icon_png: Callable[[], bytes] | None = None,
     ) -> None:
         command = list(command)
         if not command or not all(isinstance(arg, str) and arg for arg in command):
@@ -63,7 +64,9 @@ class Autostart:
         env = os.environ if env is None else env
         self._impl: _Backend
         if platform.startswith("linux") or "bsd" in platform:
-            self._impl = _XdgAutostart(command, app_id, home, env, name, icon or app_id)
+            self._impl = _XdgAutostart(
+                command, app_id, home, env, name, icon or app_id, icon_png=icon_png
+            )
         elif platform == "darwin":
             self._impl = _LaunchAgent(command, f"io.{app_id}.app", home)
         elif platform == "win32":
@@ -93,6 +96,26 @@ class Autostart:
     def location(self) -> str:
         """Where the setting lives (a file path or a registry value), for messages."""
         return self._impl.location()
+
+
+PRODUCT_NAME = "TrayUpdater"
+BUNDLE_ID = "io.github.trayupdater"  # build.spec's bundle_identifier
+
+
+def login_item(extra_args: Sequence[str] = ()) -> Autostart:
+    """The app's own start-at-login entry: this executable with the options it was started
+    with (``--config``, ``--data-dir``), the product name and an icon that resolves."""
+
+    def icon_png() -> bytes:
+        import io
+
+        from trayupdater.icons import app_icon
+
+        buffer = io.BytesIO()
+        app_icon(256).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    return Autostart([*launch_command(), *extra_args], name=PRODUCT_NAME, icon_png=icon_png)
 
 
 def launch_command() -> list[str]:
@@ -198,6 +221,8 @@ class _XdgAutostart:
         env: Mapping[str, str],
         name: str,
         icon: str,
+        *,
+        icon_png: Callable[[], bytes] | None = None,
     ) -> None:
         config_home = env.get("XDG_CONFIG_HOME", "")
         # The spec says a relative XDG_CONFIG_HOME is invalid and must be ignored.
@@ -206,6 +231,12 @@ class _XdgAutostart:
         self.command = command
         self.name = name
         self.icon = icon
+        self._icon_png = icon_png
+        data_home = env.get("XDG_DATA_HOME", "")
+        data = Path(data_home) if os.path.isabs(data_home) else home / ".local" / "share"
+        # The icon theme folder desktops look names up in; Icon= names the file itself,
+        # so it resolves without an icon cache update.
+        self.icon_path = data / "icons" / "hicolor" / "256x256" / "apps" / f"{app_id}.png"
 
     def location(self) -> str:
         return os.fspath(self.path)
@@ -223,6 +254,11 @@ class _XdgAutostart:
         return entry.get("X-GNOME-Autostart-enabled", "true").strip().lower() != "false"
 
     def enable(self) -> None:
+        icon = self.icon
+        if self._icon_png is not None:
+            if not self.icon_path.is_file():
+                _write_atomically(self.icon_path, self._icon_png())
+            icon = os.fspath(self.icon_path)
         text = "\n".join(
             [
                 "[Desktop Entry]",
@@ -230,7 +266,7 @@ class _XdgAutostart:
                 f"Name={_desktop_string(self.name)}",
                 "Comment=Keeps a server program running and up to date",
                 f"Exec={desktop_exec(self.command)}",
-                f"Icon={_desktop_string(self.icon)}",
+                f"Icon={_desktop_string(icon)}",
                 "Terminal=false",
                 "X-GNOME-Autostart-enabled=true",
                 "",
@@ -294,6 +330,8 @@ class _LaunchAgent:
             # A GUI app: no background throttling, and only in the user's graphical session.
             "ProcessType": "Interactive",
             "LimitLoadToSessionType": "Aqua",
+            # Login Items settings show the app's name and icon instead of a bare path.
+            "AssociatedBundleIdentifiers": [BUNDLE_ID],
         }
         _write_atomically(self.path, plistlib.dumps(agent, fmt=plistlib.FMT_XML))
 
