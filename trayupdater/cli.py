@@ -437,13 +437,9 @@ def _run_tray(
                 enable_on_first_run(autostart, choice, legacy_marker=legacy)
             except (OSError, TrayUpdaterError) as exc:
                 log.warning("could not turn on start at login: %s", exc)
-    tray = TrayApp(
-        app.updater,
-        autostart=autostart,
-        login_choice=choice,
-        logs_dir=app.config.logs_dir,
-        config_path=config_path,
-    )
+    # Started before the icon exists: a failure shows the error tray instead, never two
+    # icons (GTK shows a status icon as soon as it is created). Nothing is missed: the
+    # tray announces what the status already says when it appears (an install, an error).
     try:
         app.start()
     except AlreadyRunningError:
@@ -452,6 +448,17 @@ def _run_tray(
         return _start_failed(
             exc, config=app.config, config_path=config_path, logs_dir=app.config.logs_dir
         )
+    try:
+        tray = TrayApp(
+            app.updater,
+            autostart=autostart,
+            login_choice=choice,
+            logs_dir=app.config.logs_dir,
+            config_path=config_path,
+        )
+    except BaseException:
+        app.stop()
+        raise
     app.on_activate.append(tray.say_already_running)
 
     # Quit from anywhere (menu, `trayupdater quit`, logout) ends the worker; the icon follows.

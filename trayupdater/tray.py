@@ -478,11 +478,12 @@ def _app_icon_file() -> Path | None:
 
     from trayupdater.icons import app_icon
 
-    path = Path(platformdirs.user_cache_dir("trayupdater", appauthor=False)) / "trayupdater.png"
+    cache = Path(platformdirs.user_cache_dir("trayupdater", appauthor=False))
+    path = cache / "notification-64.png"  # small: the text needs the room
     try:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            app_icon(128).save(path)
+            app_icon(64).save(path)
     except OSError:
         return None
     return path

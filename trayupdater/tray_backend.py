@@ -74,8 +74,9 @@ def _gtk_icon(base: type[pystray.Icon]) -> type[pystray.Icon]:
 
         @mainloop
         def _update_menu(self) -> None:
-            shown = self._menu_handle
+            shown = getattr(self, "_menu_handle", None)  # None before the first build
             if shown is not None and shown.get_visible() and refresh_in_place(shown, self.menu):
+                shown.reposition()  # a longer label widens it: keep it on the screen
                 return
             self._menu_handle = self._create_menu(self.menu)
 
