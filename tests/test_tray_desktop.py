@@ -440,6 +440,7 @@ def test_menu_items_fire_in_the_real_tray(desktop: Desktop, tmp_path: Path, back
     )
     for button in ("Open", "Roll back", "What's new"):
         assert desktop.notified(button), button
+    assert desktop.notified("TrayUpdater")  # the Notify call's app_name
     desktop.screenshot(f"tray-{backend}-notification-updated")
 
     desktop.open_menu(icon)

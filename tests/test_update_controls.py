@@ -79,6 +79,9 @@ def test_the_running_app_skips_pauses_and_allows(feed: ReleaseFeed, tmp_path: Pa
     inst.start()
     try:
         wait_for(lambda: inst.version() == "1.0.0", what="1.0.0 served")
+        # An explicit data folder keeps its logs, the app's and the child's, with it.
+        assert (inst.data / "logs" / "trayupdater.log").is_file()
+        assert (inst.data / "logs" / "child-1.0.0.log").is_file()
         publish_version(feed, "1.1.0", notes="## Changes\n* Faster")
         assert inst.cli("pause").returncode == 0
         out = inst.cli("check")
