@@ -1,8 +1,10 @@
 """Benchmark the app as a whole: failed requests across update/rollback cycles, time from
 "release visible" to "traffic on the new version" (minus the child's own start-up), and the
-idle CPU and memory of a running app. Prints a table; not a test.
+idle CPU and memory of a running app; then every way a child can die (``--phases``):
+failed requests per phase, the time from a child's exit to traffic on the warm previous
+version, and the longest a request waited. Prints tables; not a test.
 
-    python bench/bench_updates.py [--cycles 20] [--clients 8] [--idle-seconds 10]
+    python bench/bench_updates.py [--cycles 20] [--clients 8] [--idle-seconds 10] [--phases]
 
 The app runs as a real headless process against a real local release feed; the load comes
 from keep-alive client threads in this process (or wrk when installed, for the cycles).
@@ -34,14 +36,11 @@ from trayupdater.feed import ReleaseFeed
 from trayupdater.status import Command
 
 
-def start_app(feed: ReleaseFeed, data: Path, port: int) -> subprocess.Popen[bytes]:
-    app = Instance(
-        feed,
-        data,
-        port,
-        TRAYUPDATER_PROBATION_SECONDS="0",
-        TRAYUPDATER_KEEP_VERSIONS="100",
-    )
+def start_app(
+    feed: ReleaseFeed, data: Path, port: int, **env: str
+) -> subprocess.Popen[bytes]:
+    settings = {"TRAYUPDATER_PROBATION_SECONDS": "0", "TRAYUPDATER_KEEP_VERSIONS": "100"}
+    app = Instance(feed, data, port, **{**settings, **env})
     return app.start()
 
 
@@ -71,14 +70,14 @@ class RunningApp:
 
 
 @contextlib.contextmanager
-def running_app() -> Iterator[RunningApp]:
+def running_app(**env: str) -> Iterator[RunningApp]:
     """A headless app serving 1.0.0 from a fresh feed and data folder; stopped afterwards."""
     work = Path(tempfile.mkdtemp(prefix="bench-updates-"))
     port = free_port()
     try:
         with ReleaseFeed() as feed:
             publish_version(feed, "1.0.0")
-            proc = start_app(feed, work / "data", port)
+            proc = start_app(feed, work / "data", port, **env)
             try:
                 yield RunningApp(feed, proc, port, work / "data", wait_client(work / "data"))
             finally:
@@ -116,6 +115,126 @@ def bench_cycles(cycles: int, clients: int) -> dict[str, object]:
     }
 
 
+# --- every way a child can die ------------------------------------------------------------
+
+
+def _state(app: RunningApp) -> dict[str, object]:
+    import json
+
+    return json.loads((app.data / "state.json").read_text())
+
+
+def _wait(predicate: object, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _blocked(app: RunningApp, version: str) -> bool:
+    return version in (_state(app).get("blocked") or [])
+
+
+def _restarted(app: RunningApp, pid: object) -> bool:
+    return _state(app).get("child_pid") not in (None, pid)
+
+
+def _phase_bad_release(behaviour: dict[str, object], **env: str) -> PhaseResult:
+    with running_app(**env) as app, Load(("127.0.0.1", app.port), 8) as load:
+        publish_version(app.feed, "1.1.0", behaviour=behaviour)
+        app.client.command(Command.CHECK)
+        _wait(lambda: _blocked(app, "1.1.0"))
+        time.sleep(0.5)
+    return PhaseResult(load)
+
+
+def _phase_kill_in_probation() -> PhaseResult:
+    env = {"TRAYUPDATER_PROBATION_SECONDS": "60", "TRAYUPDATER_MIN_READY_SECONDS": "0.5"}
+    with running_app(**env) as app, Load(("127.0.0.1", app.port), 8) as load:
+        publish_version(app.feed, "1.1.0")
+        app.client.command(Command.CHECK)
+        _wait(lambda: "1.1.0" in load.seen)
+        time.sleep(0.5)
+        killed = time.monotonic()
+        os.kill(int(_state(app)["child_pid"]), signal.SIGKILL)  # type: ignore[arg-type]
+        _wait(lambda: load.first_after(killed, "1.0.0") is not None)
+        back = load.first_after(killed, "1.0.0")
+        _wait(lambda: _blocked(app, "1.1.0"))
+        time.sleep(0.5)
+    return PhaseResult(load, fallback_ms=(back - killed) * 1000 if back else None)
+
+
+def _phase_kill_active(times: int) -> PhaseResult:
+    with (
+        running_app(TRAYUPDATER_PROBATION_SECONDS="0") as app,
+        Load(("127.0.0.1", app.port), 8) as load,
+    ):
+        time.sleep(0.5)
+        for _ in range(times):
+            pid = _state(app)["child_pid"]
+            os.kill(int(pid), signal.SIGKILL)  # type: ignore[arg-type]
+            _wait(lambda pid=pid: _restarted(app, pid))
+        _wait(lambda: app.client.status().get("phase") == "running")
+        time.sleep(0.5)
+    return PhaseResult(load)
+
+
+@dataclass
+class PhaseResult:
+    load: Load
+    fallback_ms: float | None = None
+
+
+PHASES: list[tuple[str, object]] = [
+    ("crash during the soak (dies 1 s after start)",
+     lambda: _phase_bad_release(
+         {"CRASH_AFTER_SECONDS": 1.0},
+         TRAYUPDATER_PROBATION_SECONDS="30",
+         TRAYUPDATER_MIN_READY_SECONDS="5",  # the default
+     )),
+    ("crash during probation (dies 2 s after start)",
+     lambda: _phase_bad_release(
+         {"CRASH_AFTER_SECONDS": 2.0},
+         TRAYUPDATER_PROBATION_SECONDS="30",
+         TRAYUPDATER_MIN_READY_SECONDS="0.5",
+     )),
+    ("SIGKILL of the new version on probation", _phase_kill_in_probation),
+    ("wrong version", lambda: _phase_bad_release(
+        {"WRONG_VERSION": "9.9.9"},
+        TRAYUPDATER_HEALTH_TIMEOUT="3",
+        TRAYUPDATER_PROBATION_SECONDS="30",
+    )),
+    ("crash at start", lambda: _phase_bad_release(
+        {"CRASH_AT_START": True}, TRAYUPDATER_PROBATION_SECONDS="30")),
+    ("SIGKILL of the active child (outside probation)", lambda: _phase_kill_active(1)),
+    ("SIGKILL again during the back-off (3 kills)", lambda: _phase_kill_active(3)),
+    ("crash loop after probation (dies every 1.5 s)",
+     lambda: _phase_bad_release(
+         {"CRASH_AFTER_SECONDS": 1.5},
+         TRAYUPDATER_PROBATION_SECONDS="0.5",
+         TRAYUPDATER_MIN_READY_SECONDS="0.3",
+     )),
+]  # fmt: skip
+
+
+def bench_phases() -> None:
+    rows = []
+    for name, run in PHASES:
+        result = run()  # type: ignore[operator]
+        load = result.load
+        fallback = f"{result.fallback_ms:.1f}" if result.fallback_ms is not None else "-"
+        rows.append((name, load.count, len(load.failures), fallback, load.slowest * 1000))
+        if load.failures:
+            print(f"  {name}: first failures {load.failures[:3]}")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'phase':<{width}}  {'requests':>8}  {'failed':>6}  {'exit->fallback ms':>17}"
+          f"  {'longest request ms':>18}")  # fmt: skip
+    for name, count, failed, fallback, slowest in rows:
+        print(f"{name:<{width}}  {count:>8}  {failed:>6}  {fallback:>17}  {slowest:>18.0f}")
+
+
 def bench_idle(seconds: float) -> dict[str, float]:
     with running_app() as app:
         time.sleep(1.0)  # let start-up work finish
@@ -147,7 +266,11 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--phases", action="store_true", help="only the failure phases")
     args = parser.parse_args()
+    if args.phases:
+        bench_phases()
+        return
 
     cycles = bench_cycles(args.cycles, args.clients)
     idle = bench_idle(args.idle_seconds)

@@ -13,6 +13,7 @@ Fault switches (plain attributes; set them between requests):
 - ``chunked``: no Content-Length; chunked transfer encoding.
 - ``no_length``: no Content-Length; the body ends when the connection closes.
 - ``redirects``: path -> absolute URL answered with 302.
+- ``drip``: (bytes, seconds): send the body that many bytes at a time with a pause between.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Faults:
     chunked: bool = False
     no_length: bool = False
     redirects: dict[str, str] = field(default_factory=dict)
+    drip: tuple[int, float] | None = None
 
 
 class FileServer:
@@ -163,8 +165,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
 
     def _write_body(self, hit: Hit, body: bytes, chunked: bool) -> None:
-        for pos in range(0, len(body), 16 * 1024):
-            piece = body[pos : pos + 16 * 1024]
+        step, pause = self.owner.faults.drip or (16 * 1024, 0.0)
+        for pos in range(0, len(body), step):
+            if pause and pos and self.owner.released.wait(pause):
+                return  # the server is closing: stop dripping
+            piece = body[pos : pos + step]
             self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" if chunked else piece)
             hit.body_sent += len(piece)
         self.wfile.flush()

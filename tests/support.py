@@ -62,12 +62,19 @@ class Load:
         self.failures: list[str] = []
         self.seen: dict[str, int] = {}  # version -> answers
         self.first_seen: dict[str, float] = {}  # version -> time.monotonic() of first answer
+        self.slowest = 0.0  # seconds: the longest a request took (a held one, say)
+        self.timeline: list[tuple[float, str]] = []  # (answered at, version), in order
         self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
     @property
     def count(self) -> int:
         return sum(self.seen.values()) + len(self.failures)
+
+    def first_after(self, since: float, version: str) -> float | None:
+        """When ``version`` first answered after ``since`` (time.monotonic()), if it did."""
+        with self._lock:
+            return next((t for t, v in self.timeline if t >= since and v == version), None)
 
     def __enter__(self) -> Load:
         for thread in self.threads:
@@ -82,6 +89,7 @@ class Load:
     def _run(self) -> None:
         conn = http.client.HTTPConnection(*self.address, timeout=10)
         while not self.stop.is_set():
+            asked = time.monotonic()
             try:
                 conn.request("GET", "/version")
                 response = conn.getresponse()
@@ -95,9 +103,11 @@ class Load:
                 conn = http.client.HTTPConnection(*self.address, timeout=10)
             now = time.monotonic()
             with self._lock:
+                self.slowest = max(self.slowest, now - asked)
                 if ok:
                     self.seen[body] = self.seen.get(body, 0) + 1
                     self.first_seen.setdefault(body, now)
+                    self.timeline.append((now, body))
                 else:
                     self.failures.append(body)
         conn.close()
@@ -127,6 +137,7 @@ class Instance:
         self.env = {
             **os.environ,
             "TRAYUPDATER_PROBATION_SECONDS": "1",
+            "TRAYUPDATER_MIN_READY_SECONDS": "0.3",
             "TRAYUPDATER_CHECK_INTERVAL": "3600",
             **env,
         }

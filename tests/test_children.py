@@ -301,7 +301,7 @@ def test_wrong_version_says_what_it_answered(make_exe, spawn) -> None:
     assert child.is_alive()  # wait_healthy does not stop it: the caller decides
 
 
-def test_crash_at_start_fails_fast_with_the_log_tail(make_exe, spawn) -> None:
+def test_crash_at_start_fails_fast_with_the_log_tail_apart(make_exe, spawn) -> None:
     child = spawn(make_exe("1.3.0", CRASH_AT_START=True))
     child.start()
     started = time.monotonic()
@@ -311,8 +311,13 @@ def test_crash_at_start_fails_fast_with_the_log_tail(make_exe, spawn) -> None:
     assert took < 10, f"noticed the crash only after {took:.1f} s"
     message = str(info.value)
     assert "exited with code 3 before it became healthy" in message
-    assert "crashing at start as configured" in message
-    assert "--- started" in message
+    assert "\n" not in message  # one sentence for the status line; the log tail is apart
+    assert "crashing at start as configured" in info.value.details
+    logged = info.value.for_log().splitlines()
+    assert logged[0] == message
+    # The child's own words are indented below the message, never glued to it.
+    assert any(line.startswith("    | ") and "crashing at start" in line for line in logged)
+    assert any(line.startswith("    | --- started") for line in logged)
     assert child.returncode == 3
 
 
@@ -336,7 +341,7 @@ def test_exec_failures_raise_child_error_with_the_log(tmp_path, make_exe, spawn)
     child = spawn(not_executable)
     with pytest.raises(ChildError, match="Permission denied") as info:
         child.start()
-    assert "--- could not start" in str(info.value)  # the log tail is in the message
+    assert "--- could not start" in info.value.details  # the log tail, apart from the message
 
 
 def test_starting_a_running_child_again_is_refused(make_exe, spawn) -> None:

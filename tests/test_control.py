@@ -127,3 +127,59 @@ def test_a_second_launch_reaches_the_running_apps_activate_hook(app: App) -> Non
     assert client is not None
     client.activate()
     assert seen == ["activated"]
+
+
+def _raw(port: int, request: bytes) -> tuple[int, bytes]:
+    """Send one raw request; (status, body). Host and Origin are exactly what we write."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "expected"),
+    [
+        ("evil.example", None, 421),  # DNS rebinding: a page of evil.example on 127.0.0.1
+        ("evil.example:{port}", None, 421),
+        ("127.0.0.1.evil.example", None, 421),
+        (None, None, 421),  # no Host at all
+        ("127.0.0.1:{port}", "http://evil.example", 403),  # a page elsewhere, fetch()ing us
+        ("localhost:{port}", "null", 403),
+        ("127.0.0.1:{port}", None, 200),
+        ("localhost:{port}", "http://localhost:3000", 200),
+        ("[::1]:{port}", None, 200),
+    ],
+)
+def test_metrics_and_control_answer_only_loopback_names(
+    app: App, host: str | None, origin: str | None, expected: int
+) -> None:
+    port = app.control.port
+    lines = ["GET /metrics HTTP/1.1"]
+    if host is not None:
+        lines.append("Host: " + host.format(port=port))
+    if origin is not None:
+        lines.append(f"Origin: {origin}")
+    lines.append("Connection: close")
+    status, body = _raw(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
+    assert status == expected
+    if expected != 200:
+        assert body == b""  # nothing for a foreign page to read
+    else:
+        assert b"trayupdater_checks" in body
+
+
+def test_commands_refuse_foreign_hosts_even_with_the_token(app: App) -> None:
+    info = json.loads((app.config.data_dir / CONTROL_FILE).read_text())
+    request = (
+        f"POST /rollback HTTP/1.1\r\nHost: evil.example\r\n"
+        f"Authorization: Bearer {info['token']}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ).encode()
+    status, body = _raw(info["port"], request)
+    assert (status, body) == (421, b"")
+    assert app.updater.status().active == "1.0.0"  # nothing was rolled back

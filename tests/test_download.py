@@ -15,7 +15,6 @@ from httpfiles import FileServer
 
 from trayupdater.download import (
     DownloadResult,
-    _refuse_downgrade,
     download,
     part_path,
     redact_url,
@@ -360,16 +359,6 @@ def test_cross_host_redirect_carries_range_for_resume(session, tmp_path):
 
 def test_redact_url_drops_credentials_and_query():
     assert redact_url("https://u:p@example.test:8443/a/b?x=1#f") == "https://example.test:8443/a/b"
-
-
-def test_https_to_http_redirect_is_refused():
-    # No TLS server here: the check itself, on a real Response whose final URL is plain HTTP.
-    answer = requests.Response()
-    answer.url = "http://storage.example.test/blob"
-    with pytest.raises(DownloadError, match="plain HTTP"):
-        _refuse_downgrade("https://api.example.test/asset", answer)
-    answer.url = "https://storage.example.test/blob"
-    _refuse_downgrade("https://api.example.test/asset", answer)
 
 
 @pytest.mark.parametrize(

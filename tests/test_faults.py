@@ -191,3 +191,42 @@ def test_probation_survives_a_restart(feed: ReleaseFeed, instance: Instance) -> 
     assert state.active == "1.0.0" and state.probation_until is None
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+def _immutable(folder: Path, on: bool) -> bool:
+    """chattr +i: nothing can be created in ``folder``, not even by root (chmod cannot do
+    that for root, and a read-only remount is refused while the app holds files open)."""
+    flag = "+i" if on else "-i"
+    try:
+        return subprocess.run(["chattr", flag, str(folder)], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def test_data_folder_turning_unwritable_is_a_clear_error_and_serving_goes_on(
+    feed: ReleaseFeed, tmp_path: Path
+) -> None:
+    """A running app whose data folder can no longer be written says so in one sentence
+    naming the folder, and keeps serving; before, `check` reported "[Errno 30]" through the
+    internal-error path."""
+    inst = Instance(feed, tmp_path / "data", free_port())
+    locked = [inst.data, inst.data / "downloads"]
+    try:
+        publish_version(feed, "1.0.0")
+        inst.start()
+        wait_for(lambda: inst.version() == "1.0.0", what="serving 1.0.0")
+        if not all(_immutable(folder, True) for folder in locked):
+            pytest.skip("chattr +i is not available here")
+        publish_version(feed, "1.1.0")
+        result = inst.cli("check")
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert "Internal error" not in output and "Errno" not in output
+        assert "Operation not permitted" in output and str(inst.data) in output
+        assert inst.version() == "1.0.0"
+        status = inst.cli("status")
+        assert "cannot" in status.stdout and str(inst.data) in status.stdout
+    finally:
+        for folder in locked:
+            _immutable(folder, False)
+        inst.kill()

@@ -10,7 +10,7 @@ import pytest
 
 from trayupdater.errors import RateLimitedError, SourceError
 from trayupdater.feed import ReleaseFeed
-from trayupdater.releases import GitHubSource
+from trayupdater.sources.github import GitHubSource
 
 REPO = "acme/server"
 
@@ -156,7 +156,7 @@ def test_verbatim_github_bodies(
 
 
 def test_release_notes_and_page_are_read_with_type_checks():
-    from trayupdater.release_model import MAX_NOTES, release_from_github
+    from trayupdater.sources.github_json import MAX_NOTES, release_from_github
 
     base = {"tag_name": "v1.2.0", "assets": []}
     release = release_from_github(
@@ -168,12 +168,13 @@ def test_release_notes_and_page_are_read_with_type_checks():
     )
     assert release is not None
     assert release.notes_headline == "Faster start by @a"
-    assert release.html_url == "https://github.com/o/r/releases/tag/v1.2.0"
+    assert release.page == "https://github.com/o/r/releases/tag/v1.2.0"
     for hostile in ({"body": 12345}, {"body": ["x"]}, {"body": None}):
         assert release_from_github({**base, **hostile}).notes == ""
     huge = release_from_github({**base, "body": "x" * (MAX_NOTES * 4)})
     assert len(huge.notes) == MAX_NOTES
-    for bad_url in ("javascript:alert(1)", "file:///etc/passwd", 42, "https://a b"):
-        assert release_from_github({**base, "html_url": bad_url}).html_url == ""
+    # Only a web page is ever handed to the desktop's opener for "What's new".
+    for bad_url in ("javascript:alert(1)", "file:///etc/passwd", "https://a b", ""):
+        assert release_from_github({**base, "html_url": bad_url}).page is None
     control = release_from_github({**base, "body": "\x1b[31mred\x07 text"})
     assert control.notes_headline == "[31mred text"  # no terminal/markup control characters

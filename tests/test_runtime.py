@@ -26,6 +26,7 @@ def make_config(feed: ReleaseFeed, data: Path, **changes: object) -> Config:
         data_dir=data,
         check_interval=3600,
         probation_seconds=1.0,
+        min_ready_seconds=0.3,  # the readiness soak has tests of its own
         health_timeout=15,
     )
     return replace(base, **changes)  # type: ignore[arg-type]

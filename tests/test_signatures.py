@@ -19,8 +19,8 @@ from trayupdater.demo import DEMO_REPO, child_archive
 from trayupdater.errors import VerificationError
 from trayupdater.feed import ReleaseFeed
 from trayupdater.release_model import Asset, Release
-from trayupdater.releases import GitHubSource
 from trayupdater.signatures import PublicKey, Signature, verify_minisign, verify_release_asset
+from trayupdater.sources.github import GitHubSource
 from trayupdater.store import VersionStore
 
 DATA = b"#!/bin/sh\necho hello\n" * 100

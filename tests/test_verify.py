@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from trayupdater.errors import SourceError, VerificationError
-from trayupdater.release_model import Asset, Release, parse_version, release_from_github
+from trayupdater.release_model import Asset, Release, parse_version
+from trayupdater.sources.github_json import release_from_github
 from trayupdater.verify import (
     ExpectedDigest,
     check_digest,

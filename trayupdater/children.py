@@ -300,14 +300,58 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
+# Variables that hold a token under a name someone may use (the app reads GITHUB_TOKEN).
+SECRET_VARIABLES = frozenset(
+    {"GITHUB_TOKEN", "GH_TOKEN", "GH_ENTERPRISE_TOKEN", "GITHUB_ENTERPRISE_TOKEN"}
+)
+
+
+def child_environment(
+    base: Mapping[str, str], extra: Mapping[str, str], secrets: Sequence[str] = ()
+) -> dict[str, str]:
+    """What a child gets: ``base`` without secrets, plus ``extra`` (also without secrets).
+
+    Removed: GITHUB_TOKEN, GH_TOKEN and the Enterprise names, every ``TRAYUPDATER_*``
+    variable (the app's configuration, the self-update handover token) and any variable
+    whose value contains one of ``secrets``. A child is a program we download: it must
+    never see the token, under any name.
+    """
+    secret_values = [s for s in secrets if s]
+
+    def leaks(name: str, value: str) -> bool:
+        return (
+            name.upper() in SECRET_VARIABLES
+            or name.upper().startswith("TRAYUPDATER_")
+            or any(secret in value for secret in secret_values)
+        )
+
+    env = {k: v for k, v in base.items() if not leaks(k, v)}
+    if getattr(sys, "frozen", False) and not _WINDOWS:
+        # PyInstaller's bootloader points LD_LIBRARY_PATH at the app's bundled libraries
+        # and keeps the user's value in *_ORIG; the child must get the user's.
+        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+        if original is None:
+            env.pop("LD_LIBRARY_PATH", None)
+        else:
+            env["LD_LIBRARY_PATH"] = original
+    for name, value in extra.items():
+        if any(secret in value for secret in secret_values):
+            logger.warning("[child] env %s holds the token; not passed to the child", name)
+            continue
+        env[name] = value
+    return env
+
+
 # --- one child ---------------------------------------------------------------------------------
 
 
 class Child:
     """One version of the server program, on one port.
 
-    ``command`` is the argv template (placeholders ``{exe} {port} {version} {host}``); ``env``
-    adds variables to the app's environment. ``stop_signal`` (POSIX) is SIGTERM unless given:
+    ``command`` is the argv template (placeholders ``{exe} {port} {version} {host}``). The
+    child's environment is the app's minus every secret (see :func:`child_environment`),
+    plus ``env``. ``secrets``: values (the configured token) no variable may carry.
+    ``stop_signal`` (POSIX) is SIGTERM unless given:
     note that jischr/simple-server shuts down gracefully on SIGINT only and simply dies on
     SIGTERM, which is harmless once the proxy has drained it.
     """
@@ -321,6 +365,7 @@ class Child:
         port: int | None = None,
         log_path: Path,
         env: Mapping[str, str] | None = None,
+        secrets: Sequence[str] = (),
         cwd: Path | None = None,
         host: str = "127.0.0.1",
         stop_signal: int | None = None,
@@ -335,6 +380,7 @@ class Child:
         render_command(self.command, exe=self.exe, port=self.port, version=version, host=host)
         self.log_path = Path(log_path)
         self._env = dict(env) if env is not None else None
+        self._secrets = tuple(secrets)
         self._cwd = cwd
         self._stop_signal = int(stop_signal if stop_signal is not None else signal.SIGTERM)
 
@@ -404,7 +450,8 @@ class Child:
                 log.flush()
                 raise ChildError(
                     f"could not start {self.name} ({self.exe}): "
-                    f"{getattr(exc, 'strerror', None) or exc}\n{self.log_tail()}"
+                    f"{getattr(exc, 'strerror', None) or exc}",
+                    details=self.log_tail(),
                 ) from exc
             if not _POSIX:  # no preexec_fn there: the header follows the fork instead
                 log.write(f"{header.format(pid=proc.pid)}\n".encode())
@@ -434,18 +481,7 @@ class Child:
         )
 
     def _child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if getattr(sys, "frozen", False) and not _WINDOWS:
-            # PyInstaller's bootloader points LD_LIBRARY_PATH at the app's bundled libraries
-            # and keeps the user's value in *_ORIG; the child must get the user's.
-            original = env.pop("LD_LIBRARY_PATH_ORIG", None)
-            if original is None:
-                env.pop("LD_LIBRARY_PATH", None)
-            else:
-                env["LD_LIBRARY_PATH"] = original
-        if self._env:
-            env.update(self._env)
-        return env
+        return child_environment(os.environ, self._env or {}, self._secrets)
 
     def _adopt(self, pid: int) -> None:
         """Take over a process a previous run of the app started (see adopt())."""
@@ -485,7 +521,7 @@ class Child:
         last = "never answered"
         while True:
             if self.wait_exit(0):
-                raise ChildError(self._exit_message("before it became healthy"))
+                raise self.exit_error("before it became healthy")
             remaining = deadline - time.monotonic()
             try:
                 status, body = _http_get(self.host, self.port, path, max(0.1, min(2.0, remaining)))
@@ -504,12 +540,14 @@ class Child:
                     f"GET {path} {last}, {expected}"
                 )
             if self.wait_exit(min(interval, remaining)):  # wakes at once if it dies
-                raise ChildError(self._exit_message("before it became healthy"))
+                raise self.exit_error("before it became healthy")
 
-    def _exit_message(self, when: str) -> str:
-        return (
-            f"{self.name} (pid {self._pid}, port {self.port}) {describe_exit(self._returncode)} "
-            f"{when}; its log ends with:\n{self.log_tail()}"
+    def exit_error(self, when: str) -> ChildError:
+        """The error for an exit ``when`` (say "before it became healthy"); the pid, port
+        and the end of the child's log go to the details."""
+        return ChildError(
+            f"{self.name} {describe_exit(self._returncode)} {when}",
+            details=f"pid {self._pid}, port {self.port}; its log ends with:\n{self.log_tail()}",
         )
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:

@@ -62,16 +62,25 @@ class Config:
     health_path: str = "/version"
     health_expect: str | None = None  # None: the release's version
     health_timeout: float = 30.0
+    min_ready_seconds: float = 5.0  # healthy this long after the first good answer: traffic
     probation_seconds: float = 30.0
+    crash_loop_exits: int = 3  # this many exits within crash_loop_seconds: roll back
+    crash_loop_seconds: float = 600.0
+    env: tuple[tuple[str, str], ...] = ()  # extra variables for the child, on purpose
     # [proxy]
     bind: str = "127.0.0.1"
     port: int = 8080
+    hold_seconds: float = 10.0  # requests wait this long for a restarting child, then 503
     # [store]
     data_dir: Path = field(default_factory=default_data_dir)
     # None: the OS log folder, or data_dir/logs for a data folder other than the default.
     log_dir: Path | None = None
     keep_versions: int = 3
     max_download_bytes: int = 1024 * 1024 * 1024
+    max_extract_bytes: int | None = None  # None: derived from the archive (extract_limit)
+    download_timeout: float = 3600.0  # a whole download, resumes included
+    download_min_rate: float = 1024.0  # bytes/s over download_rate_window, else it is cut
+    download_rate_window: float = 30.0
     # [security]
     require_checksum: bool = True
     public_key: str | None = None  # minisign public key (base64 line); required signatures
@@ -83,6 +92,15 @@ class Config:
     @property
     def repo_name(self) -> str:
         return self.repo.split("/", 1)[1]
+
+    def extract_limit(self, archive_size: int) -> int:
+        """Bytes an archive of ``archive_size`` may unpack to; past this it is a bomb and
+        refused at once. Default: 64 times the archive (programs compress 2-5 times; bombs
+        a thousandfold), at least 256 MiB, at most 4 times max_download_bytes."""
+        if self.max_extract_bytes:
+            return self.max_extract_bytes
+        derived = max(256 * 1024**2, 64 * archive_size)
+        return min(derived, 4 * self.max_download_bytes)
 
     @property
     def versions_dir(self) -> Path:
@@ -200,6 +218,38 @@ def _command(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, str):  # from the environment or --set: a JSON object
+        import json
+
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise ValueError('expected a JSON object such as {"LOG_LEVEL": "info"}') from None
+    if not isinstance(value, dict):
+        raise ValueError('expected a table such as {LOG_LEVEL = "info"}')
+    out = []
+    for name, text in value.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+        if not isinstance(text, str) or "\0" in text:
+            raise ValueError(f"the value of {name} must be a string without NUL")
+        out.append((name, text))
+    return tuple(sorted(out))
+
+
+def _opt_integer(minimum: int, maximum: int) -> Callable[[Any], int | None]:
+    parse = _integer(minimum, maximum)
+
+    def opt(value: Any) -> int | None:
+        return None if value is None or value == "" else parse(value)
+
+    return opt
+
+
 def _health_path(value: Any) -> str:
     text = _str(value).strip()
     if not text.startswith("/"):
@@ -253,13 +303,22 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("health_path", "child", _health_path),
     FieldSpec("health_expect", "child", _opt_str),
     FieldSpec("health_timeout", "child", _number(0.5, 3600)),
+    FieldSpec("min_ready_seconds", "child", _number(0, 3600)),
     FieldSpec("probation_seconds", "child", _number(0, 24 * 3600)),
+    FieldSpec("crash_loop_exits", "child", _integer(2, 1000)),
+    FieldSpec("crash_loop_seconds", "child", _number(1, 7 * 24 * 3600)),
+    FieldSpec("env", "child", _env),
     FieldSpec("bind", "proxy", _bind),
     FieldSpec("port", "proxy", _integer(0, 65535)),
+    FieldSpec("hold_seconds", "proxy", _number(0, 600)),
     FieldSpec("data_dir", "store", _path),
     FieldSpec("log_dir", "store", _path),
     FieldSpec("keep_versions", "store", _integer(2, 100)),
     FieldSpec("max_download_bytes", "store", _integer(1024, 64 * 1024**3)),
+    FieldSpec("max_extract_bytes", "store", _opt_integer(1024, 256 * 1024**3)),
+    FieldSpec("download_timeout", "store", _number(1, 7 * 24 * 3600)),
+    FieldSpec("download_min_rate", "store", _number(0, 1024**3)),
+    FieldSpec("download_rate_window", "store", _number(1, 3600)),
     FieldSpec("require_checksum", "security", _bool),
     FieldSpec("public_key", "security", _opt_str),
     FieldSpec("start_at_login", "app", _bool),
@@ -353,6 +412,8 @@ def describe(config: Config) -> dict[str, Any]:
             value = str(config.logs_dir)
         elif isinstance(value, Path):
             value = str(value)
+        elif f.name == "env":
+            value = dict(value)
         elif isinstance(value, tuple):
             value = list(value)
         out[f.name] = value

@@ -3,12 +3,18 @@
 The server binds 127.0.0.1 on a free port and writes ``control.json`` (port, pid, token)
 into the data folder, readable by the user only. Commands need the token as a bearer
 header; ``/metrics`` is open on loopback so Prometheus can scrape it without secrets.
+
+Binding loopback is not enough against a web page in the user's browser: with DNS
+rebinding, ``evil.example`` can resolve to 127.0.0.1 and its scripts read our answers. So
+every request must name a loopback host in ``Host`` (else 421), and a browser ``Origin``
+that is not loopback is refused (403); both answers carry no body.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -124,12 +130,32 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("control: " + format, *args)
 
+    def _refused(self) -> bool:
+        """Answer 421/403 (no body) to a request that did not come from a loopback name."""
+        if not _is_loopback_host(self.headers.get("Host")):
+            self._empty(421)
+            return True
+        origin = self.headers.get("Origin")
+        if origin is not None and not _is_loopback_origin(origin):
+            self._empty(403)
+            return True
+        return False
+
+    def _empty(self, code: int) -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
     def _authorized(self) -> bool:
         given = self.headers.get("Authorization", "")
         expected = f"Bearer {self.server_ref.token}"
         return hmac.compare_digest(given.encode(), expected.encode())
 
     def do_GET(self) -> None:
+        if self._refused():
+            return
         if self.path == "/metrics" and self.metrics_fn is not None:
             body, content_type = self.metrics_fn()
             return self._send(200, body, content_type)
@@ -140,6 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(404, {"error": f"unknown path {self.path}"})
 
     def do_POST(self) -> None:
+        if self._refused():
+            return
         if not self._authorized():
             return self._json(401, {"error": "missing or wrong token"})
         url = urlsplit(self.path)
@@ -191,6 +219,37 @@ def _payload(command: Command, query: dict[str, list[str]]) -> object:
                 f"seconds must be a number, got {seconds!r}"
             ) from None
     return None
+
+
+def _is_loopback_name(host: str) -> bool:
+    host = host.strip().lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_loopback_host(value: str | None) -> bool:
+    """Is a Host header a loopback name (with an optional port)?"""
+    if not value:
+        return False
+    host = value.strip()
+    if host.startswith("["):  # [::1]:port
+        host = host[: host.find("]") + 1] if "]" in host else host
+    elif host.count(":") == 1:
+        host, _, port = host.partition(":")
+        if not port.isdigit():
+            return False
+    return _is_loopback_name(host)
+
+
+def _is_loopback_origin(value: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    return parts.scheme in ("http", "https") and _is_loopback_name(parts.hostname or "")
 
 
 @dataclass

@@ -5,10 +5,12 @@ crash never leaves something at ``dest`` that looks finished. A cut connection k
 part so the next call asks for the rest with ``Range``; any answer that does not prove it
 continues exactly where the part ends makes the download start again from zero.
 
-Redirects are followed by requests, which drops ``Authorization`` (and ``session.auth``)
-whenever the host, port or scheme changes: GitHub's asset API answers 302 to a storage host
-that must never see the token (tests/test_download.py proves it on two loopback hosts).
-A token must therefore travel in ``Authorization``, never in a custom header.
+Requests go through :class:`~trayupdater.http_client.HttpClient`: every redirect hop is
+checked before it is sent to, and ``Authorization`` travels only to the origin of the URL
+it was given for (GitHub's asset API answers 302 to a storage host that must never see the
+token). A server can hold a download in three ways, each with a limit: silence (``timeout``
+per read), a trickle (``min_rate`` bytes/s over ``rate_window`` seconds) and sheer length
+(``deadline`` for the whole download). A rollback or quit interrupts it within a moment.
 """
 
 from __future__ import annotations
@@ -17,25 +19,25 @@ import contextlib
 import hashlib
 import os
 import re
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
-import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
 
+from trayupdater.cancel import Interrupt
 from trayupdater.errors import DownloadError
-from trayupdater.urls import insecure_reason
+from trayupdater.http_client import NETWORK_ERRORS, HttpClient, HttpFailed, HttpRefused, describe
+from trayupdater.urls import insecure_reason, redact_url
 
 CHUNK_SIZE = 64 * 1024
 
 ProgressCallback = Callable[[int, int | None], None]  # (bytes so far, total or None)
 
-# What reading the body can raise when the peer misbehaves; all of them keep the part.
-_NETWORK_ERRORS = (urllib3.exceptions.HTTPError, requests.RequestException, OSError)
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
@@ -52,25 +54,43 @@ def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How long a download may take: the slow-server rules (see the module doc)."""
+
+    timeout: float = 30.0  # connecting, and each read
+    deadline: float | None = 3600.0  # the whole download, resumes of it included
+    min_rate: float = 1024.0  # bytes/s averaged over rate_window; 0 switches the rule off
+    rate_window: float = 30.0
+
+
 def download(
-    session: requests.Session,
+    client: HttpClient | requests.Session,
     url: str,
     dest: Path,
     *,
     headers: Mapping[str, str] | None = None,
     max_bytes: int,
-    timeout: float = 30.0,
+    timeout: float | None = None,
+    pace: Pace | None = None,
     progress: ProgressCallback | None = None,
     expected_size: int | None = None,
 ) -> DownloadResult:
     """Fetch ``url`` into ``dest`` and return its size and SHA-256.
 
-    ``timeout`` applies to connecting and to every read. ``expected_size`` (the size the
-    release lists) is enforced when given. Raises DownloadError; the ``.part`` is kept only
-    when resuming it later makes sense (cut connection, timeout, server error).
+    ``pace`` limits time (``timeout``, if given, overrides its per-read timeout).
+    ``expected_size`` (the size the release lists) is enforced when given. Raises
+    DownloadError (CancelledError when interrupted); the ``.part`` is kept only when
+    resuming it later makes sense (cut connection, timeout, server error, interruption).
     """
     if max_bytes <= 0:
         raise ValueError("max_bytes must be positive")
+    if not isinstance(client, HttpClient):
+        client = HttpClient(client)
+    pace = pace or Pace()
+    if timeout is not None:
+        pace = Pace(timeout, pace.deadline, pace.min_rate, pace.rate_window)
+    clock = _Clock(pace, client.interrupt)
     shown = redact_url(url)
     reason = insecure_reason(url)
     if reason:  # checked before sending: the request may carry a token
@@ -86,8 +106,7 @@ def download(
     # trusted to continue the part.
     for attempt in range(2):
         offset, hasher = _hash_existing_part(part, max_bytes, expected_size)
-        with _get(session, url, headers, offset, timeout) as resp:
-            _refuse_downgrade(url, resp)
+        with _get(client, url, headers, offset, pace.timeout) as resp:
             plan = _plan(resp, offset, expected_size, shown)
             if plan.restart:
                 if attempt == 0 and offset > 0:
@@ -116,22 +135,13 @@ def download(
                 # From here on the size is known if either side said it (they agree).
                 total = total if total is not None else expected_size
                 limit = min(max_bytes, total if total is not None else max_bytes)
-                size = _stream_body(resp, part, plan.start, hasher, limit, total, progress, shown)
+                body = _Body(part, plan.start, hasher, limit, total, shown)
+                size = body.stream(resp, clock, progress)
         break
 
     os.replace(part, dest)
     _fsync_dir(dest.parent)
     return DownloadResult(path=dest, size=size, sha256=hasher.hexdigest())
-
-
-def redact_url(url: str) -> str:
-    """The URL without credentials or query: storage redirects carry signatures there."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @dataclass(frozen=True)
@@ -180,54 +190,100 @@ def _plan(resp: requests.Response, offset: int, expected: int | None, shown: str
     raise DownloadError(f"{where} answered HTTP {status}{reason}")
 
 
-def _stream_body(
-    resp: requests.Response,
-    part: Path,
-    start: int,
-    hasher: hashlib._Hash,
-    limit: int,
-    total: int | None,
-    progress: ProgressCallback | None,
-    shown: str,
-) -> int:
-    """Write the body after ``start`` bytes of the part; return the part's final size."""
-    done = start
-    # Raw, undecoded bytes: byte ranges and published checksums both refer to them.
-    chunks = resp.raw.stream(CHUNK_SIZE, decode_content=False)
-    with open(part, "r+b" if start else "wb") as out:
-        out.seek(start)
-        out.truncate()
-        if progress:
-            progress(done, total)
-        while True:
-            try:
-                chunk = next(chunks, b"")
-            except _NETWORK_ERRORS as exc:
-                _sync(out)
+class _Clock:
+    """The slow-server rules of one download, checked after every read."""
+
+    def __init__(self, pace: Pace, interrupt: Interrupt | None) -> None:
+        self.pace = pace
+        self.interrupt = interrupt
+        self.started = time.monotonic()
+        self._recent: deque[tuple[float, int]] = deque()  # (when, bytes) in rate_window
+
+    def tick(self, received: int, shown: str) -> None:
+        """Raise if the download is interrupted, too slow or past its deadline."""
+        if self.interrupt is not None:
+            self.interrupt.check()
+        now = time.monotonic()
+        pace = self.pace
+        if pace.deadline is not None and now - self.started > pace.deadline:
+            raise DownloadError(
+                f"{shown}: not finished after {pace.deadline:g} s; "
+                "the partial file is kept to resume"
+            )
+        if not pace.min_rate:
+            return
+        recent = self._recent
+        recent.append((now, received))
+        while recent and recent[0][0] < now - pace.rate_window:
+            recent.popleft()
+        if now - self.started >= pace.rate_window:
+            got = sum(n for _, n in recent)
+            if got < pace.min_rate * pace.rate_window:
                 raise DownloadError(
-                    f"{shown}: connection failed after {done} bytes "
-                    f"({_describe(exc)}); the partial file is kept to resume"
-                ) from exc
-            if not chunk:
-                break
-            if done + len(chunk) > limit:
-                out.close()
-                _remove(part)
-                raise DownloadError(f"{shown} sent more than {limit} bytes; refused")
-            out.write(chunk)
-            hasher.update(chunk)
-            done += len(chunk)
+                    f"{shown}: too slow ({got} bytes in the last {pace.rate_window:g} s, "
+                    f"less than {pace.min_rate:g} bytes/s); the partial file is kept to resume"
+                )
+
+
+@dataclass
+class _Body:
+    """Writing one response body after ``start`` bytes of the part."""
+
+    part: Path
+    start: int
+    hasher: hashlib._Hash
+    limit: int
+    total: int | None
+    shown: str
+
+    def stream(
+        self, resp: requests.Response, clock: _Clock, progress: ProgressCallback | None
+    ) -> int:
+        """Write the body; return the part's final size."""
+        done, shown = self.start, self.shown
+        with open(self.part, "r+b" if self.start else "wb") as out:
+            out.seek(self.start)
+            out.truncate()
             if progress:
-                progress(done, total)
-        _sync(out)
-    if total is not None and done != total:
-        # A close without an error before the announced end: keep what came for a resume.
-        raise DownloadError(f"{shown}: connection ended after {done} of {total} bytes")
-    return done
+                progress(done, self.total)
+            while True:
+                try:
+                    # read1: whatever has arrived, so the clock ticks even on a trickle.
+                    # Raw, undecoded bytes: ranges and published checksums refer to them.
+                    chunk = resp.raw.read1(CHUNK_SIZE, decode_content=False)
+                except NETWORK_ERRORS as exc:
+                    _sync(out)
+                    if clock.interrupt is not None:
+                        clock.interrupt.check()
+                    raise DownloadError(
+                        f"{shown}: connection failed after {done} bytes "
+                        f"({describe(exc)}); the partial file is kept to resume"
+                    ) from exc
+                if not chunk:
+                    break
+                if done + len(chunk) > self.limit:
+                    out.close()
+                    _remove(self.part)
+                    raise DownloadError(f"{shown} sent more than {self.limit} bytes; refused")
+                out.write(chunk)
+                self.hasher.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, self.total)
+                try:
+                    clock.tick(len(chunk), shown)
+                except BaseException:
+                    _sync(out)
+                    raise
+            _sync(out)
+        if self.total is not None and done != self.total:
+            # A close without an error before the announced end: keep what came for a resume.
+            raise DownloadError(f"{shown}: connection ended after {done} of {self.total} bytes")
+        return done
 
 
 def _get(
-    session: requests.Session,
+    client: HttpClient,
     url: str,
     headers: Mapping[str, str] | None,
     offset: int,
@@ -240,19 +296,9 @@ def _get(
     if offset:
         sent["Range"] = f"bytes={offset}-"
     try:
-        return session.get(
-            url, headers=sent, stream=True, timeout=(timeout, timeout), allow_redirects=True
-        )
-    except requests.RequestException as exc:
-        raise DownloadError(f"{redact_url(url)}: request failed ({_describe(exc)})") from exc
-
-
-def _refuse_downgrade(url: str, resp: requests.Response) -> None:
-    if urlsplit(url).scheme == "https" and urlsplit(resp.url).scheme != "https":
-        raise DownloadError(f"{redact_url(url)} redirected to plain HTTP; refused")
-    reason = insecure_reason(resp.url)
-    if reason:
-        raise DownloadError(f"{redact_url(resp.url)}: {reason}; refused")
+        return client.get(url, headers=sent, timeout=(timeout, timeout))
+    except (HttpRefused, HttpFailed) as exc:
+        raise DownloadError(str(exc)) from None
 
 
 def _hash_existing_part(
@@ -275,12 +321,6 @@ def _hash_existing_part(
 def _int_header(resp: requests.Response, name: str) -> int | None:
     value = resp.headers.get(name, "").strip()
     return int(value) if value.isdigit() else None
-
-
-def _describe(exc: BaseException) -> str:
-    # Exception texts quote the URL; drop query strings, which may carry signatures.
-    text = re.sub(r"\?[^\s'\")]*", "?…", str(exc)) or type(exc).__name__
-    return text if len(text) <= 300 else text[:300] + "…"
 
 
 def _sync(f: BinaryIO) -> None:

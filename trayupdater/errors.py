@@ -8,9 +8,24 @@ from __future__ import annotations
 
 
 class TrayUpdaterError(Exception):
-    """Base class: an expected failure with a message meant for the user."""
+    """Base class: an expected failure with a message meant for the user.
+
+    ``str(exc)`` is one sentence for the status line and notifications; ``details`` (a
+    child's log excerpt, say) go to the log file only, indented below the message.
+    """
 
     reason = "error"
+
+    def __init__(self, message: str = "", *, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+    def for_log(self) -> str:
+        """The message, then the details indented below it (never glued to it)."""
+        if not self.details:
+            return str(self)
+        lines = self.details.rstrip().splitlines()
+        return str(self) + "".join(f"\n    | {line}" for line in lines)
 
 
 class ConfigError(TrayUpdaterError):
@@ -63,3 +78,9 @@ class ChildError(TrayUpdaterError):
     """A child version failed to start, to become healthy or to stay healthy."""
 
     reason = "child"
+
+
+class InternalError(TrayUpdaterError):
+    """A bug: an unexpected exception the update worker caught so that it could go on."""
+
+    reason = "internal"

@@ -135,7 +135,8 @@ class ReleaseFeed:
         raise KeyError(f"{repo} {tag} {name}")
 
     def publish_raw(self, repo: str, body: Any) -> None:
-        """Serve a verbatim GitHub release JSON (assets get no bytes)."""
+        """Serve a verbatim GitHub release JSON as "latest" (assets get no bytes); ``bytes``
+        are served exactly as given, for answers no JSON encoder would write."""
         with self._lock:
             self._raw[repo] = body
 
@@ -266,7 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(404, b'{"message":"Not Found"}', "application/json")
 
     def _json(self, body: Any, fault: str | None) -> None:
-        data = json.dumps(body).encode()
+        if isinstance(body, list) and len(body) == 1 and isinstance(body[0], bytes):
+            body = body[0]  # a raw answer asked for as a list: the same bytes
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
         if fault is None and self.headers.get("If-None-Match") == etag:
             self.feed.stats.not_modified += 1

@@ -11,15 +11,16 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trayupdater.cancel import Interrupt
 from trayupdater.config import Config
-from trayupdater.download import ProgressCallback, download, part_path
+from trayupdater.download import Pace, ProgressCallback, part_path
 from trayupdater.errors import NoMatchingAssetError, StorageError, VerificationError
 from trayupdater.extract import extract, find_executable
 from trayupdater.platforms import Platform, pick_asset
 from trayupdater.release_model import Asset, Release
-from trayupdater.releases import GitHubSource
+from trayupdater.sources import Source, make_source
 from trayupdater.store import InstalledVersion, State, VersionStore, version_key
-from trayupdater.verify import ExpectedDigest, check_digest, find_expected_digest
+from trayupdater.verify import ExpectedDigest, check_digest
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,12 @@ class Plan:
         return f"up to date ({self.current})"
 
 
-def make_source(config: Config, repo: str | None = None) -> GitHubSource:
-    return GitHubSource(repo or config.repo, api_url=config.api_url, token=config.token)
+def download_pace(config: Config) -> Pace:
+    return Pace(
+        deadline=config.download_timeout,
+        min_rate=config.download_min_rate,
+        rate_window=config.download_rate_window,
+    )
 
 
 class ReleasePipeline:
@@ -68,13 +73,14 @@ class ReleasePipeline:
         config: Config,
         store: VersionStore,
         *,
-        source: GitHubSource | None = None,
+        source: Source | None = None,
         platform: Platform | None = None,
         progress: ProgressCallback | None = None,
+        interrupt: Interrupt | None = None,
     ) -> None:
         self.config = config
         self.store = store
-        self.source = source or make_source(config)
+        self.source = source or make_source(config, interrupt=interrupt)
         self.platform = platform or Platform.current()
         self.progress = progress
 
@@ -127,7 +133,7 @@ class ReleasePipeline:
         if existing is not None:
             return existing
 
-        expected = find_expected_digest(release, asset, self.source.fetch_text)
+        expected = self.source.expected_digest(release, asset)
         if expected is None and self.config.require_checksum:
             raise VerificationError(
                 f"{release.tag}: no checksum for {asset.name} (no GitHub digest, no checksums "
@@ -150,22 +156,20 @@ class ReleasePipeline:
         self, release: Release, asset: Asset, expected: ExpectedDigest | None, dest: Path
     ) -> InstalledVersion:
         version = release.version_text
-        url, headers = self.source.download_headers(asset)
-        result = download(
-            self.source.session,
-            url,
+        result = self.source.fetch(
+            release,
+            asset,
             dest,
-            headers=headers,
             max_bytes=self.config.max_download_bytes,
+            pace=download_pace(self.config),
             progress=self.progress,
-            expected_size=asset.size or None,
         )
         try:
             if expected is not None:
                 check_digest(result.sha256, expected, asset.name)
             else:
                 log.warning("%s: installed WITHOUT checksum verification (configured)", asset.name)
-            self._check_signature(release, asset, result.path)
+            self.source.verify_signature(release, asset, result.path, self.config.public_key)
             installed = self.store.install(
                 version,
                 lambda folder: self._unpack(result.path, folder / PAYLOAD_DIR, asset.name),
@@ -181,24 +185,11 @@ class ReleasePipeline:
 
     def _unpack(self, archive: Path, folder: Path, asset_name: str) -> Path:
         folder.mkdir(parents=True)
-        extract(archive, folder, asset_name=asset_name)
+        limit = self.config.extract_limit(archive.stat().st_size)
+        extract(archive, folder, asset_name=asset_name, max_total_bytes=limit)
         return find_executable(
             folder,
             exe_name=self.config.exe_name,
             repo_name=self.config.repo_name,
             os_name=self.platform.os,
-        )
-
-    def _check_signature(self, release: Release, asset: Asset, path: Path) -> None:
-        """Hook for publisher signatures (minisign); a no-op unless a key is configured."""
-        if not self.config.public_key:
-            return
-        from trayupdater.signatures import verify_release_asset
-
-        verify_release_asset(
-            release,
-            asset,
-            path,
-            public_key=self.config.public_key,
-            fetch_text=self.source.fetch_text,
         )

@@ -214,8 +214,14 @@ class _UpstreamPool:
 class Generation:
     """One backend switch: the backend, its upstream pool, and its requests in flight."""
 
-    def __init__(self, backend: Backend | None, pool: _UpstreamPool | None) -> None:
+    def __init__(
+        self,
+        backend: Backend | None,
+        pool: _UpstreamPool | None,
+        fallback: Backend | None = None,
+    ) -> None:
         self.backend = backend
+        self.fallback = fallback
         self._pool = pool
         self._in_flight = 0  # guarded by ReverseProxy._lock
         self._retired = False
@@ -591,14 +597,37 @@ class ReverseProxy:
     def current(self) -> Backend | None:
         return self._gen.backend
 
-    def switch(self, backend: Backend | None) -> Generation:
+    @property
+    def fallback(self) -> Backend | None:
+        return self._gen.fallback
+
+    def hold(self) -> Generation:
+        """No backend for now, but one is coming (a restart)."""
+        return self.switch(None)
+
+    def backend_down(self, backend: Backend) -> bool:
+        """``backend`` died: go to the current generation's fallback, or hold."""
+        with self._lock:
+            gen = self._gen
+        if gen.backend == backend:
+            if gen.fallback is not None:
+                self.switch(gen.fallback)
+            else:
+                self.hold()
+            return True
+        if gen.fallback == backend:
+            gen.fallback = None
+            return True
+        return False
+
+    def switch(self, backend: Backend | None, *, fallback: Backend | None = None) -> Generation:
         """Route new requests to ``backend`` (None: answer 503); returns the old generation."""
         if backend is not None and not isinstance(backend, Backend):
             raise TypeError(f"switch() takes a Backend or None, not {type(backend).__name__}")
         pool = None
         if backend is not None:
             pool = _UpstreamPool(backend, self.backend_timeout, max_idle=self._workers)
-        new = Generation(backend, pool)
+        new = Generation(backend, pool, fallback)
         with self._lock:
             old, self._gen = self._gen, new
             old._retired = True

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -25,16 +23,6 @@ class Asset:
             return self.digest.split(":", 1)[1].lower()
         return None
 
-    @classmethod
-    def from_github(cls, data: Mapping[str, Any]) -> Asset:
-        return cls(
-            name=str(data["name"]),
-            api_url=str(data.get("url") or ""),
-            download_url=str(data.get("browser_download_url") or ""),
-            size=int(data.get("size") or 0),
-            digest=data.get("digest") or None,
-        )
-
 
 @dataclass(frozen=True)
 class Release:
@@ -43,8 +31,8 @@ class Release:
     prerelease: bool = False
     assets: tuple[Asset, ...] = field(default_factory=tuple)
     published_at: str = ""
-    html_url: str = ""
-    notes: str = ""  # the release body (Markdown), at most MAX_NOTES characters
+    html_url: str = ""  # the release page, for "What's new"
+    notes: str = ""  # the release body (Markdown), as published
 
     @property
     def notes_headline(self) -> str:
@@ -53,39 +41,17 @@ class Release:
         return notes_headline(self.notes)
 
     @property
+    def page(self) -> str | None:
+        """``html_url`` if it is a web page the tray may open for "What's new", else None."""
+        return web_page(self.html_url)
+
+    @property
     def version_text(self) -> str:
         """The version as users read it and as the version store names folders."""
         return str(self.version)
 
     def asset(self, name: str) -> Asset | None:
         return next((a for a in self.assets if a.name == name), None)
-
-
-MAX_NOTES = 64 * 1024
-HEADLINE_LIMIT = 120
-
-
-def notes_headline(notes: str) -> str:
-    lines = [line.strip() for line in notes.splitlines() if line.strip()]
-    text = next((line for line in lines if not line.startswith("#")), lines[0] if lines else "")
-    text = re.sub(r"^(?:(?:#{1,6}|[*+-]|>)\s+)+", "", text)  # heading marks, bullets, quotes
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # [text](url) -> text
-    text = re.sub(r"[*_`]{1,3}([^*_`]+)[*_`]{1,3}", r"\1", text)  # emphasis, code
-    text = "".join(ch for ch in text if ch.isprintable())
-    return text if len(text) <= HEADLINE_LIMIT else text[: HEADLINE_LIMIT - 1] + "…"
-
-
-def _notes(value: Any) -> str:
-    # The body is the publisher's free text: anything but a string is ignored, and it is
-    # capped so a huge body cannot sit in memory (or in every status answer).
-    return value[:MAX_NOTES] if isinstance(value, str) else ""
-
-
-def _url(value: Any) -> str:
-    # Only a web page address is opened in the browser for "What's new".
-    if isinstance(value, str) and len(value) <= 2048 and re.match(r"https?://[^\s]+$", value):
-        return value
-    return ""
 
 
 def parse_version(tag: str) -> Version | None:
@@ -99,18 +65,21 @@ def parse_version(tag: str) -> Version | None:
         return None
 
 
-def release_from_github(data: Mapping[str, Any]) -> Release | None:
-    """Build a Release from a GitHub API release object; None if the tag is not a version."""
-    tag = str(data.get("tag_name") or "")
-    version = parse_version(tag)
-    if version is None:
-        return None
-    return Release(
-        tag=tag,
-        version=version,
-        prerelease=bool(data.get("prerelease")),
-        assets=tuple(Asset.from_github(a) for a in data.get("assets") or ()),
-        published_at=str(data.get("published_at") or ""),
-        html_url=_url(data.get("html_url")),
-        notes=_notes(data.get("body")),
-    )
+HEADLINE_LIMIT = 120
+
+
+def notes_headline(notes: str) -> str:
+    lines = [line.strip() for line in notes.splitlines() if line.strip()]
+    text = next((line for line in lines if not line.startswith("#")), lines[0] if lines else "")
+    text = re.sub(r"^(?:(?:#{1,6}|[*+-]|>)\s+)+", "", text)  # heading marks, bullets, quotes
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # [text](url) -> text
+    text = re.sub(r"[*_`]{1,3}([^*_`]+)[*_`]{1,3}", r"\1", text)  # emphasis, code
+    text = "".join(ch for ch in text if ch.isprintable())
+    return text if len(text) <= HEADLINE_LIMIT else text[: HEADLINE_LIMIT - 1] + "…"
+
+
+def web_page(url: str) -> str | None:
+    """Only an http(s) address is handed to the desktop's opener (not file:, javascript:)."""
+    if re.match(r"https?://[^\s]+$", url) and len(url) <= 2048:
+        return url
+    return None

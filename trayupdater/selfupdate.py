@@ -52,7 +52,6 @@ from typing import Any, Protocol
 
 import trayupdater
 from trayupdater.config import Config
-from trayupdater.download import download
 from trayupdater.errors import SelfUpdateError, TrayUpdaterError, VerificationError
 from trayupdater.extract import extract, find_executable
 from trayupdater.handover import ENV_HANDOVER, STOP_TIMEOUT, _Channel, _grant, is_successor
@@ -64,11 +63,12 @@ from trayupdater.installation import (
     find_installation,
     remove_leftovers,
 )
+from trayupdater.pipeline import download_pace
 from trayupdater.platforms import Platform, pick_asset
 from trayupdater.release_model import Asset, Release, parse_version
-from trayupdater.releases import GitHubSource
+from trayupdater.sources.github import GitHubSource
 from trayupdater.store import atomic_write_text
-from trayupdater.verify import check_digest, find_expected_digest
+from trayupdater.verify import check_digest
 
 log = logging.getLogger(__name__)
 
@@ -257,21 +257,19 @@ class SelfUpdater:
 
     def stage(self, release: Release, asset: Asset) -> Path:
         """Download, verify and unpack ``asset`` into ``<target>.new``; that path."""
-        expected = find_expected_digest(release, asset, self.source.fetch_text)
+        expected = self.source.expected_digest(release, asset)
         if expected is None and self.config.require_checksum:
             raise VerificationError(
                 f"{asset.name}: no checksum for the app's own update; refusing to run it"
             )
         work = self.data_dir / "selfupdate"
         work.mkdir(parents=True, exist_ok=True)
-        url, headers = self.source.download_headers(asset)
-        result = download(
-            self.source.session,
-            url,
+        result = self.source.fetch(
+            release,
+            asset,
             work / asset.name,
-            headers=headers,
             max_bytes=self.config.max_download_bytes,
-            expected_size=asset.size or None,
+            pace=download_pace(self.config),
         )
         unpack = work / "unpack"
         try:
@@ -281,21 +279,17 @@ class SelfUpdater:
                 log.warning(
                     "%s: self-update WITHOUT checksum verification (configured)", asset.name
                 )
-            if self.config.public_key:
-                from trayupdater.signatures import verify_release_asset
-
-                verify_release_asset(
-                    release,
-                    asset,
-                    result.path,
-                    public_key=self.config.public_key,
-                    fetch_text=self.source.fetch_text,
-                )
+            self.source.verify_signature(release, asset, result.path, self.config.public_key)
             staged = self.installation.sibling(".new")
             _remove(staged, self.ops)
             if self.installation.kind == "file":
                 _remove(unpack, self.ops)
-                extract(result.path, unpack, asset_name=asset.name)
+                extract(
+                    result.path,
+                    unpack,
+                    asset_name=asset.name,
+                    max_total_bytes=self.config.extract_limit(result.path.stat().st_size),
+                )
                 exe = find_executable(
                     unpack,
                     exe_name=self.installation.executable.name,
@@ -304,7 +298,12 @@ class SelfUpdater:
                 )
                 _copy_synced(exe, staged)
             else:
-                extract(result.path, staged, asset_name=asset.name)
+                extract(
+                    result.path,
+                    staged,
+                    asset_name=asset.name,
+                    max_total_bytes=self.config.extract_limit(result.path.stat().st_size),
+                )
                 staged = self._staged_root(staged)
         except OSError as exc:
             raise SelfUpdateError(f"cannot stage {asset.name}: {exc.strerror or exc}") from None

@@ -252,4 +252,8 @@ class VersionStore:
 
     def download_path(self, asset_name: str) -> Path:
         """Where an asset is downloaded; a ``.part`` beside it is resumed after a crash."""
-        return self.downloads_dir / Path(asset_name).name
+        name = Path(asset_name).name
+        if name != asset_name or name in ("", ".", "..") or "\\" in name:
+            # Sources validate names already; this is the last line before the disk.
+            raise ValueError(f"unsafe asset name {asset_name!r}")
+        return self.downloads_dir / name

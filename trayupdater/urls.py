@@ -7,7 +7,7 @@ plain HTTP is allowed only to loopback (the tests' and the demo's local feed).
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -31,3 +31,17 @@ def insecure_reason(url: str) -> str | None:
     if parts.scheme == "http":
         return "plain http is only allowed for loopback hosts; use https"
     return f"expected an https URL, got {parts.scheme or 'no'} scheme"
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials or query: storage redirects carry signatures there."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

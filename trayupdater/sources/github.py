@@ -4,37 +4,46 @@ Polite by construction: conditional requests with the ETag (a 304 re-uses the re
 last time), a timeout on every request, back-off with jitter on 5xx and network errors, and
 rate-limit answers (403/429 with ``x-ratelimit-*`` or ``retry-after``) turned into a
 "do not ask before T" that is honoured without sending anything.
+
+Distrustful by construction: answers are read with a cap after decoding and validated
+field by field (:mod:`.github_json`); the token goes only to the API's own origin (scheme,
+host and port of ``api_url``), never to an asset URL elsewhere and never after a redirect
+to another origin (:mod:`trayupdater.http_client` enforces it on every hop).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
-import urllib3
 
-from trayupdater import __version__
+from trayupdater.cancel import Interrupt
+from trayupdater.download import DownloadResult, Pace, ProgressCallback, download
 from trayupdater.errors import RateLimitedError, SourceError
-from trayupdater.release_model import Asset, Release, release_from_github
-from trayupdater.urls import insecure_reason
+from trayupdater.http_client import (
+    HttpClient,
+    HttpFailed,
+    HttpRefused,
+    discard,
+    origin,
+    read_capped,
+)
+from trayupdater.release_model import Asset, Release
+from trayupdater.sources.base import CheckResult
+from trayupdater.sources.github_json import MalformedRelease, is_draft, loads, release_from_github
+from trayupdater.verify import ExpectedDigest, find_expected_digest
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = f"trayupdater/{__version__}"
 MAX_TEXT_ASSET_BYTES = 1024 * 1024  # checksums files and signatures are small; cap what we read
-
-
-@dataclass
-class CheckResult:
-    release: Release | None  # None: the repository has no usable release
-    not_modified: bool = False  # the server answered 304: nothing new since the last check
-    skipped_tags: list[str] = field(default_factory=list)  # tags that are not versions
+MAX_API_BYTES = 8 * 1024 * 1024  # 30 releases with 1,000 assets each fit; a bomb does not
+MAX_RATE_LIMIT_WAIT = 24 * 3600.0  # GitHub's limits reset hourly
 
 
 @dataclass
@@ -61,24 +70,26 @@ class GitHubSource:
         api_url: str = "https://api.github.com",
         token: str | None = None,
         session: requests.Session | None = None,
+        interrupt: Interrupt | None = None,
         timeout: tuple[float, float] = (5.0, 20.0),
         retries: int = 2,
         backoff_base: float = 0.5,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.repo = repo
+        self.label = repo
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
         self.backoff_base = backoff_base
         self._clock = clock
-        self._sleep = sleep
+        self._interrupt = interrupt
+        self._sleep = sleep or self._interruptible_sleep
         self._token = token
-        self.session = session or requests.Session()
-        self.session.headers.update(
-            {"User-Agent": USER_AGENT, "X-GitHub-Api-Version": "2022-11-28"}
-        )
+        self.client = HttpClient(session, interrupt=interrupt)
+        self.session = self.client.session
+        self.session.headers["X-GitHub-Api-Version"] = "2022-11-28"
         self._cache: _Cache | None = None
         self.blocked_until = 0.0  # rate limit: no request before this time.time()
 
@@ -99,7 +110,7 @@ class GitHubSource:
         if release is not None:
             return self._remember(answer, CheckResult(release=release))
         # "latest" carries a tag that is not a version: report it and look at the others.
-        tag = str(data.get("tag_name"))
+        tag = str(data.get("tag_name"))[:100]
         log.warning("%s: latest release tag %r is not a version; skipped", self.repo, tag)
         result = self._newest_from_list(include_prereleases=False)
         if tag not in result.skipped_tags:
@@ -107,28 +118,78 @@ class GitHubSource:
         return result
 
     def download_headers(self, asset: Asset) -> tuple[str, dict[str, str]]:
-        """URL and headers to fetch an asset's bytes (the API URL works for private repos)."""
+        """URL and headers to fetch an asset's bytes (the API URL works for private repos).
+
+        The token is added only when the asset's API URL is on the API's own origin: a
+        release naming another host must not collect it.
+        """
         if asset.api_url:
-            headers = {"Accept": "application/octet-stream", **self._auth_headers()}
+            headers = {"Accept": "application/octet-stream"}
+            if origin(asset.api_url) == origin(self.api_url):
+                headers.update(self._auth_headers())
             return asset.api_url, headers
         return asset.download_url, {}
 
     def fetch_text(self, asset: Asset) -> str:
         """A small text asset (a checksums file, a signature) as text, size capped."""
         url, headers = self.download_headers(asset)
-        reason = insecure_reason(url)
-        if reason:
-            raise SourceError(f"{asset.name}: {reason}; refused")
         try:
-            with self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as r:
-                if r.status_code != 200:
-                    raise SourceError(f"{asset.name}: download answered HTTP {r.status_code}")
-                body = r.raw.read(MAX_TEXT_ASSET_BYTES + 1, decode_content=True)
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            raise SourceError(f"{asset.name}: download failed: {_short(exc)}") from None
-        if len(body) > MAX_TEXT_ASSET_BYTES:
-            raise SourceError(f"{asset.name}: larger than {MAX_TEXT_ASSET_BYTES} bytes")
+            response = self.client.get(url, headers=headers, timeout=self.timeout)
+        except (HttpRefused, HttpFailed) as exc:
+            raise SourceError(f"{asset.name}: {exc}") from None
+        if response.status_code != 200:
+            discard(response)
+            raise SourceError(f"{asset.name}: download answered HTTP {response.status_code}")
+        body = read_capped(
+            response,
+            MAX_TEXT_ASSET_BYTES,
+            error=SourceError,
+            what=asset.name,
+            interrupt=self._interrupt,
+        )
         return body.decode("utf-8", errors="replace")
+
+    # --- the Source interface beyond check() ---
+
+    def expected_digest(self, release: Release, asset: Asset) -> ExpectedDigest | None:
+        return find_expected_digest(release, asset, self.fetch_text)
+
+    def fetch(
+        self,
+        release: Release,
+        asset: Asset,
+        dest: Path,
+        *,
+        max_bytes: int,
+        pace: Pace,
+        progress: ProgressCallback | None = None,
+    ) -> DownloadResult:
+        url, headers = self.download_headers(asset)
+        return download(
+            self.client,
+            url,
+            dest,
+            headers=headers,
+            max_bytes=max_bytes,
+            pace=pace,
+            progress=progress,
+            expected_size=asset.size or None,
+        )
+
+    def verify_signature(
+        self, release: Release, asset: Asset, path: Path, public_key: str | None
+    ) -> None:
+        """minisign over the asset or its checksums file; a no-op unless a key is set."""
+        if not public_key:
+            return
+        from trayupdater.signatures import verify_release_asset
+
+        verify_release_asset(
+            release, asset, path, public_key=public_key, fetch_text=self.fetch_text
+        )
+
+    def close(self) -> None:
+        self.client.close()
 
     @property
     def etag(self) -> str | None:
@@ -148,12 +209,19 @@ class GitHubSource:
             raise SourceError(f"{self.repo}: /releases answered {type(data).__name__}, not a list")
         best: Release | None = None
         skipped: list[str] = []
+        if len(data) > 100:
+            raise SourceError(f"{self.repo}: /releases answered {len(data)} items for 30 asked")
         for item in data:
-            if not isinstance(item, dict) or item.get("draft"):
-                continue
+            if not isinstance(item, dict):
+                raise SourceError(f"{self.repo}: /releases holds a {type(item).__name__}")
+            try:
+                if is_draft(item):
+                    continue
+            except MalformedRelease as exc:
+                raise SourceError(f"{self.repo}: malformed release: {exc}") from None
             release = self._parse_release(item)
             if release is None:
-                skipped.append(str(item.get("tag_name")))
+                skipped.append(str(item.get("tag_name"))[:100])
                 continue
             if release.prerelease and not include_prereleases:
                 continue
@@ -168,8 +236,8 @@ class GitHubSource:
             raise SourceError(f"{self.repo}: answer is not a release object")
         try:
             return release_from_github(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SourceError(f"{self.repo}: malformed release object: {exc}") from None
+        except MalformedRelease as exc:
+            raise SourceError(f"{self.repo}: malformed release: {exc}") from None
 
     def _remember(self, answer: _Answer, result: CheckResult) -> CheckResult:
         if answer.etag:
@@ -185,7 +253,11 @@ class GitHubSource:
                 f"GitHub rate limit: not asking again for {self.blocked_until - now:.0f} s",
                 self.blocked_until,
             )
-        headers = {"Accept": "application/vnd.github+json", **self._auth_headers()}
+        headers = {
+            "Accept": "application/vnd.github+json",
+            "Accept-Encoding": "gzip",  # the one encoding read_capped decodes with a cap
+            **self._auth_headers(),
+        }
         cache = self._cache if self._cache and self._cache.url == url else None
         if cache:
             headers["If-None-Match"] = cache.etag
@@ -193,10 +265,14 @@ class GitHubSource:
         attempt = 0
         while True:
             try:
-                response = self.session.get(url, headers=headers, timeout=self.timeout)
-            except requests.RequestException as exc:
-                error: SourceError = SourceError(f"cannot reach {self.api_url}: {_short(exc)}")
+                response = self.client.get(url, headers=headers, timeout=self.timeout)
+            except HttpRefused as exc:
+                raise SourceError(str(exc)) from None
+            except HttpFailed as exc:
+                error: SourceError = SourceError(f"cannot reach {self.api_url}: {exc.why}")
             else:
+                if response.status_code != 200:
+                    discard(response)
                 self._note_rate_limit(response)
                 if response.status_code == 304 and cache:
                     return CheckResult(
@@ -205,7 +281,7 @@ class GitHubSource:
                         skipped_tags=list(cache.result.skipped_tags),
                     )
                 if response.status_code == 200:
-                    return _Answer(self._decode(response), url, response.headers.get("ETag"))
+                    return _Answer(self._decode(response), url, _etag(response))
                 if response.status_code == 404:
                     raise _NotFoundError
                 error = self._status_error(response)
@@ -221,14 +297,30 @@ class GitHubSource:
     def _decode(self, response: requests.Response) -> Any:
         kind = response.headers.get("Content-Type", "")
         if "json" not in kind:
+            response.close()
             raise SourceError(
-                f"{self.api_url} answered {kind or 'no content type'}, not JSON "
+                f"{self.api_url} answered {kind[:60] or 'no content type'}, not JSON "
                 "(is api_url the API base, e.g. https://HOST/api/v3?)"
             )
+        body = read_capped(
+            response,
+            MAX_API_BYTES,
+            error=SourceError,
+            what=f"the answer of {self.api_url}",
+            interrupt=self._interrupt,
+        )
         try:
-            return json.loads(response.content)
-        except ValueError as exc:
-            raise SourceError(f"{self.api_url} answered invalid JSON: {exc}") from None
+            return loads(body)
+        except MalformedRelease as exc:
+            raise SourceError(f"{self.api_url} answered {exc}") from None
+
+    def _interruptible_sleep(self, seconds: float) -> None:
+        """Back-off between retries; a rollback or quit ends it at once."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._interrupt is not None:
+                self._interrupt.check()
+            time.sleep(min(left, 0.05))
 
     def _note_rate_limit(self, response: requests.Response) -> None:
         """Turn rate-limit headers into blocked_until; raise on a rate-limited answer."""
@@ -238,13 +330,15 @@ class GitHubSource:
         reset = h.get("X-RateLimit-Reset")
         limited = response.status_code in (403, 429) and (retry_after or remaining == "0")
         until = 0.0
-        if retry_after and retry_after.strip().isdigit():
+        if retry_after and retry_after.strip().isdigit() and len(retry_after) < 12:
             until = self._clock() + int(retry_after)
-        elif remaining == "0" and reset and reset.strip().isdigit():
+        elif remaining == "0" and reset and reset.strip().isdigit() and len(reset) < 12:
             until = float(reset)
         elif limited:
             until = self._clock() + 60  # secondary limit without a hint: GitHub asks for >= 1 min
         if until:
+            # A hostile or broken header must not silence the app for years.
+            until = min(until, self._clock() + MAX_RATE_LIMIT_WAIT)
             self.blocked_until = max(self.blocked_until, until)
         if limited:
             wait = max(0.0, self.blocked_until - self._clock())
@@ -268,15 +362,13 @@ class _NotFoundError(Exception):
     pass
 
 
+def _etag(response: requests.Response) -> str | None:
+    """The ETag to send back next time, if it is one (short, visible ASCII)."""
+    value = response.headers.get("ETag")
+    if value and len(value) <= 256 and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
 def _retryable(status: int) -> bool:
     return status >= 500 or status == 408
-
-
-def _short(exc: Exception) -> str:
-    """A one-line reason without URLs' query strings or headers (no token can leak)."""
-    name = type(exc).__name__
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.ConnectionError):
-        return "connection failed"
-    return name

@@ -1,0 +1,298 @@
+"""Every HTTP request trayupdater makes to a release source, under one policy.
+
+What is fetched decides what the app will execute, and some requests carry a token, so the
+rules are applied *before* a byte goes to a server, on every hop:
+
+- **Allowed URLs**: HTTPS, or plain HTTP to loopback only (:func:`urls.insecure_reason`).
+  Redirects are followed here, by hand, at most :data:`MAX_REDIRECTS` hops, and each
+  ``Location`` is checked before it is requested; HTTPS to plain HTTP is refused.
+- **Credentials stay with their origin**: ``Authorization``, ``Cookie`` and
+  ``Proxy-Authorization`` given for a URL are sent only to that URL's origin (scheme, host,
+  port). A hop to another origin gets none of them, including any set on the session.
+- **Capped bodies**: :func:`read_capped` reads a body *after* decoding and stops at the cap,
+  so a small gzip answer cannot expand into gigabytes in memory.
+- **Interruptible**: sockets are registered with the :class:`~trayupdater.cancel.Interrupt`
+  given, so a rollback or quit stops a request that is waiting on a slow server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import zlib
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from trayupdater import __version__
+from trayupdater.cancel import Interrupt
+from trayupdater.errors import TrayUpdaterError
+from trayupdater.urls import insecure_reason, redact_url
+
+USER_AGENT = f"trayupdater/{__version__}"
+MAX_REDIRECTS = 10
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Headers that identify the user: they go to the origin they were given for, and nowhere else.
+SENSITIVE_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
+READ_SIZE = 64 * 1024
+
+# What a misbehaving peer can make requests/urllib3 raise while a body is read.
+NETWORK_ERRORS = (urllib3.exceptions.HTTPError, requests.RequestException, OSError)
+
+
+class HttpRefused(TrayUpdaterError):
+    """The policy refuses a URL or a redirect; nothing was sent to it."""
+
+    reason = "unsafe_url"
+
+
+class HttpFailed(TrayUpdaterError):
+    """The request did not complete (connection, timeout, broken answer); may be retried."""
+
+    reason = "network"
+
+    def __init__(self, url: str, why: str) -> None:
+        super().__init__(f"{redact_url(url)}: request failed ({why})")
+        self.why = why
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with the default port filled in: what a credential is bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    return scheme, (parts.hostname or "").lower(), port
+
+
+class HttpClient:
+    """A requests session with the policy above; one per release source."""
+
+    def __init__(
+        self,
+        session: requests.Session | None = None,
+        *,
+        interrupt: Interrupt | None = None,
+        user_agent: str = USER_AGENT,
+        verify: bool | str = True,
+    ) -> None:
+        self.session = session or requests.Session()
+        # Passed with every request: requests lets REQUESTS_CA_BUNDLE override session.verify.
+        self.verify = verify
+        self.session.headers["User-Agent"] = user_agent
+        self.interrupt = interrupt
+        if interrupt is not None:
+            adapter = _WatchingAdapter(interrupt)
+            self.session.mount("https://", adapter)
+            self.session.mount("http://", adapter)
+
+    def get(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | tuple[float, float],
+    ) -> requests.Response:
+        """GET ``url`` (body streamed), following redirects under the policy.
+
+        Raises HttpRefused for a refused URL or redirect (also a chain that is too long),
+        HttpFailed when a request fails; messages name no query string and no header.
+        """
+        given = dict(headers or {})
+        # Credentials set on the session count as given for this URL, like those passed in.
+        secrets = {
+            name: value
+            for source in (self.session.headers, given)
+            for name in SENSITIVE_HEADERS
+            if (value := _lookup(source, name)) is not None
+        }
+        public = {k: v for k, v in given.items() if k.title() not in SENSITIVE_HEADERS}
+        home = origin(url)
+        first = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            reason = insecure_reason(url)
+            if reason:
+                where = redact_url(url)
+                if url != first:
+                    where += f" (redirected from {redact_url(first)})"
+                raise HttpRefused(f"{where}: {reason}; refused")
+            sent: dict[str, str | None] = dict(public)
+            for name in SENSITIVE_HEADERS:
+                sent[name] = None  # also drops what the session itself would add
+            if origin(url) == home:
+                sent.update(secrets)
+            response = self._send(url, sent, timeout)
+            if response.status_code not in REDIRECT_STATUSES:
+                return response
+            location = response.headers.get("Location")
+            discard(response)
+            if not location:
+                raise HttpRefused(
+                    f"{redact_url(url)} answered {response.status_code} without Location"
+                )
+            target = urljoin(url, location)
+            if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+                raise HttpRefused(f"{redact_url(url)} redirected to plain HTTP; refused")
+            url = target
+        raise HttpRefused(f"{redact_url(first)}: more than {MAX_REDIRECTS} redirects; refused")
+
+    def _send(
+        self,
+        url: str,
+        headers: dict[str, str | None],
+        timeout: float | tuple[float, float],
+    ) -> requests.Response:
+        if self.interrupt is not None:
+            self.interrupt.check()
+        try:
+            return self.session.get(
+                url,
+                headers=headers,
+                timeout=timeout,
+                stream=True,
+                allow_redirects=False,
+                verify=self.verify,
+            )
+        except requests.RequestException as exc:
+            if self.interrupt is not None:
+                self.interrupt.check()  # a shut-down socket: say why, not "connection reset"
+            raise HttpFailed(url, describe(exc)) from None
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def discard(response: requests.Response, limit: int = 64 * 1024) -> None:
+    """Done with an answer we do not read (a redirect, an error): read a small body to its
+    end, so the connection can be reused instead of being reset."""
+    with contextlib.suppress(*NETWORK_ERRORS):
+        response.raw.read(limit, decode_content=False)
+    response.close()
+
+
+def _lookup(headers: Mapping[str, str], name: str) -> str | None:
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), None)
+
+
+def read_capped(
+    response: requests.Response,
+    cap: int,
+    *,
+    error: type[TrayUpdaterError],
+    what: str,
+    interrupt: Interrupt | None = None,
+) -> bytes:
+    """The decoded body of ``response``, or ``error`` once it passes ``cap`` bytes.
+
+    Decoded here, with zlib's ``max_length``, not by urllib3: a chunk of a gzip bomb may
+    expand a thousandfold, and only a decoder told how much room is left stays small.
+    """
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        decoder = None
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
+    else:
+        response.close()
+        raise error(f"{what} uses the unsupported Content-Encoding {encoding[:30]!r}")
+    out = bytearray()
+    try:
+        while True:
+            if interrupt is not None:
+                interrupt.check()
+            raw = response.raw.read(READ_SIZE, decode_content=False)
+            if not raw:
+                break
+            if decoder is None:
+                out += raw
+            while raw and decoder is not None:
+                out += decoder.decompress(raw, cap + 1 - len(out))  # room is always >= 1
+                raw = decoder.unconsumed_tail
+                if len(out) > cap:
+                    break
+            if len(out) > cap:
+                raise error(f"{what} is larger than {cap} bytes; refused")
+        if decoder is not None:
+            out += decoder.flush()
+            if len(out) > cap:
+                raise error(f"{what} is larger than {cap} bytes; refused")
+    except zlib.error as exc:
+        raise error(f"{what} is not valid {encoding} ({exc})") from None
+    except NETWORK_ERRORS as exc:
+        if interrupt is not None:
+            interrupt.check()
+        raise error(f"{what}: reading the answer failed ({describe(exc)})") from None
+    finally:
+        response.close()
+    return bytes(out)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a network error, without query strings (they may carry
+    signatures); exception texts never hold request headers, so no token either."""
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    text = re.sub(r"\?[^\s'\")]*", "?…", str(exc)) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+# --- registering sockets with the Interrupt -------------------------------------------------
+
+
+class _WatchingAdapter(HTTPAdapter):
+    """Connection pools whose connections register their sockets with an Interrupt."""
+
+    def __init__(self, interrupt: Interrupt, **kwargs: Any) -> None:
+        self._interrupt = interrupt
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self._interrupt)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        with contextlib.suppress(AttributeError):  # SOCKS managers build their own pools
+            manager.pool_classes_by_scheme = _pool_classes(self._interrupt)
+        return manager
+
+
+def _pool_classes(interrupt: Interrupt) -> dict[str, type[HTTPConnectionPool]]:
+    class Watched(HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            interrupt.watch(self.sock)
+
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            if self.sock is not None:  # a reused keep-alive connection
+                interrupt.watch(self.sock)
+            return super().getresponse(*args, **kwargs)
+
+    class WatchedTLS(HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            interrupt.watch(self.sock)
+
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            if self.sock is not None:
+                interrupt.watch(self.sock)
+            return super().getresponse(*args, **kwargs)
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = Watched
+
+    class TLSPool(HTTPSConnectionPool):
+        ConnectionCls = WatchedTLS
+
+    return {"http": Pool, "https": TLSPool}

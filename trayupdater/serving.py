@@ -1,0 +1,518 @@
+"""Which child serves, and every change to that: the zero-failure protocol.
+
+Runs on the update worker thread only (the one writer of ``state.json``); children's
+deaths arrive from their :class:`~trayupdater.monitor.ChildMonitor` threads, which move
+traffic themselves (``proxy.backend_down``) and then queue the bookkeeping here.
+
+A new version goes live in five steps:
+
+1. **Start** on a free loopback port and wait for ``GET health_path`` to answer its version.
+2. **Soak**: it must keep answering (probed every 250 ms) for ``min_ready_seconds``. A child
+   that exits or fails here never took traffic; it is blocked like a crash at start.
+3. **Switch** the proxy to it with the previous child as the *warm fallback*: still running,
+   no new traffic.
+4. **Probation** (``probation_seconds``): its monitor probes health. If it exits or stops
+   answering, the monitor switches the proxy back to the warm child at once (the proxy
+   retries there whatever had no response byte yet); the worker then blocks the version,
+   reaps it and saves state once.
+5. **Pass**: the previous generation is drained, the warm child stopped, old versions pruned.
+
+Outside probation a dead child means *hold*: the proxy keeps requests waiting (up to
+``hold_seconds``) while the child is restarted with back-off; ``crash_loop_exits`` exits
+within ``crash_loop_seconds`` roll back to the previous installed version instead, which is
+then blocked. Every transition is one atomic save of the state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from trayupdater.cancel import Interrupt
+from trayupdater.children import Child, kill_stale
+from trayupdater.config import Config
+from trayupdater.errors import ChildError, StorageError
+from trayupdater.events import Events
+from trayupdater.monitor import PROBE_INTERVAL, ChildMonitor, probe
+from trayupdater.proxy import Backend, Generation, ReverseProxy
+from trayupdater.status import Phase
+from trayupdater.store import InstalledVersion, State, VersionStore, version_key
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+STABLE_AFTER = 60.0  # a child up this long resets the restart back-off
+DRAIN_TIMEOUT = 30.0
+
+
+@dataclass
+class Hooks:
+    """What serving needs from the update worker."""
+
+    state: Callable[[], State]
+    save: Callable[[], None]
+    publish: Callable[..., None]
+    post: Callable[[str, object], None]  # queue a job for the worker: (kind, payload)
+    events: Events
+
+
+@dataclass
+class _Running:
+    child: Child
+    monitor: ChildMonitor
+
+    @property
+    def backend(self) -> Backend:
+        return backend_of(self.child)
+
+
+def backend_of(child: Child) -> Backend:
+    return Backend(child.host, child.port, child.version)
+
+
+def child_log_path(config: Config, version: str) -> Path:
+    return config.logs_dir / f"child-{version}.log"
+
+
+class Serving:
+    def __init__(
+        self,
+        config: Config,
+        store: VersionStore,
+        proxy: ReverseProxy,
+        hooks: Hooks,
+        interrupt: Interrupt,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.proxy = proxy
+        self.hooks = hooks
+        self.interrupt = interrupt
+        self.active: _Running | None = None
+        self.warm: _Running | None = None  # the previous child, kept during probation
+        self._warm_generation: Generation | None = None  # drained before the warm child stops
+        self.probation_until: float | None = None  # monotonic
+        self.restart_at: float | None = None
+        self._restart_attempt = 0
+        self._started_at = 0.0
+        self._exits: deque[float] = deque()  # exits of the active version, for crash loops
+
+    @property
+    def state(self) -> State:
+        return self.hooks.state()
+
+    # --- boot and shutdown ----------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Start the version state.json names (or a fallback); one save for the result."""
+        state = self.state
+        if state.child_pid:
+            # The app died without stopping its child (kill -9): make sure no stale copy
+            # holds resources; the version is started afresh below.
+            active = state.active and self.store.get(state.active)
+            if active:
+                kill_stale(state.child_pid, active.executable)
+            state.child_pid = None
+        candidates = [v for v in (state.active, state.previous) if v]
+        candidates += [v for v in reversed(self.store.installed()) if v not in candidates]
+        if candidates:
+            self.proxy.hold()  # a child is coming: requests wait for it instead of 503
+        for version in candidates:
+            installed = self.store.get(version)
+            if installed is None or (version in state.blocked and version != candidates[0]):
+                continue
+            try:
+                child = self.start_child(installed, soak=False)
+            except ChildError as exc:
+                self.hooks.events.failed(exc.reason, str(exc))
+                log.error("could not start %s: %s", version, exc.for_log())
+                continue
+            remaining = (state.probation_until or 0.0) - time.time()
+            if version != state.active:
+                # The active version would not start: never fall back to it again.
+                if state.active:
+                    self._block(state.active)
+                state.active = version
+                state.previous = self.older_than(version)
+                remaining = 0.0
+            self._go_live(child, probation=remaining if remaining > 0 else None)
+            self.hooks.save()
+            self.hooks.publish(phase=Phase.RUNNING, message=f"Running {version}", error=None)
+            return
+        self.proxy.switch(None)
+        if candidates:
+            self.hooks.save()
+            self.hooks.publish(phase=Phase.ERROR, error="no installed version could be started")
+        else:
+            self.hooks.publish(phase=Phase.NO_VERSION, message="No version installed yet")
+
+    def shutdown(self) -> None:
+        self.probation_until = None
+        old = self.proxy.switch(None)
+        self.proxy.drain(old, timeout=5.0)
+        for running in (self.active, self.warm):
+            if running is not None:
+                self._stop(running)
+        self.active = self.warm = None
+        state = self.state
+        state.child_pid = state.child_port = None
+
+    def retire(self) -> None:
+        """A successor serves now (self-update): stop our children, leave state.json alone."""
+        for running in (self.active, self.warm):
+            if running is not None:
+                self._stop(running)
+        self.active = self.warm = None
+
+    # --- a new version -----------------------------------------------------------------------
+
+    def update_to(self, installed: InstalledVersion) -> None:
+        """Start, soak and switch to ``installed`` (raises ChildError: it is then blocked)."""
+        state = self.state
+        old_version = state.active
+        try:
+            # Nothing serves yet on a first install: no reason to keep clients waiting.
+            child = self.start_child(installed, soak=self.active is not None)
+        except ChildError as exc:
+            self._block(installed.version)
+            self.hooks.save()
+            raise ChildError(
+                f"{installed.version} was not started: {exc}; it is blocked", details=exc.details
+            ) from None
+        old = self.active
+        self._finish_warm()  # a still-warm child from an earlier update goes now
+        probation = self.config.probation_seconds or None
+        keep_warm = old is not None and probation is not None and old.child.is_alive()
+        if old is None:
+            self.proxy.switch(backend_of(child))
+        elif not keep_warm:
+            generation = self.proxy.switch(backend_of(child))
+            self._drain_and_stop(old, generation)
+            self.active = None
+        elif old is not None:
+            generation = self.proxy.switch(backend_of(child), fallback=old.backend)
+            self.warm, self._warm_generation = old, generation
+            self.active = None
+        state.previous = old_version
+        state.active = installed.version
+        self._exits.clear()
+        self._go_live(child, probation=probation, switched=True)
+        self.hooks.save()
+        log.info("updated %s -> %s", old_version, installed.version)
+        if probation is None:
+            self.probation_passed()
+
+    def start_child(self, installed: InstalledVersion, *, soak: bool) -> Child:
+        """A healthy child of ``installed`` (soaked first when ``soak``); ChildError if not."""
+        log_path = child_log_path(self.config, installed.version)
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write the child's log in {log_path.parent}: {exc.strerror or exc}"
+            ) from None
+        child = Child(
+            installed.executable,
+            installed.version,
+            command=self.config.command,
+            log_path=log_path,
+            cwd=installed.folder,
+            env=dict(self.config.env),
+            secrets=[self.config.token] if self.config.token else [],
+            # simple-server (Go) shuts down gracefully on Interrupt only; SIGTERM kills it.
+            stop_signal=getattr(signal, "SIGINT", None) if os.name == "posix" else None,
+        )
+        started = time.monotonic()
+        child.start()
+        try:
+            child.wait_healthy(
+                path=self.config.health_path,
+                expect=self.config.health_expect,
+                timeout=self.config.health_timeout,
+            )
+            log.info(
+                "%s healthy %.0f ms after start",
+                installed.version,
+                (time.monotonic() - started) * 1000,
+            )
+            if soak and self.config.min_ready_seconds > 0:
+                self._soak(child)
+        except BaseException:
+            child.stop()
+            raise
+        return child
+
+    def _soak(self, child: Child) -> None:
+        seconds = self.config.min_ready_seconds
+        self.hooks.publish(message=f"Checking that {child.version} stays healthy…")
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if child.wait_exit(min(PROBE_INTERVAL, left)):
+                raise child.exit_error(f"during its {seconds:g} s readiness check")
+            self.interrupt.check()
+            why = probe(child, self.config.health_path)
+            if why is not None:
+                raise ChildError(f"{child.name} {why} during its {seconds:g} s readiness check")
+        log.info("%s stayed healthy for %g s", child.version, seconds)
+
+    def _go_live(self, child: Child, *, probation: float | None, switched: bool = False) -> None:
+        """``child`` is the active one now (the proxy points at it unless ``switched``)."""
+        if not switched:
+            self.proxy.switch(backend_of(child))
+        monitor = ChildMonitor(child, self._down, health_path=self.config.health_path)
+        self.active = _Running(child, monitor.start(probing=probation is not None))
+        self._started_at = time.monotonic()
+        self.restart_at = None
+        self._set_probation(probation)
+        state = self.state
+        state.child_pid, state.child_port = child.pid, child.port
+
+    def _down(self, child: Child, why: str) -> None:
+        """From a monitor thread: move traffic first, then tell the worker."""
+        changed = self.proxy.backend_down(backend_of(child))
+        log.warning("%s %s%s", child.name, why, "; traffic moved" if changed else "")
+        self.hooks.post("child_down", (child, why))
+
+    # --- probation -------------------------------------------------------------------------
+
+    def _set_probation(self, seconds: float | None) -> None:
+        """Start (``seconds``) or end (None) probation; the deadline is also kept in
+        state.json so an app restarted mid-probation carries it on."""
+        state = self.state
+        if seconds is None:
+            self.probation_until = state.probation_until = None
+        else:
+            self.probation_until = time.monotonic() + seconds
+            state.probation_until = time.time() + seconds
+        if self.active is not None:
+            self.active.monitor.set_probing(seconds is not None)
+
+    def probation_passed(self) -> None:
+        self._set_probation(None)
+        self._finish_warm()
+        self.hooks.save()
+        protect = {v for v in (self.state.active, self.state.previous) if v}
+        removed = self.store.prune(self.config.keep_versions, protect)
+        if removed:
+            log.info("pruned old versions: %s", ", ".join(removed))
+
+    def _finish_warm(self) -> None:
+        warm, self.warm = self.warm, None
+        if warm is None:
+            return
+        self.proxy.backend_down(warm.backend)  # no longer a fallback
+        generation, self._warm_generation = self._warm_generation, None
+        self._drain_and_stop(warm, generation)
+
+    # --- a child died --------------------------------------------------------------------
+
+    def child_down(self, child: Child, why: str) -> None:
+        """A monitor reported ``child``: the proxy has already moved its traffic."""
+        if self.warm is not None and child is self.warm.child:
+            log.warning("the warm previous version %s %s", child.version, why)
+            self._stop(self.warm)
+            self.warm = None
+            return
+        if self.active is None or child is not self.active.child:
+            return  # a child we stopped on purpose
+        bad = self.active
+        if self.probation_until is not None and self._probation_failed(bad, why):
+            return
+        self._stop(bad)
+        self.active = None
+        state = self.state
+        state.child_pid = state.child_port = None
+        code = child.returncode
+        self.hooks.events.failed("child_exit", f"{child.version} {why}")
+        if self._crash_loop_rolled_back(child.version):
+            return
+        now = time.monotonic()
+        if now - self._started_at > STABLE_AFTER:
+            self._restart_attempt = 0
+        delay = RESTART_BACKOFF[min(self._restart_attempt, len(RESTART_BACKOFF) - 1)]
+        self._restart_attempt += 1
+        self.restart_at = now + delay
+        self.hooks.save()
+        log.error("%s exited (code %s); restarting in %g s", child.version, code, delay)
+        self.hooks.publish(
+            phase=Phase.RESTARTING,
+            error=f"{child.version} {why}; restarting in {delay:g} s",
+        )
+
+    def _probation_failed(self, bad: _Running, why: str) -> bool:
+        """Roll back from a version that failed probation; False if there is nothing to
+        roll back to (it is then restarted like any crash)."""
+        reason = f"{bad.child.version} {why} during probation"
+        log.error("%s; rolling back", reason)
+        if self.warm is not None and self.warm.child.is_alive():
+            # The proxy is on the warm child already; make it the active one.
+            warm, self.warm = self.warm, None
+            self._warm_generation = None
+            self._stop(bad)
+            self.active = warm
+            self._set_probation(None)
+            self._commit_rollback(bad.child.version, warm.child, automatic=True, reason=reason)
+            return True
+        self._set_probation(None)
+        return self.rollback(automatic=True, reason=reason)
+
+    def _crash_loop_rolled_back(self, version: str) -> bool:
+        """Count an exit (or a failed restart) of the active version; roll back from a
+        crash loop. True if that happened."""
+        now = time.monotonic()
+        self._exits.append(now)
+        while self._exits and self._exits[0] < now - self.config.crash_loop_seconds:
+            self._exits.popleft()
+        if len(self._exits) < self.config.crash_loop_exits:
+            return False
+        minutes = self.config.crash_loop_seconds / 60
+        reason = f"{version} crashed {len(self._exits)} times in {minutes:g} minutes"
+        if not self.can_roll_back():
+            log.error("%s; nothing to roll back to, so it keeps being restarted", reason)
+            return False
+        return self.rollback(automatic=True, reason=reason)
+
+    def restart(self) -> None:
+        """The back-off delay is over: start the active version again."""
+        self.restart_at = None
+        state = self.state
+        installed = state.active and self.store.get(state.active)
+        if not installed:
+            self.proxy.switch(None)
+            self.hooks.publish(phase=Phase.ERROR, error="the active version is no longer installed")
+            return
+        try:
+            child = self.start_child(installed, soak=False)
+        except ChildError as exc:
+            if self._crash_loop_rolled_back(installed.version):
+                return
+            delay = RESTART_BACKOFF[min(self._restart_attempt, len(RESTART_BACKOFF) - 1)]
+            self._restart_attempt += 1
+            self.restart_at = time.monotonic() + delay
+            log.error("restarting %s failed: %s", installed.version, exc.for_log())
+            self.hooks.publish(phase=Phase.RESTARTING, error=f"restart failed: {exc}")
+            return
+        self._go_live(child, probation=None)
+        self.hooks.save()
+        self.hooks.publish(
+            phase=Phase.RUNNING, message=f"Restarted {installed.version}", error=None
+        )
+
+    # --- rollback ----------------------------------------------------------------------------
+
+    def rollback(self, *, automatic: bool, reason: str) -> bool:
+        """Serve the previous version instead of the active one, which is blocked."""
+        state = self.state
+        target, current = state.previous, state.active
+        installed = self.store.get(target) if target else None
+        if installed is None:
+            message = "Nothing to roll back to"
+            self.hooks.publish(message=message)
+            return False
+        warm = self.warm
+        if warm is not None and warm.child.version == target and warm.child.is_alive():
+            # On probation with the previous child still warm: switch at once.
+            self.warm = None
+            self._warm_generation = None
+            generation = self.proxy.switch(warm.backend)
+            old, self.active = self.active, warm
+            self._set_probation(None)
+            if old is not None:
+                self._drain_and_stop(old, generation)
+            self._commit_rollback(current, warm.child, automatic=automatic, reason=reason)
+            return True
+        self.hooks.publish(phase=Phase.ROLLING_BACK, message=f"Rolling back to {target}…")
+        try:
+            child = self.start_child(installed, soak=False)
+        except ChildError as exc:
+            log.error("rollback to %s failed: %s", target, exc.for_log())
+            self.hooks.publish(error=f"rollback to {target} failed: {exc}")
+            return False
+        self._set_probation(None)
+        old = self.active
+        self._finish_warm()
+        generation = self.proxy.switch(backend_of(child))
+        if old is not None:
+            self._drain_and_stop(old, generation)
+        self.active = None
+        self._go_live(child, probation=None, switched=True)
+        self._commit_rollback(current, child, automatic=automatic, reason=reason)
+        return True
+
+    def _commit_rollback(
+        self, bad: str | None, child: Child, *, automatic: bool, reason: str
+    ) -> None:
+        state = self.state
+        if bad:
+            self._block(bad)
+        state.active = child.version
+        state.previous = self.older_than(child.version)
+        state.child_pid, state.child_port = child.pid, child.port
+        self._exits.clear()
+        self._restart_attempt = 0
+        self.hooks.save()  # one save: "bad blocked" and "target active" together
+        self.hooks.events.rolled_back(bad or "?", child.version, automatic, reason)
+        kind = "Automatically rolled back" if automatic else "Rolled back"
+        self.hooks.publish(
+            phase=Phase.RUNNING,
+            message=f"{kind} to {child.version}" + (f": {reason}" if automatic else ""),
+            error=None,
+        )
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def can_roll_back(self) -> bool:
+        previous = self.state.previous
+        return bool(previous) and self.store.get(previous) is not None
+
+    def older_than(self, version: str) -> str | None:
+        blocked = self.state.blocked
+        older = [
+            v
+            for v in self.store.installed()
+            if version_key(v) < version_key(version) and v not in blocked
+        ]
+        return older[-1] if older else None
+
+    def _block(self, version: str) -> None:
+        """Mark ``version`` blocked (the caller saves, once, with the rest of the change)."""
+        if version not in self.state.blocked:
+            self.state.blocked.append(version)
+
+    def _stop(self, running: _Running) -> None:
+        running.monitor.stop()
+        running.child.stop()
+
+    def _drain_and_stop(self, running: _Running, generation: Generation | None) -> None:
+        running.monitor.stop()
+        if generation is not None and not self.proxy.drain(generation, timeout=DRAIN_TIMEOUT):
+            log.warning("%s still had requests after %.0f s", running.child.version, DRAIN_TIMEOUT)
+        log.info("drained %s; stopping it", running.child.version)
+        running.child.stop()
+
+    def wakeup(self) -> float | None:
+        """When the worker must call :meth:`on_timer` next (monotonic), if at all."""
+        times = [t for t in (self.restart_at, self.probation_until) if t is not None]
+        return min(times) if times else None
+
+    def on_timer(self) -> None:
+        now = time.monotonic()
+        if self.restart_at is not None and now >= self.restart_at:
+            self.restart()
+        if self.probation_until is not None and now >= self.probation_until:
+            self.probation_passed()
+
+    def resting_phase(self, fallback: Phase) -> Phase:
+        if self.active is not None:
+            return Phase.RUNNING
+        if self.restart_at is not None:
+            return Phase.RESTARTING
+        if fallback in (Phase.NO_VERSION, Phase.ERROR):
+            return fallback
+        return Phase.NO_VERSION if not self.store.installed() else Phase.ERROR
