@@ -682,6 +682,7 @@ def test_a_start_failure_shows_in_the_tray(desktop: Desktop, tmp_path: Path) -> 
         wait_for("the red icon", lambda: near(desktop.window_colour(icon), ERROR_RED))
         reason = f"Port {port} on 127.0.0.1 is already in use"
         wait_for("the failure notification", lambda: desktop.notified(reason, partial=True))
+        assert desktop.notified("TrayUpdater could not start")
         desktop.screenshot("start-failure-notification")
         desktop.open_menu(icon)
         desktop.screenshot("start-failure-menu")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from trayupdater.failsafe import START_FAILED
 from trayupdater.status import Phase, Status
 
 FAILURE_REPEAT_AFTER = 300.0  # seconds before the same failure may be announced again
@@ -89,7 +90,12 @@ class Announcer:
             forced = self._check_asked and self._check_seen and new.phase in _RESTING
             if self._is_new_failure(new.error) or forced:
                 actions = (DETAILS, ROLLBACK) if new.can_roll_back else (DETAILS,)
-                found.append(Notice(f"{app}: problem", one_sentence(new.error), actions))
+                title = (
+                    "TrayUpdater could not start"
+                    if new.extra.get(START_FAILED)
+                    else (f"{app}: problem")
+                )
+                found.append(Notice(title, one_sentence(new.error), actions))
         if self._check_asked:
             if new.phase in _BUSY:
                 self._check_seen = True

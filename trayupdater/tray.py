@@ -96,12 +96,13 @@ class TrayApp:
             title=self._tooltip(self._status),
             menu=self._build_menu(),
         )
+        rich = rich_notifications and icon_factory is None
         self.notifier = Notifier(
             self.icon.notify,
             on_action=self._on_notice_action,
             labels=announce.ACTION_LABELS,
-            icon=_app_icon_file(),
-            rich=rich_notifications and icon_factory is None,
+            icon=_app_icon_file() if rich else None,
+            rich=rich,
         )
         controller.subscribe(self._on_status)
         # A change published between status() and subscribe() would otherwise be missed.
