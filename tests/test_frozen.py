@@ -436,6 +436,8 @@ def test_frozen_demo_serves_and_updates(frozen: dict[str, Path], tmp_path: Path)
     try:
         wait_for(lambda: get_version(port) == "1.0.0", 90, "the frozen demo serving 1.0.0")
         wait_for(lambda: get_version(port) == "1.1.0", 90, "the frozen demo updating to 1.1.0")
+        # The story line comes once the switch is done (a moment after 1.1.0 serves).
+        wait_for(lambda: "switched to 1.1.0" in log.read_text(errors="replace"), 60, "story")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:

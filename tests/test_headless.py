@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,13 +141,23 @@ def test_demo_shows_an_update_offline(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
         wait_for(lambda: served_version(port) == "1.0.0", what="demo serving 1.0.0")
         wait_for(lambda: served_version(port) == "1.1.0", what="demo updated to 1.1.0")
+        # The story, one line per event, without -v; the switch is told once it is done
+        # (the proxy serves 1.1.0 a moment before), so wait for that line, then stop.
+        wait_for(lambda: any("demo: switched to 1.1.0" in line for line in lines), what="story")
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, out
+        assert proc.wait(timeout=30) == 0
+        reader.join(10)
+        out = "".join(lines)
         assert "published 1.1.0" in out and "Traceback" not in out
+        for line in ("demo: installed 1.0.0", "demo: downloading 1.1.0"):
+            assert line in out, out
     finally:
         if proc.poll() is None:
             proc.kill()
