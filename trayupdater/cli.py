@@ -448,6 +448,12 @@ def _run_tray(
         return _start_failed(
             exc, config=app.config, config_path=config_path, logs_dir=app.config.logs_dir
         )
+    # Logging out sends SIGTERM (SIGHUP from a closing terminal): quit as from the menu,
+    # so the children are stopped and the state saved, rather than dying mid-step. Set
+    # before the icon exists: GTK may dock it in the tray before its loop runs.
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda signum, frame: app.quit())
     try:
         tray = TrayApp(
             app.updater,
@@ -469,11 +475,6 @@ def _run_tray(
     threading.Thread(target=close_tray_when_worker_ends, name="tray-closer", daemon=True).start()
     if on_started:
         on_started()
-    # Logging out sends SIGTERM (SIGHUP from a closing terminal): quit as from the menu,
-    # so the children are stopped and the state saved, rather than dying mid-step.
-    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), lambda signum, frame: app.quit())
     try:
         tray.run()
     finally:

@@ -53,16 +53,31 @@ def show_start_failure(
     logs_dir: Path,
 ) -> int:
     """Run the tray in its error state until the user quits; the exit code (1)."""
+    import threading
+
     from trayupdater.tray import TrayApp
 
+    # Set before the icon exists (GTK may dock it before its loop runs): a logout that
+    # comes meanwhile is remembered and ends the tray as soon as it exists.
+    stop = threading.Event()
+    trays: list[TrayApp] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+        for tray in trays:
+            tray.stop()
+
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
     tray = TrayApp(
         FailedStart(error, app_name=app_name, proxy_url=proxy_url),
         autostart=None,
         logs_dir=logs_dir,
         config_path=config_path,
     )
-    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), lambda signum, frame: tray.stop())
+    trays.append(tray)
+    if stop.is_set():
+        tray.stop()
     tray.run()
     return 1
