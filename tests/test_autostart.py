@@ -175,6 +175,7 @@ def test_macos_launch_agent_roundtrip(tmp_path):
         "RunAtLoad": True,
         "ProcessType": "Interactive",
         "LimitLoadToSessionType": "Aqua",
+        "AssociatedBundleIdentifiers": ["io.github.trayupdater"],
     }
     auto.disable()
     assert not plist.exists()
@@ -328,3 +329,67 @@ def test_launch_command_from_source_and_frozen(monkeypatch):
     assert launch_command() == [sys.executable, "-m", "trayupdater"]
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     assert launch_command() == [sys.executable]
+
+
+# --- turning it on by itself: once, never against the user ---
+
+
+def test_first_run_turns_it_on_once_and_never_after_the_user_turned_it_off(tmp_path):
+    from trayupdater.autostart import LoginChoice, enable_on_first_run
+
+    auto = linux(tmp_path, ["/usr/bin/trayupdater"], XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    choice = LoginChoice(tmp_path / "cfg" / "trayupdater" / "start-at-login.json")
+    assert enable_on_first_run(auto, choice) is True
+    assert auto.is_enabled()
+    assert json.loads(choice.path.read_text())["by"] == "first run"
+
+    auto.disable()  # the user removes the entry (desktop settings, or the tray's checkbox)
+    # A later start, also with another data folder (which used to count as a first run):
+    assert enable_on_first_run(auto, choice, legacy_marker=tmp_path / "new-data" / "x") is False
+    assert not auto.is_enabled()
+
+
+def test_an_older_versions_first_run_marker_counts_as_decided(tmp_path):
+    from trayupdater.autostart import LoginChoice, enable_on_first_run
+
+    auto = linux(tmp_path, ["/usr/bin/trayupdater"])
+    legacy = tmp_path / "data" / ".first-run-done"
+    legacy.parent.mkdir()
+    legacy.touch()
+    choice = LoginChoice(tmp_path / "c.json")
+    assert enable_on_first_run(auto, choice, legacy_marker=legacy) is False
+    assert not auto.is_enabled()
+
+
+def test_the_choice_lives_in_the_users_config_folder(tmp_path, monkeypatch):
+    from trayupdater.autostart import choice_path
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    if sys.platform.startswith("linux"):
+        assert choice_path() == tmp_path / "cfg" / "trayupdater" / "start-at-login.json"
+
+
+def test_the_apps_login_item_keeps_its_options_names_the_product_and_has_an_icon(
+    tmp_path, monkeypatch
+):
+    from trayupdater.autostart import login_item
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the XDG entry is the Linux login item")
+    item = login_item(["--config", "/etc/my app.toml", "--data-dir", "/srv/data"])
+    item.enable()
+    entry = Path(item.location()).read_text()
+    assert "Name=TrayUpdater" in entry
+    assert "Exec=" + sys.executable + ' -m trayupdater --config "/etc/my app.toml"' in entry
+    assert "--data-dir /srv/data" in entry
+    icon = next(line.split("=", 1)[1] for line in entry.splitlines() if line.startswith("Icon="))
+    assert icon == str(
+        tmp_path / "share" / "icons" / "hicolor" / "256x256" / "apps" / "trayupdater.png"
+    )
+    assert Path(icon).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the icon resolves to a file
+    validator = shutil.which("desktop-file-validate")
+    if validator:
+        out = subprocess.run([validator, item.location()], capture_output=True, text=True)
+        assert out.returncode == 0 and not out.stdout.strip(), out.stdout

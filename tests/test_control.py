@@ -99,6 +99,36 @@ def test_metrics_count_what_happened(app: App, feed: ReleaseFeed) -> None:
     assert 'trayupdater_active_info{version="1.0.0"}' in text
 
 
+def test_update_control_payloads_are_checked_at_the_endpoint(app: App) -> None:
+    info = json.loads((app.config.data_dir / CONTROL_FILE).read_text())
+    base = f"http://127.0.0.1:{info['port']}"
+    auth = {"Authorization": f"Bearer {info['token']}"}
+    for path in (
+        "/pause?seconds=inf",
+        "/pause?seconds=-1",
+        "/pause?seconds=1e30",
+        "/pause?seconds=abc",
+        "/skip?version=../../etc",
+        "/skip",
+        "/allow?version=" + "9" * 200,
+    ):
+        answer = requests.post(base + path, headers=auth, timeout=10)
+        assert answer.status_code == 400, path
+        assert "error" in answer.json()
+    assert app.updater.status().paused is False  # nothing reached the worker
+    ok = requests.post(base + "/pause?seconds=60", headers=auth, timeout=10)
+    assert ok.status_code == 200 and ok.json()["paused"] is True
+
+
+def test_a_second_launch_reaches_the_running_apps_activate_hook(app: App) -> None:
+    seen: list[str] = []
+    app.on_activate.append(lambda: seen.append("activated"))
+    client = ControlClient.find(app.config.data_dir)
+    assert client is not None
+    client.activate()
+    assert seen == ["activated"]
+
+
 def _raw(port: int, request: bytes) -> tuple[int, bytes]:
     """Send one raw request; (status, body). Host and Origin are exactly what we write."""
     import socket

@@ -493,6 +493,79 @@ def test_frozen_app_updates_from_a_tuf_repository_with_the_root_it_carries(
             log.close()
 
 
+@linux_only
+@pytest.mark.slow
+def test_frozen_demo_serves_and_updates(frozen: dict[str, Path], tmp_path: Path) -> None:
+    """`trayupdater demo` from the executable: there is no Python to run the demo child
+    script with, so the executable serves the child itself (hidden `demo-child`)."""
+    port = free_port()
+    (tmp_path / "none.toml").write_text("")
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(frozen["0.1.0"]),
+                *("--config", str(tmp_path / "none.toml"), "--port", str(port)),
+                *("--data-dir", str(tmp_path / "demo")),
+                *("demo", "--headless", "--publish-after", "1", "--duration", "120"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: get_version(port) == "1.0.0", 90, "the frozen demo serving 1.0.0")
+        wait_for(lambda: get_version(port) == "1.1.0", 90, "the frozen demo updating to 1.1.0")
+        # The story line comes once the switch is done (a moment after 1.1.0 serves).
+        wait_for(lambda: "switched to 1.1.0" in log.read_text(errors="replace"), 60, "story")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "published 1.1.0" in text, text[-3000:]
+    assert "switched to 1.1.0" in text  # the story, as from source
+
+
+@linux_only
+def test_the_build_puts_the_desktop_file_where_the_readme_says(frozen: dict[str, Path]) -> None:
+    beside = frozen["0.1.0"].parent  # onefile: dist/trayupdater and these next to it
+    for name in ("trayupdater.desktop", "install.sh", "trayupdater.png"):
+        assert (beside / name).is_file(), name
+    assert (beside / "trayupdater.desktop").read_bytes() == (
+        PACKAGING / "linux" / "trayupdater.desktop"
+    ).read_bytes()
+
+
+@linux_only
+def test_a_gui_build_without_pygobject_fails_loudly(tmp_path: Path) -> None:
+    """Without PyGObject PyInstaller used to ship a build without a tray menu silently."""
+    if importlib.util.find_spec("PyInstaller") is None:
+        pytest.skip("PyInstaller is not installed: pip install -e '.[build]' to run this test")
+    # A gi package that fails to import, as on a machine without PyGObject.
+    shadow = tmp_path / "shadow" / "gi"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'gi'\")\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAYUPDATER_BUILD")}
+    env["PYTHONPATH"] = str(tmp_path / "shadow")
+    env["PYINSTALLER_CONFIG_DIR"] = str(tmp_path / "cache")
+    argv = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN"]
+    argv += ["--workpath", str(tmp_path / "build"), "--distpath", str(tmp_path / "dist")]
+    result = subprocess.run(
+        [*argv, str(REPO_ROOT / "build.spec")],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "PyGObject with GTK 3 is not importable" in result.stderr + result.stdout
+    assert "TRAYUPDATER_BUILD_GUI=0" in result.stderr + result.stdout
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
 # --- packaging files for the other OSes (cheap; no build) -----------------------------------------
 
 

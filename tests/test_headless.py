@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,13 +141,107 @@ def test_demo_shows_an_update_offline(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
         wait_for(lambda: served_version(port) == "1.0.0", what="demo serving 1.0.0")
         wait_for(lambda: served_version(port) == "1.1.0", what="demo updated to 1.1.0")
+        # The story, one line per event, without -v; the switch is told once it is done
+        # (the proxy serves 1.1.0 a moment before), so wait for that line, then stop.
+        wait_for(lambda: any("demo: switched to 1.1.0" in line for line in lines), what="story")
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, out
+        assert proc.wait(timeout=30) == 0
+        reader.join(10)
+        out = "".join(lines)
         assert "published 1.1.0" in out and "Traceback" not in out
+        for line in ("demo: installed 1.0.0", "demo: downloading 1.1.0"):
+            assert line in out, out
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _demo_cli(tmp_path: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "none.toml").write_text("")
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trayupdater",
+            "--config",
+            str(tmp_path / "none.toml"),
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(data),
+            "demo",
+            "--headless",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_demo_refuses_a_folder_it_did_not_create(tmp_path: Path) -> None:
+    """`demo --data-dir X` used to delete X whatever it held."""
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    result = _demo_cli(tmp_path, precious, "--duration", "1")
+    assert result.returncode == 1
+    assert "was not created by the demo" in result.stderr and "Traceback" not in result.stderr
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in precious.iterdir()) == ["thesis.tex"]
+
+
+def test_demo_reuses_its_own_folder(tmp_path: Path) -> None:
+    from trayupdater.demo import DEMO_MARKER
+
+    data = tmp_path / "demo"
+    first = _demo_cli(tmp_path, data, "--duration", "2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (data / DEMO_MARKER).is_file() and (data / "state.json").is_file()
+    (data / "leftover").write_text("from the first demo")
+    second = _demo_cli(tmp_path, data, "--duration", "2")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert not (data / "leftover").exists()  # a clean slate, in the demo's own folder
+
+
+def test_the_app_serves_a_frozen_form_demo_child_itself(tmp_path: Path, monkeypatch) -> None:
+    """A frozen build has no demo_server.py to copy: its demo archives hold only the
+    VERSION/BEHAVIOUR lines, and `trayupdater demo-child SCRIPT PORT` serves them."""
+    from support import served_version
+
+    import trayupdater.demo_server as demo_server
+
+    monkeypatch.setattr(demo_server, "__file__", str(tmp_path / "absent" / "demo_server.py"))
+    script = tmp_path / "simple-server"
+    script.write_text(demo_server.render_script("2.5.0"))
+    assert "import" not in script.read_text()  # the frozen form: data only
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trayupdater", "demo-child", str(script), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: served_version(port) == "2.5.0", what="the demo child serving")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    script.write_text("import os; os.system('touch pwned')\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "trayupdater", "demo-child", str(script), str(free_port())],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "not a demo child script" in bad.stderr
+    assert not (tmp_path / "pwned").exists()

@@ -153,3 +153,28 @@ def test_verbatim_github_bodies(
         assert len(with_digest) == count  # new uploads carry GitHub's sha256 digest
     else:
         assert with_digest == []
+
+
+def test_release_notes_and_page_are_read_with_type_checks():
+    from trayupdater.sources.github_json import MAX_NOTES, release_from_github
+
+    base = {"tag_name": "v1.2.0", "assets": []}
+    release = release_from_github(
+        {
+            **base,
+            "body": "## What's Changed\n* **Faster** start by [@a](https://x)",
+            "html_url": "https://github.com/o/r/releases/tag/v1.2.0",
+        }
+    )
+    assert release is not None
+    assert release.notes_headline == "Faster start by @a"
+    assert release.page == "https://github.com/o/r/releases/tag/v1.2.0"
+    for hostile in ({"body": 12345}, {"body": ["x"]}, {"body": None}):
+        assert release_from_github({**base, **hostile}).notes == ""
+    huge = release_from_github({**base, "body": "x" * (MAX_NOTES * 4)})
+    assert len(huge.notes) == MAX_NOTES
+    # Only a web page is ever handed to the desktop's opener for "What's new".
+    for bad_url in ("javascript:alert(1)", "file:///etc/passwd", "https://a b", ""):
+        assert release_from_github({**base, "html_url": bad_url}).page is None
+    control = release_from_github({**base, "body": "\x1b[31mred\x07 text"})
+    assert control.notes_headline == "[31mred text"  # no terminal/markup control characters

@@ -24,8 +24,9 @@ from pystray_double import RecordingIcon
 from trayupdater.autostart import Autostart
 from trayupdater.errors import TrayUpdaterError
 from trayupdater.icons import ICO_SIZES, Look, app_icon, icon_image, look_for, write_assets
+from trayupdater.opener import open_folder
 from trayupdater.status import Command, Phase, Status
-from trayupdater.tray import TrayApp, open_folder
+from trayupdater.tray import TrayApp
 
 TIMEOUT = 20.0
 
@@ -34,13 +35,15 @@ class FakeController:
     def __init__(self, status: Status) -> None:
         self._status = status
         self.commands: list[Command] = []
+        self.payloads: list = []
         self._listeners: list = []
 
     def status(self) -> Status:
         return self._status
 
-    def send(self, command: Command) -> None:
+    def send(self, command: Command, payload=None) -> None:
         self.commands.append(command)
+        self.payloads.append(payload)
 
     def subscribe(self, callback) -> None:
         self._listeners.append(callback)
@@ -91,6 +94,8 @@ class Harness:
         self.urls.append(url)
 
     def start(self) -> None:
+        if self.thread is not None:
+            return
         self.thread = threading.Thread(target=self.app.run, daemon=True)
         self.thread.start()
         assert self.icon.ready.wait(TIMEOUT)
@@ -108,6 +113,7 @@ RUNNING = Status(phase=Phase.RUNNING, active="1.2.0", proxy_url="http://127.0.0.
 @pytest.fixture
 def h(tmp_path):
     harness = Harness(tmp_path, RUNNING)
+    harness.start()  # notifications wait until the icon runs, as on a real backend
     yield harness
     harness.app.stop()
     if harness.thread is not None:
@@ -253,7 +259,7 @@ def test_open_folder_runs_xdg_open_with_the_path(tmp_path, monkeypatch):
 def test_a_failing_action_notifies_instead_of_raising(h):
     h.browser_error = OSError("no browser found")
     h.icon.click("Open")
-    assert h.icon.notifications == [("no browser found", "trayupdater")]
+    assert h.icon.notifications == [("No browser found", "TrayUpdater")]
 
 
 def test_menu_order(h):
@@ -266,9 +272,11 @@ def test_menu_order(h):
         "Roll back to 1.1.0",
         "Start at login",
         "Open logs",
-        "Quit",
+        "Updates",
+        "About",
+        "Quit (stops simple-server)",
     ]
-    assert sum(item is pystray_double._base.Menu.SEPARATOR for item in h.icon.items()) == 3
+    assert sum(item is pystray_double._base.Menu.SEPARATOR for item in h.icon.items()) == 4
 
 
 # --- run / quit / stop ---
@@ -288,7 +296,8 @@ def test_stop_from_another_thread_ends_run(h):
     assert h.controller.commands == []
 
 
-def test_stop_before_run_makes_run_return_at_once(h):
+def test_stop_before_run_makes_run_return_at_once(tmp_path):
+    h = Harness(tmp_path, RUNNING)
     h.app.stop()
     h.thread = threading.Thread(target=h.app.run, daemon=True)
     h.thread.start()
@@ -345,11 +354,17 @@ def test_download_progress_does_not_rebuild_the_menu_for_every_chunk(h):
     images = len(h.icon.images)
     h.controller.publish(progress=0.501)  # same whole percent: nothing visible changes
     assert h.icon.menu_updates == before
-    h.controller.publish(progress=0.52)
+    h.controller.publish(progress=0.52, download_done=3_276_800, download_total=6_300_000)
     assert h.icon.menu_updates == before + 1
-    assert h.icon.texts()[0] == "simple-server 1.2.0 — downloading 1.3.0 52%"
+    assert h.icon.texts()[0] == "simple-server 1.2.0 — downloading 1.3.0 52% (3.3 / 6.3 MB)"
+    # The icon draws progress in eighths: 50% and 52% are the same picture ...
+    assert len(h.icon.images) == images
+    h.controller.publish(progress=0.63)  # ... 63% is the next step
+    assert len(h.icon.images) == images + 1
+    assert same_image(h.icon.icon, icon_image(Phase.DOWNLOADING, progress=0.625))
+    assert not same_image(h.icon.icon, icon_image(Phase.DOWNLOADING, progress=0.5))
     h.controller.publish(phase=Phase.UPDATING, progress=None)
-    assert len(h.icon.images) == images  # same look: the image is not re-sent
+    assert same_image(h.icon.icon, icon_image(Phase.UPDATING))  # no ring once downloaded
 
 
 # --- icons.py ---
@@ -385,6 +400,7 @@ def test_write_assets_regenerates_the_committed_assets(tmp_path):
         "trayupdater.ico",
         "trayupdater.icns",
         *(f"tray-{look.value}.png" for look in Look),
+        "tray-template.png",
     }
     with Image.open(tmp_path / "trayupdater.ico") as ico:
         assert ico.info["sizes"] == {(s, s) for s in ICO_SIZES}
@@ -409,7 +425,7 @@ def test_update_done_is_notified_once(h):
     assert h.icon.notifications == []
     h.controller.publish(phase=Phase.RUNNING, active="1.3.0", message="Updated to 1.3.0")
     h.controller.publish(last_check=123.0)  # an unrelated change repeats nothing
-    assert h.icon.notifications == [("Updated to 1.3.0", "simple-server")]
+    assert h.icon.notifications == [("Updated to 1.3.0", "TrayUpdater: simple-server updated")]
 
 
 def test_manual_and_automatic_rollbacks_are_notified(h):
@@ -430,7 +446,9 @@ def test_a_failure_is_notified_on_its_start_only(h):
 
     failing_check("cannot reach api.github.com")
     failing_check("cannot reach api.github.com")  # the next poll fails the same way
-    assert h.icon.notifications == [("cannot reach api.github.com", "simple-server: problem")]
+    assert h.icon.notifications == [
+        ("Cannot reach api.github.com", "TrayUpdater: simple-server: problem")
+    ]
 
     failing_check("checksum mismatch for 1.3.0")  # a different failure is news
     assert len(h.icon.notifications) == 2
@@ -490,3 +508,249 @@ def test_tray_is_unavailable_when_the_display_cannot_be_opened():
     out = _tray_available_in({"DISPLAY": ":93"})  # nothing listens there
     assert out.startswith("(False, ")
     assert "GTK cannot open the display" in out or "PyGObject" in out
+
+
+# --- start at login: the user's choice is recorded; the demo offers none ---
+
+
+def test_turning_start_at_login_off_records_the_users_choice(tmp_path):
+    import json
+
+    from trayupdater.autostart import LoginChoice
+
+    harness = Harness(tmp_path, RUNNING)
+    choice = LoginChoice(tmp_path / "choice.json")
+    harness.app._login_choice = choice
+    harness.autostart.enable()
+    harness.icon.click("Start at login")
+    assert not harness.autostart.is_enabled()
+    assert json.loads(choice.path.read_text())["by"] == "user"
+    assert json.loads(choice.path.read_text())["enabled"] is False
+
+
+def test_without_autostart_the_item_is_disabled_and_touches_nothing(tmp_path):
+    controller = FakeController(RUNNING)
+    app = TrayApp(
+        controller,
+        autostart=None,
+        open_url=lambda url: None,
+        open_path=lambda path: None,
+        logs_dir=tmp_path / "logs",
+        icon_factory=RecordingIcon,
+    )
+    item = app.icon.item("Start at login")
+    assert item.text == "Start at login (not for the demo)"
+    assert not item.enabled and item.checked is False
+    assert not (tmp_path / "config").exists()
+
+
+def test_macos_template_icons_are_monochrome_and_marked():
+    from trayupdater.icons import template_image
+    from trayupdater.tray_backend import mark_template
+
+    image = template_image(Phase.RUNNING, 32)
+    assert image.info["template"] is True
+    pixels = [image.getpixel((x, y)) for x in range(32) for y in range(32)]
+    colours = {pixel[:3] for pixel in pixels if pixel[3] > 0}
+    assert colours == {(0, 0, 0)}  # AppKit tints it; colour would be ignored
+    assert image.getpixel((16, 16))[3] < image.getpixel((16, 3))[3]  # the glyph is cut out
+
+    class NSImage:  # what AppKit would be told (AppKit itself exists on macOS only)
+        template = False
+
+        def setTemplate_(self, value):
+            self.template = value
+
+    native = NSImage()
+    mark_template(native, image)
+    assert native.template is True
+    plain = NSImage()
+    mark_template(plain, icon_image(Phase.ERROR))
+    assert plain.template is False  # the red error icon keeps its colour
+
+
+# --- the truth: red when nothing serves, one-sentence notices, feedback for every click ---
+
+
+def test_a_failed_first_install_and_a_crash_loop_are_red(h):
+    h.controller.publish(phase=Phase.NO_VERSION, active=None, error="cannot reach the feed")
+    assert same_image(h.icon.icon, icon_image(Look.ERROR))  # was the grey pause
+    h.controller.publish(phase=Phase.RESTARTING, active="1.2.0", error="1.2.0 exited (code 1)")
+    assert same_image(h.icon.icon, icon_image(Look.ERROR))
+    h.controller.publish(phase=Phase.NO_VERSION, error=None)
+    assert same_image(h.icon.icon, icon_image(Look.IDLE))  # nothing yet, nothing wrong
+
+
+def test_the_tooltip_says_the_error(h):
+    h.controller.publish(error="cannot reach api.github.com: timed out")
+    assert h.icon.title == ("simple-server 1.2.0 — running\nCannot reach api.github.com: timed out")
+
+
+def test_failure_notices_are_one_sentence_without_pids_ports_or_log_tails(h):
+    error = (
+        "simple-server 1.3.0 (pid 4242, port 39113) exited with code 3 before it became "
+        "healthy; its log ends with:\nTraceback (most recent call last):\n  boom"
+    )
+    h.controller.publish(phase=Phase.RUNNING, error=error, message=error)
+    assert h.icon.notifications == [
+        (
+            "Simple-server 1.3.0 exited with code 3 before it became healthy",
+            "TrayUpdater: simple-server: problem",
+        )
+    ]
+    assert h.icon.item("Show error details…").enabled
+
+
+def test_a_first_install_says_installed_and_an_update_carries_its_notes(h):
+    h.controller.publish(active="1.0.0", message="Installed 1.0.0")
+    h.controller.publish(
+        active="1.1.0",
+        latest="1.1.0",
+        previous="1.0.0",
+        release_notes="Faster start-up",
+        release_url="https://example.org/r/v1.1.0",
+        message="Updated to 1.1.0",
+    )
+    assert [n[0] for n in h.icon.notifications] == [
+        "Installed 1.0.0",
+        "Updated to 1.1.0: Faster start-up",
+    ]
+
+
+def test_notices_name_their_actions():
+    from trayupdater.announce import Announcer
+
+    announcer = Announcer(RUNNING)
+    update = replace(
+        RUNNING,
+        active="1.3.0",
+        latest="1.3.0",
+        previous="1.2.0",
+        release_url="https://example.org/r",
+        message="Updated to 1.3.0",
+    )
+    (notice,) = announcer.notices(update)
+    assert notice.actions == ("open", "rollback", "whats_new")
+    (failure,) = announcer.notices(replace(update, error="it broke"))
+    assert failure.actions == ("details", "rollback")
+
+
+def test_a_check_the_user_asked_for_always_ends_in_a_notice(h):
+    h.icon.click("Check for updates")
+    h.controller.publish(phase=Phase.CHECKING, message="Checking…")
+    h.controller.publish(phase=Phase.RUNNING, message="Up to date (1.2.0)", last_check=time.time())
+    ((message, title),) = h.icon.notifications
+    assert message.startswith("Up to date (1.2.0) — checked ") and title.endswith("simple-server")
+    # A timer's check that finds nothing says nothing.
+    h.controller.publish(phase=Phase.CHECKING, message="Checking…")
+    h.controller.publish(phase=Phase.RUNNING, message="Up to date (1.2.0)")
+    assert len(h.icon.notifications) == 1
+
+
+def test_a_double_click_opens_the_page_once(h):
+    h.icon.click("Open")
+    h.clock.now += 0.3
+    h.icon.click("Open")
+    assert h.urls == ["http://127.0.0.1:18080"]
+    h.clock.now += 2
+    h.icon.click("Open")
+    assert len(h.urls) == 2
+
+
+def test_whats_new_opens_the_release_page(h):
+    assert all(not text.startswith("What's new") for text in h.icon.texts())
+    h.controller.publish(latest="1.3.0", release_url="https://example.org/releases/tag/v1.3.0")
+    h.icon.click("What's new in 1.3.0")
+    assert h.urls == ["https://example.org/releases/tag/v1.3.0"]
+
+
+def _submenu(h, name):
+    return [item for item in h.icon.item(name).submenu if item.text]
+
+
+def test_update_controls_in_the_tray(h):
+    h.controller.publish(latest="1.3.0", blocked=("1.1.0",))
+    items = {item.text: item for item in _submenu(h, "Updates")}
+    assert list(items) == [
+        "Skip 1.3.0",
+        "Allow 1.1.0 again",
+        "Pause updates for 1 hour",
+        "Pause updates until resumed",
+    ]
+    for text in items:
+        items[text](h.icon)
+    assert list(zip(h.controller.commands, h.controller.payloads, strict=True)) == [
+        (Command.SKIP, "1.3.0"),
+        (Command.ALLOW, "1.1.0"),
+        (Command.PAUSE, 3600.0),
+        (Command.PAUSE, None),
+    ]
+    h.controller.publish(paused=True, paused_until=None, skipped="1.3.0")
+    texts = [item.text for item in _submenu(h, "Updates")]
+    assert texts == [
+        "Allow 1.1.0 again",
+        "Allow 1.3.0 again",
+        "Resume updates (paused until resumed)",
+    ]
+
+
+def test_about_tells_versions_and_the_last_check(h):
+    import trayupdater
+
+    h.controller.publish(latest="1.3.0", last_check=time.time())
+    lines = [item.text for item in _submenu(h, "About")]
+    assert lines[0] == f"trayupdater {trayupdater.__version__}"
+    assert lines[1] == "simple-server 1.2.0 — running"
+    assert lines[2] == "Latest available: 1.3.0"
+    assert lines[3].startswith("Last check: ") and ":" in lines[3][12:]
+    assert not any(item.enabled for item in h.icon.item("About").submenu)
+
+
+def test_a_second_launch_is_answered_with_where_the_app_is(h):
+    h.app.say_already_running()
+    assert h.icon.notifications == [("Already running — it is in the tray", "TrayUpdater")]
+
+
+def test_quit_says_it_stops_the_server(h):
+    assert h.icon.item("Quit").text == "Quit (stops simple-server)"
+
+
+def test_error_state_offers_details_and_config(tmp_path):
+    harness = Harness(tmp_path, RUNNING)
+    harness.app._config_path = tmp_path / "cfg" / "config.toml"
+    harness.start()
+    harness.controller.publish(phase=Phase.ERROR, error="no installed version could be started")
+    harness.icon.click("Open config")  # no config file yet: its folder is shown
+    harness.icon.click("Show error details…")  # no log yet either: the logs folder
+    assert harness.paths == [tmp_path / "cfg", harness.logs_dir]
+    harness.app.stop()
+    harness.join()
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="xdg-open is the Linux opener")
+def test_an_opener_that_finds_nothing_is_reported_with_the_path(tmp_path, monkeypatch):
+    """xdg-open without a handler exits 3 and shows nothing: the tray must say so."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    opener = bin_dir / "xdg-open"
+    opener.write_text("#!/bin/sh\necho 'xdg-open: no method available for opening' >&2\nexit 3\n")
+    opener.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    controller = FakeController(RUNNING)
+    app = TrayApp(
+        controller,
+        autostart=None,
+        logs_dir=tmp_path / "logs",
+        icon_factory=RecordingIcon,
+    )
+    thread = threading.Thread(target=app.run, daemon=True)
+    thread.start()
+    assert app.icon.ready.wait(TIMEOUT)
+    app.icon.click("Open logs")
+    deadline = time.monotonic() + TIMEOUT
+    while not app.icon.notifications and time.monotonic() < deadline:
+        time.sleep(0.02)  # the opener is a separate process; its exit is the signal
+    ((message, _),) = app.icon.notifications
+    assert message.startswith(f"Could not open {tmp_path / 'logs'}: xdg-open found no program")
+    app.stop()
+    thread.join(TIMEOUT)

@@ -103,7 +103,15 @@ class Desktop:
         self.tray_host = tray_host
         self.procs: list[subprocess.Popen] = []
         self.env = {k: v for k, v in os.environ.items() if k not in ("PYSTRAY_BACKEND",)}
-        self.env.update(NO_AT_BRIDGE="1", XDG_CONFIG_HOME=str(workdir / "config"))
+        # Every per-user folder in the temp folder: autostart entries, the icon theme,
+        # caches and logs of the apps under test never reach the real home.
+        self.env.update(
+            NO_AT_BRIDGE="1",
+            XDG_CONFIG_HOME=str(workdir / "config"),
+            XDG_DATA_HOME=str(workdir / "share"),
+            XDG_CACHE_HOME=str(workdir / "cache"),
+            XDG_STATE_HOME=str(workdir / "state"),
+        )
         self.timings: dict[str, object] = {}
 
     def _spawn(self, name: str, args: list[str], **kwargs) -> subprocess.Popen:
@@ -155,6 +163,19 @@ class Desktop:
         notify_calls = "interface='org.freedesktop.Notifications',member='Notify'"
         self._spawn("notify-calls", ["dbus-monitor", "--session", notify_calls])
         if self.notifications:
+            # dunst's context menu goes through "dmenu": a script that picks the line
+            # naming self.pick (a notification's button) and records what it was offered.
+            self.pick = ""
+            picker = self.workdir / "pick-action.sh"
+            picker.write_text(
+                f'#!/bin/sh\ncd "{self.workdir}"\n'
+                'tee -a dmenu-input.txt | grep -m1 -F -- "$(cat pick)"\n'
+            )
+            picker.chmod(0o755)
+            (self.workdir / "pick").write_text("nothing")
+            dunstrc = self.workdir / "config" / "dunst" / "dunstrc"
+            dunstrc.parent.mkdir(parents=True, exist_ok=True)
+            dunstrc.write_text(f"[global]\n    dmenu = {picker}\n")
             self._spawn("dunst", ["dunst"])
         if self.tray_host:
             self._spawn("trayer", TRAYER.split())
@@ -265,6 +286,12 @@ class Desktop:
         log = self.bus_log.read_text(encoding="utf-8", errors="replace")
         return (f'string "{text}' if partial else f'string "{text}"') in log
 
+    def press_notification_button(self, label: str) -> None:
+        """Invoke a notification's button through dunst itself (its context menu)."""
+        (self.workdir / "pick").write_text(label)
+        out = self._run(["dunstctl", "context"])
+        assert out.returncode == 0, out.stderr
+
     def close(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
@@ -336,9 +363,22 @@ class Tray:
 
     def fail(self) -> None:
         """Make the scripted app fail (see tray_harness.py)."""
+        self.say("fail")
+
+    def say(self, line: str) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(b"fail\n")
+        self.proc.stdin.write(line.encode() + b"\n")
         self.proc.stdin.flush()
+
+    def dump_menu(self) -> list[str]:
+        """What the open native menu shows (labels of the real GTK widgets)."""
+        done = self.events().count("dumped menu")
+        self.say("dump-menu")
+        wait_for("the menu dump", lambda: self.events().count("dumped menu") > done)
+        lines = self.events()
+        ends = [i for i, line in enumerate(lines) if line == "dumped menu"]
+        start = ends[-2] + 1 if len(ends) > 1 else 0
+        return lines[start : ends[-1]]
 
     def events(self) -> list[str]:
         return self.events_path.read_text(encoding="utf-8").splitlines()
@@ -393,7 +433,14 @@ def test_menu_items_fire_in_the_real_tray(desktop: Desktop, tmp_path: Path, back
     desktop.choose(icon, "Down", "Down")
     tray.wait_event("command check")
     tray.wait_event("status simple-server 1.1.0 — running")
-    wait_for("the update notification", lambda: desktop.notified("Updated to 1.1.0"))
+    # The notification carries the first line of the release notes, and its buttons.
+    wait_for(
+        "the update notification",
+        lambda: desktop.notified("Updated to 1.1.0: Faster start-up"),
+    )
+    for button in ("Open", "Roll back", "What's new"):
+        assert desktop.notified(button), button
+    assert desktop.notified("TrayUpdater")  # the Notify call's app_name
     desktop.screenshot(f"tray-{backend}-notification-updated")
 
     desktop.open_menu(icon)
@@ -409,6 +456,41 @@ def test_menu_items_fire_in_the_real_tray(desktop: Desktop, tmp_path: Path, back
 
     desktop.choose(icon, "Down", "Down", "Down", "Down")
     tray.wait_event(f"open_path {tmp_path / 'logs'}")
+
+    # Open, Check, Start at login, Open logs, What's new in 1.1.0: the release page.
+    desktop.choose(icon, *["Down"] * 5)
+    tray.wait_event("open_url https://example.org/demo/releases/tag/v1.1.0")
+
+    # Updates ▸ Skip 1.1.0, Pause updates for 1 hour, ...: pause for an hour.
+    desktop.choose(icon, *["Down"] * 6, "Right", "Down")
+    tray.wait_event("command pause 3600.0")
+
+    if backend == "gtk":
+        # About ▸ shows the versions; read back from the open submenu's widgets.
+        desktop.open_menu(icon)
+        desktop.xdotool("key", "--delay", "60", *["Down"] * 7, "Right")
+        wait_for("the About submenu", lambda: "sub trayupdater" in " ".join(tray.dump_menu()))
+        about = [line[4:] for line in tray.dump_menu() if line.startswith("sub ")]
+        import trayupdater
+
+        assert about[0] == f"trayupdater {trayupdater.__version__}"
+        assert about[1] == "simple-server 1.0.0 — running"
+        assert about[2] == "Latest available: 1.1.0"
+        desktop.screenshot(f"tray-{backend}-menu-about")
+        desktop.xdotool("key", "Escape", "Escape")
+
+        # Live progress: the menu stays open while the download advances.
+        desktop.open_menu(icon)
+        tray.say("progress 0.1")
+        wait_for("10% in the open menu", lambda: "downloading 1.2.0 10%" in tray.dump_menu()[0])
+        tray.say("progress 0.4")
+        wait_for("40% in the open menu", lambda: "40%" in tray.dump_menu()[0])
+        shown = tray.dump_menu()
+        assert shown[0] == "menu simple-server 1.0.0 — downloading 1.2.0 40% (2.5 / 6.3 MB)"
+        assert "menu-visible True" in shown  # the same open menu, refreshed in place
+        desktop.screenshot(f"tray-{backend}-menu-live-progress")
+        desktop.xdotool("key", "Escape")
+        tray.say("idle")
 
     # A failure: the icon turns red and a notification says what happened.
     tray.fail()
@@ -446,7 +528,11 @@ def test_quit_works_without_a_notification_daemon(make_desktop, tmp_path: Path) 
         icon, "Down", "Down"
     )  # Check for updates: ends in a notification that cannot be shown
     tray.wait_event("status simple-server 1.1.0 — running")
-    wait_for("the attempt to notify", lambda: desktop.notified("Updated to 1.1.0"))
+    # desktop-notifier asks the bus for the notification service first and is refused.
+    wait_for(
+        "the attempt to notify",
+        lambda: "org.freedesktop.Notifications was not provided" in tray.log.read_text(),
+    )
     wait_for("the menu to close", lambda: len(desktop.windows(CLASS)) == 1)
     desktop.choose(icon, "Up")  # Quit
     assert tray.proc.wait(TIMEOUT) == 0
@@ -493,11 +579,25 @@ def test_real_app_updates_and_rolls_back_from_the_real_tray(
         # First run enables start at login (the default), in the test's XDG_CONFIG_HOME.
         assert (tmp_path / "config" / "autostart" / "trayupdater.desktop").is_file()
 
-        # A second launch does not start a second app: it asks the first to check.
+        # ... with the product's name, the options it was started with and a real icon.
+        entry = (tmp_path / "config" / "autostart" / "trayupdater.desktop").read_text()
+        assert "Name=TrayUpdater" in entry
+        assert f"--data-dir {data}" in entry and "--config " in entry
+        icon_file = tmp_path / "share" / "icons" / "hicolor" / "256x256" / "apps"
+        assert f"Icon={icon_file / 'trayupdater.png'}" in entry
+        assert (icon_file / "trayupdater.png").is_file()
+
+        # A second launch does not start a second app: it asks the first to check, and
+        # the running one says where it is.
         second = subprocess.run(
             [*args, "run"], env=desktop.env, capture_output=True, text=True, timeout=60
         )
         assert second.returncode == 0 and "already running" in second.stderr
+        wait_for(
+            "the already-running notice",
+            lambda: desktop.notified("Already running — it is in the tray"),
+        )
+        desktop.screenshot("real-app-already-running")
 
         publish_version(feed, "1.1.0")
         desktop.choose(icon, "Down", "Down")  # Open, Check for updates
@@ -546,3 +646,104 @@ def test_logout_sigterm_stops_the_tray_app_cleanly(desktop: Desktop, tmp_path: P
         assert not alive(child)
         state = VersionStore(data).load_state()
         assert state.active == "1.0.0" and state.child_pid is None
+
+
+def _fake_opener(desktop: Desktop, tmp_path: Path) -> Path:
+    """An xdg-open that records what it was asked to open (no desktop handlers here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    record = tmp_path / "opened.txt"
+    opener = bin_dir / "xdg-open"
+    opener.write_text(f'#!/bin/sh\nprintf "%s\\n" "$1" >> "{record}"\n')
+    opener.chmod(0o755)
+    desktop.env["PATH"] = f"{bin_dir}{os.pathsep}{desktop.env['PATH']}"
+    return record
+
+
+def test_a_start_failure_shows_in_the_tray(desktop: Desktop, tmp_path: Path) -> None:
+    """A login start whose port is taken: the icon turns red with the reason, a
+    notification says it, the menu offers Open config / Open logs; Quit exits 1."""
+    import socket
+
+    from support import Instance
+
+    from trayupdater.feed import ReleaseFeed
+
+    opened = _fake_opener(desktop, tmp_path)
+    with socket.socket() as holder, ReleaseFeed() as feed:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        instance = Instance(feed, tmp_path / "data", port)
+        app = desktop._spawn(
+            "app", [sys.executable, "-m", "trayupdater", *instance.args, "run"], cwd=tmp_path
+        )
+        icon = wait_for("the tray icon window", lambda: desktop.find_window(CLASS))
+        wait_for("the red icon", lambda: near(desktop.window_colour(icon), ERROR_RED))
+        reason = f"Port {port} on 127.0.0.1 is already in use"
+        wait_for("the failure notification", lambda: desktop.notified(reason, partial=True))
+        assert desktop.notified("TrayUpdater could not start")
+        desktop.screenshot("start-failure-notification")
+        desktop.open_menu(icon)
+        desktop.screenshot("start-failure-menu")
+        # Focusable: Open logs, Show error details…, Open config, About, Quit.
+        desktop.xdotool("key", "--delay", "60", "Down", "Down", "Down", "Return")
+        config = instance.args[instance.args.index("--config") + 1]
+        wait_for("Open config", lambda: opened.is_file() and config in opened.read_text())
+        desktop.choose(icon, "Down")  # Open logs
+        wait_for("Open logs", lambda: str(tmp_path / "data" / "logs") in opened.read_text())
+        desktop.choose(icon, "Up")  # Quit
+        assert app.wait(TIMEOUT) == 1
+    log = (tmp_path / "app.log").read_text()
+    assert f"port {port} on 127.0.0.1 is already in use" in log and "Traceback" not in log
+
+
+def test_the_demo_in_the_tray_is_safe_and_tells_its_story(desktop: Desktop, tmp_path: Path):
+    """`trayupdater demo` in a real tray: it never touches start at login, its update
+    notification has buttons (Roll back pressed through dunst itself), and its terminal
+    says what happens, one line per event."""
+    from support import served_version
+
+    from trayupdater.children import free_port
+
+    port = free_port()
+    (tmp_path / "none.toml").write_text("")
+    args = [sys.executable, "-m", "trayupdater", "--config", str(tmp_path / "none.toml")]
+    args += ["--port", str(port), "--data-dir", str(tmp_path / "demo")]
+    demo = desktop._spawn(
+        "demo", [*args, "demo", "--publish-after", "1", "--duration", "120"], cwd=tmp_path
+    )
+    icon = wait_for("the tray icon window", lambda: desktop.find_window(CLASS))
+    wait_for("1.0.0 served", lambda: served_version(port) == "1.0.0")
+    wait_for("1.1.0 served", lambda: served_version(port) == "1.1.0")
+    notes = "Updated to 1.1.0: Faster start-up and a friendlier front page"
+    wait_for("the update notification with its notes", lambda: desktop.notified(notes))
+    desktop.screenshot("demo-notification-with-buttons")
+
+    desktop.press_notification_button("Roll back")
+    wait_for("1.0.0 served again", lambda: served_version(port) == "1.0.0")
+    offered = (tmp_path / "dmenu-input.txt").read_text()
+    assert "Roll back" in offered and "What's new" in offered, offered  # dunst's own list
+    wait_for("the rollback notification", lambda: desktop.notified("Rolled back to 1.0.0"))
+
+    desktop.open_menu(desktop.find_window(CLASS) or icon)
+    desktop.screenshot("demo-menu")  # "Start at login (not for the demo)", greyed out
+    desktop.xdotool("key", "--delay", "60", "Up", "Return")  # Quit
+    assert demo.wait(TIMEOUT) == 0
+    assert not (tmp_path / "config" / "autostart").exists(), "the demo registered a login item"
+    assert not (tmp_path / "config" / "trayupdater" / "start-at-login.json").exists()
+
+    story = [
+        line
+        for line in (tmp_path / "demo.log").read_text().splitlines()
+        if line.startswith("demo: ") and not line.startswith("demo: release feed")
+    ]
+    expected = [
+        "installed 1.0.0",
+        "published 1.1.0",
+        "downloading 1.1.0",
+        "switched to 1.1.0",
+        "rolled back to 1.0.0",
+    ]
+    positions = [next(i for i, line in enumerate(story) if want in line) for want in expected]
+    assert positions == sorted(positions), story

@@ -8,8 +8,15 @@ xdotool and reads what happened from the events file, one line per event:
     open_url <url>           "Open" was clicked
     open_path <path>         "Open logs" was clicked
 
-The test can also make the app fail: a line "fail" on the harness's stdin publishes an
-ERROR status (nothing serves), as a crashed child with no version to fall back to would.
+The test can also drive it through the harness's stdin, one line each:
+
+    fail              publish an ERROR status (nothing serves), as a crashed child with
+                      no version to fall back to would
+    progress 0.4      publish a download of 1.2.0 at 40 % (6.3 MB in all)
+    idle              back to "running", no download
+    dump-menu         write what the open native menu shows to the events file, as
+                      "menu <label>" lines ("menu ." for a separator, "sub <label>" for an
+                      open submenu's items): the real GTK widgets, not the model
 
 The scripted controller behaves like the update worker from the tray's point of view:
 commands go to a worker thread, which publishes Checking… and then "Updated to 1.1.0"
@@ -27,6 +34,7 @@ import argparse
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -70,8 +78,8 @@ class ScriptedController:
         with self._lock:
             self._listeners.append(callback)
 
-    def send(self, command: Command) -> None:
-        self._events.write("command", command.value)
+    def send(self, command: Command, payload: object = None) -> None:
+        self._events.write("command", command.value + ("" if payload is None else f" {payload}"))
         self._queue.put(command)
 
     def fail(self, error: str) -> None:
@@ -86,7 +94,11 @@ class ScriptedController:
                     phase=Phase.RUNNING,
                     active="1.1.0",
                     previous="1.0.0",
+                    latest="1.1.0",
                     rollback_reason=None,
+                    release_url="https://example.org/demo/releases/tag/v1.1.0",
+                    release_notes="Faster start-up",
+                    last_check=time.time(),
                     message="Updated to 1.1.0",
                 )
             elif command is Command.ROLLBACK:
@@ -98,6 +110,8 @@ class ScriptedController:
                     rollback_reason="nothing to roll back to",
                     message="Rolled back to 1.0.0",
                 )
+            elif command is Command.PAUSE:
+                self._publish(paused=True, message="Updates paused until resumed")
             elif command is Command.QUIT:
                 self._publish(phase=Phase.STOPPING, message="Stopped")
                 return
@@ -118,10 +132,54 @@ def make_controller(
     return ScriptedController(events), lambda: None
 
 
-def _read_script(controller: ScriptedController) -> None:
+def _read_script(controller: ScriptedController, tray: object, events: EventLog) -> None:
     for line in sys.stdin:
-        if line.strip() == "fail":
+        word, _, arg = line.strip().partition(" ")
+        if word == "fail":
             controller.fail("1.0.0 exited (code 1) and no other version is installed")
+        elif word == "progress":
+            total = 6_300_000
+            controller._publish(
+                phase=Phase.DOWNLOADING,
+                latest="1.2.0",
+                progress=float(arg),
+                download_done=int(total * float(arg)),
+                download_total=total,
+                release_url="https://example.org/demo/releases/tag/v1.2.0",
+            )
+        elif word == "idle":
+            controller._publish(phase=Phase.RUNNING, progress=None, download_done=None)
+        elif word == "dump-menu":
+            _dump_menu(tray, events)
+
+
+def _dump_menu(tray: object, events: EventLog) -> None:
+    """What the native GTK menu shows right now, read from its widgets on the GTK loop."""
+    from gi.repository import GLib, Gtk
+
+    done = threading.Event()
+
+    def dump() -> bool:
+        menu = getattr(tray.icon, "_menu_handle", None)  # type: ignore[attr-defined]
+        lines = []
+        for widget in menu.get_children() if menu is not None else []:
+            if isinstance(widget, Gtk.SeparatorMenuItem):
+                lines.append("menu .")
+                continue
+            lines.append(f"menu {widget.get_label()}")
+            sub = widget.get_submenu()
+            if sub is not None and sub.get_visible():
+                lines += [f"sub {item.get_label()}" for item in sub.get_children()]
+        lines.append(f"menu-visible {bool(menu is not None and menu.get_visible())}")
+        for text in lines:
+            kind, _, value = text.partition(" ")
+            events.write(kind, value)
+        events.write("dumped", "menu")
+        done.set()
+        return False
+
+    GLib.idle_add(dump)
+    done.wait(10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     events = EventLog(args.events)
     events.write("backend", why)
     controller, cleanup = make_controller(args, events)
-    if isinstance(controller, ScriptedController):
-        threading.Thread(target=_read_script, args=(controller,), daemon=True).start()
     # Start-at-login is the real thing; the test points XDG_CONFIG_HOME at a temp folder.
     autostart = Autostart([sys.executable, "-m", "trayupdater"])
     tray = TrayApp(
@@ -151,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         open_path=lambda path: events.write("open_path", str(path)),
         logs_dir=args.logs_dir,
     )
+    if isinstance(controller, ScriptedController):
+        threading.Thread(target=_read_script, args=(controller, tray, events), daemon=True).start()
     try:
         tray.run()
     finally:

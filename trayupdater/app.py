@@ -6,16 +6,18 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 from trayupdater.config import Config
 from trayupdater.control import ControlClient, ControlServer
-from trayupdater.errors import TrayUpdaterError
+from trayupdater.errors import StorageError, TrayUpdaterError
 from trayupdater.handover import take_handover
 from trayupdater.metrics import Metrics
 from trayupdater.proxy import ReverseProxy
@@ -38,7 +40,17 @@ class AlreadyRunningError(TrayUpdaterError):
 class App:
     def __init__(self, config: Config, *, check_on_start: bool = True) -> None:
         self.config = config
-        self.store = VersionStore(config.data_dir)
+        try:
+            self.store = VersionStore(config.data_dir)
+            _probe_writable(config.data_dir)
+        except OSError as exc:
+            raise StorageError(
+                f"the data folder {config.data_dir} is not writable "
+                f"({exc.strerror or exc}): make it writable, or choose another folder with "
+                "--data-dir or [store] data_dir"
+            ) from None
+        # Called when a second launch found this app (the tray says where it is).
+        self.on_activate: list[Callable[[], None]] = []
         self.metrics = Metrics()
         # Started by a self-update: the predecessor lends us its listening socket.
         self.successor = take_handover()
@@ -65,6 +77,7 @@ class App:
             request=self.updater.request,
             send=self.updater.send,
             metrics=self.metrics.render,
+            activate=self._activated,
         )
         self.updater.subscribe(lambda status: self.metrics.set_active(status.active))
         self._stopped = threading.Event()
@@ -74,7 +87,13 @@ class App:
         running = None if self.successor else ControlClient.find(self.config.data_dir)
         if running is not None:
             raise AlreadyRunningError(running)
-        setup_file_logging(self.config)
+        try:
+            setup_file_logging(self.config)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write logs to {self.config.logs_dir} ({exc.strerror or exc}): make it "
+                "writable, or choose another folder with --set log_dir=PATH or [store] log_dir"
+            ) from None
         if self.successor is not None:
             # Serve only once our child is up; the predecessor serves until then.
             self.control.start()
@@ -85,11 +104,15 @@ class App:
         try:
             self.proxy.start()
         except OSError as exc:
-            raise TrayUpdaterError(
-                f"cannot listen on {self.config.bind}:{self.config.port}: {exc.strerror or exc}"
-                " (is another program using the port? set [proxy] port)"
+            raise TrayUpdaterError(listen_error(self.config.bind, self.config.port, exc)) from None
+        try:
+            self.control.start()
+        except OSError as exc:
+            self.proxy.close()
+            raise StorageError(
+                f"cannot write {self.control.path} ({exc.strerror or exc}): make the data "
+                "folder writable, or choose another with --data-dir"
             ) from None
-        self.control.start()
         self.updater.start()
         log.info("serving on http://%s:%d", *self.proxy.address)
 
@@ -123,6 +146,33 @@ class App:
 
     def quit(self) -> None:
         self.updater.send(Command.QUIT)
+
+    def _activated(self) -> None:
+        for callback in list(self.on_activate):
+            try:
+                callback()
+            except Exception:
+                log.exception("activate callback failed")
+
+
+def listen_error(bind: str, port: int, exc: OSError) -> str:
+    """One sentence for a proxy that cannot listen, naming the port and what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {bind} is already in use by another program; "
+            "start with --port N or set [proxy] port in the config"
+        )
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return f"cannot listen on {bind}:{port}: {reason}; start with --port N or --bind ADDRESS"
+
+
+def _probe_writable(folder: os.PathLike[str]) -> None:
+    """Raise OSError now if ``folder`` cannot take a new file (read-only mount, rights):
+    at start-up, with a clear message, not at the first state save."""
+    probe = os.path.join(folder, f".write-test-{os.getpid()}")
+    with open(probe, "w") as fh:
+        fh.write("ok")
+    os.unlink(probe)
 
 
 def setup_file_logging(config: Config) -> None:

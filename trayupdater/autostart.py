@@ -7,16 +7,19 @@ after the user changed it elsewhere (deleted the file, Task Manager's Startup ta
 
 from __future__ import annotations
 
+import json
 import os
 import plistlib
 import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from xml.parsers.expat import ExpatError
 
+from trayupdater import APP_NAME
 from trayupdater.errors import TrayUpdaterError
 
 RUN_KEY = r"Software\Microsoft\Windows\CurrentVersion\Run"
@@ -49,6 +52,7 @@ class Autostart:
         winreg_module: Any = None,
         name: str = "trayupdater",
         icon: str | None = None,
+        icon_png: Callable[[], bytes] | None = None,
     ) -> None:
         command = list(command)
         if not command or not all(isinstance(arg, str) and arg for arg in command):
@@ -60,7 +64,9 @@ class Autostart:
         env = os.environ if env is None else env
         self._impl: _Backend
         if platform.startswith("linux") or "bsd" in platform:
-            self._impl = _XdgAutostart(command, app_id, home, env, name, icon or app_id)
+            self._impl = _XdgAutostart(
+                command, app_id, home, env, name, icon or app_id, icon_png=icon_png
+            )
         elif platform == "darwin":
             self._impl = _LaunchAgent(command, f"io.{app_id}.app", home)
         elif platform == "win32":
@@ -92,6 +98,26 @@ class Autostart:
         return self._impl.location()
 
 
+PRODUCT_NAME = "TrayUpdater"
+BUNDLE_ID = "io.github.trayupdater"  # build.spec's bundle_identifier
+
+
+def login_item(extra_args: Sequence[str] = ()) -> Autostart:
+    """The app's own start-at-login entry: this executable with the options it was started
+    with (``--config``, ``--data-dir``), the product name and an icon that resolves."""
+
+    def icon_png() -> bytes:
+        import io
+
+        from trayupdater.icons import app_icon
+
+        buffer = io.BytesIO()
+        app_icon(256).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    return Autostart([*launch_command(), *extra_args], name=PRODUCT_NAME, icon_png=icon_png)
+
+
 def launch_command() -> list[str]:
     """How the OS should start this app at login.
 
@@ -108,6 +134,54 @@ def launch_command() -> list[str]:
         if windowless.exists():
             python = windowless
     return [os.fspath(python), "-m", "trayupdater"]
+
+
+# --- turning it on by itself: once per user, never against the user's choice ---
+
+
+def choice_path() -> Path:
+    """Where the start-at-login decision is recorded: the user's config folder, not the
+    data folder, so a fresh ``--data-dir`` (or a deleted data folder) is not a first run."""
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "start-at-login.json"
+
+
+class LoginChoice:
+    """The record of who last decided about start at login (``first run`` or ``user``).
+
+    The app turns start at login on by itself only while no decision is recorded; a user
+    who turned it off (in the tray, or by deleting the entry after the first run) is
+    never overruled.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path if path is not None else choice_path()
+
+    def decided(self) -> bool:
+        return self.path.exists()
+
+    def record(self, *, enabled: bool, by: str) -> None:
+        data = {"enabled": enabled, "by": by, "at": time.time()}
+        _write_atomically(self.path, json.dumps(data).encode("utf-8"))
+
+
+def enable_on_first_run(
+    autostart: Autostart, choice: LoginChoice, *, legacy_marker: Path | None = None
+) -> bool:
+    """Turn start at login on if nobody decided yet; True if it was turned on now.
+
+    ``legacy_marker`` is the data folder's ``.first-run-done`` of older versions: a user
+    who ran one of those already had the first run.
+    """
+    if choice.decided() or (legacy_marker is not None and legacy_marker.exists()):
+        return False
+    # Recorded first: if enabling fails, the user gets the error once, not at every start.
+    choice.record(enabled=True, by="first run")
+    if autostart.is_enabled():
+        return False
+    autostart.enable()
+    return True
 
 
 # --- Linux and other XDG desktops ---
@@ -147,6 +221,8 @@ class _XdgAutostart:
         env: Mapping[str, str],
         name: str,
         icon: str,
+        *,
+        icon_png: Callable[[], bytes] | None = None,
     ) -> None:
         config_home = env.get("XDG_CONFIG_HOME", "")
         # The spec says a relative XDG_CONFIG_HOME is invalid and must be ignored.
@@ -155,6 +231,12 @@ class _XdgAutostart:
         self.command = command
         self.name = name
         self.icon = icon
+        self._icon_png = icon_png
+        data_home = env.get("XDG_DATA_HOME", "")
+        data = Path(data_home) if os.path.isabs(data_home) else home / ".local" / "share"
+        # The icon theme folder desktops look names up in; Icon= names the file itself,
+        # so it resolves without an icon cache update.
+        self.icon_path = data / "icons" / "hicolor" / "256x256" / "apps" / f"{app_id}.png"
 
     def location(self) -> str:
         return os.fspath(self.path)
@@ -172,6 +254,11 @@ class _XdgAutostart:
         return entry.get("X-GNOME-Autostart-enabled", "true").strip().lower() != "false"
 
     def enable(self) -> None:
+        icon = self.icon
+        if self._icon_png is not None:
+            if not self.icon_path.is_file():
+                _write_atomically(self.icon_path, self._icon_png())
+            icon = os.fspath(self.icon_path)
         text = "\n".join(
             [
                 "[Desktop Entry]",
@@ -179,7 +266,7 @@ class _XdgAutostart:
                 f"Name={_desktop_string(self.name)}",
                 "Comment=Keeps a server program running and up to date",
                 f"Exec={desktop_exec(self.command)}",
-                f"Icon={_desktop_string(self.icon)}",
+                f"Icon={_desktop_string(icon)}",
                 "Terminal=false",
                 "X-GNOME-Autostart-enabled=true",
                 "",
@@ -243,6 +330,8 @@ class _LaunchAgent:
             # A GUI app: no background throttling, and only in the user's graphical session.
             "ProcessType": "Interactive",
             "LimitLoadToSessionType": "Aqua",
+            # Login Items settings show the app's name and icon instead of a bare path.
+            "AssociatedBundleIdentifiers": [BUNDLE_ID],
         }
         _write_atomically(self.path, plistlib.dumps(agent, fmt=plistlib.FMT_XML))
 

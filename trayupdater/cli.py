@@ -27,17 +27,53 @@ from trayupdater.status import Command
 
 log = logging.getLogger("trayupdater")
 
-# Flags that map straight onto config keys (the rest go through --set KEY=VALUE).
-CONFIG_FLAGS: dict[str, str] = {
-    "repo": "owner/name of the child's GitHub repository",
-    "api_url": "GitHub API base (GitHub Enterprise: https://HOST/api/v3)",
-    "channel": "stable or prerelease",
-    "check_interval": "seconds between checks",
-    "port": "proxy port",
-    "bind": "proxy bind address (default 127.0.0.1)",
-    "data_dir": "where versions, state and logs live",
-    "asset_pattern": "asset name pattern with {os} {arch} {version}",
+# Flags that map straight onto config keys (the rest go through --set KEY=VALUE):
+# key -> (metavar, help).
+CONFIG_FLAGS: dict[str, tuple[str, str]] = {
+    "repo": ("OWNER/NAME", "the child's GitHub repository (default jischr/simple-server)"),
+    "api_url": ("URL", "GitHub API base (GitHub Enterprise: https://HOST/api/v3)"),
+    "channel": ("CHANNEL", "stable or prerelease"),
+    "check_interval": ("SECONDS", "seconds between checks (default 3600)"),
+    "port": ("PORT", "proxy port (default 8080)"),
+    "bind": ("ADDRESS", "proxy bind address (default 127.0.0.1)"),
+    "data_dir": ("DIR", "where versions and state live (and logs, when given)"),
+    "asset_pattern": ("PATTERN", "asset name pattern with {os} {arch} {version}"),
 }
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """The global options; also accepted after the command (``status --data-dir X``).
+
+    After the command their defaults are SUPPRESS, so an option given only before the
+    command is not reset by the sub-parser; ``--set`` after it collects separately.
+    """
+    default: Any = argparse.SUPPRESS if after_command else None
+    parser.add_argument(
+        "--config", type=Path, metavar="PATH", default=default, help="config file (TOML)"
+    )
+    for key, (metavar, text) in CONFIG_FLAGS.items():
+        parser.add_argument(
+            "--" + key.replace("_", "-"),
+            dest=f"cfg_{key}",
+            metavar=metavar,
+            default=default,
+            help=text,
+        )
+    parser.add_argument(
+        "--set",
+        action="append",
+        dest="set_after" if after_command else "set",
+        default=argparse.SUPPRESS if after_command else [],
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set probation_seconds=60 (repeatable)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if after_command else False,
+        help="debug logging on the terminal",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,42 +82,75 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep a server program running and up to date from GitHub Releases.",
     )
     parser.add_argument("--version", action="version", version=f"trayupdater {__version__}")
-    parser.add_argument("--config", type=Path, help="config file (TOML)")
-    for key, text in CONFIG_FLAGS.items():
-        parser.add_argument("--" + key.replace("_", "-"), dest=f"cfg_{key}", help=text)
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_global_options(parser, after_command=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, after_command=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="default: run")
 
-    p = sub.add_parser("check", help="ask for a newer release and install it")
+    def command(name: str, text: str | None) -> argparse.ArgumentParser:
+        kwargs: dict[str, Any] = {"parents": [common]}
+        if text is not None:
+            kwargs.update(help=text, description=text[:1].upper() + text[1:] + ".")
+        return sub.add_parser(name, **kwargs)
+
+    p = command("check", "ask for a newer release and install it")
     p.add_argument("--dry-run", action="store_true", help="only report, install nothing")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output, errors too")
 
-    p = sub.add_parser("pick-asset", help="which asset of a release JSON fits each platform")
-    p.add_argument("release_json", help="GitHub release JSON file, or - for stdin")
-    p.add_argument("--platform", action="append", default=[], metavar="OS-ARCH")
+    p = command("pick-asset", "which asset of a release JSON fits each platform")
+    p.add_argument("release_json", metavar="RELEASE_JSON", help="GitHub release JSON file, or -")
+    p.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="OS-ARCH",
+        help="e.g. linux-x86_64, darwin-arm64 (repeatable; default: this machine)",
+    )
 
-    sub.add_parser("config", help="print the effective configuration")
+    command("config", "print the effective configuration")
 
-    p = sub.add_parser("run", help="run the app (tray; headless without a desktop)")
+    p = command("run", "run the app (tray; headless without a desktop)")
     p.add_argument("--headless", action="store_true", help="no tray icon; stop with SIGINT/SIGTERM")
 
-    p = sub.add_parser("demo", help="offline demo: a local release feed and an update to watch")
+    p = command("demo", "offline demo: a local release feed and an update to watch")
     p.add_argument("--headless", action="store_true", help="no tray icon")
-    p.add_argument("--duration", type=float, default=0, help="stop after this many seconds")
-    p.add_argument("--publish-after", type=float, default=12.0, help="seconds until 1.1.0 appears")
+    p.add_argument(
+        "--duration", type=float, default=0, metavar="SECONDS", help="stop after this long"
+    )
+    p.add_argument(
+        "--publish-after",
+        type=float,
+        default=12.0,
+        metavar="SECONDS",
+        help="seconds until 1.1.0 appears (default 12)",
+    )
 
-    p = sub.add_parser("status", help="what the running app is doing")
-    p.add_argument("--json", action="store_true")
+    # Hidden: how a frozen build runs the demo's child (it has no Python for the script).
+    p = command("demo-child", None)
+    p.add_argument("script", type=Path, help="the demo child script from a demo release")
+    p.add_argument("port", type=int, help="port to listen on (loopback)")
+
+    p = command("status", "what the running app is doing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     add_repo_parser(sub)
     for name, text in (
         ("rollback", "roll the running app back to the previous version"),
-        ("resume", "allow updates to versions that were rolled back from"),
+        ("resume", "allow updates to every version that was rolled back from"),
+        ("unpause", "end a pause of updates"),
         ("quit", "stop the running app"),
     ):
-        sub.add_parser(name, help=text)
+        command(name, text)
+    p = command("skip", "never install this version (default: the latest available)")
+    p.add_argument("skip_version", nargs="?", metavar="VERSION", help="e.g. 1.2.0")
+    p = command("allow", "allow a rolled-back or skipped version again")
+    p.add_argument("allow_version", metavar="VERSION", help="e.g. 1.2.0")
+    p = command("pause", "install no updates for a while (checks go on)")
+    p.add_argument(
+        "--for",
+        dest="pause_for",
+        metavar="DURATION",
+        help="e.g. 30m, 1h, 2d (default: until `trayupdater unpause`)",
+    )
     return parser
 
 
@@ -91,12 +160,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
         value = getattr(args, f"cfg_{key}", None)
         if value is not None:
             overrides[key] = value
-    for item in args.set:
+    for item in [*args.set, *getattr(args, "set_after", [])]:
         key, sep, value = item.partition("=")
         if not sep:
             raise TrayUpdaterError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip().replace("-", "_")] = value
     return load_config(args.config, overrides=overrides)
+
+
+def config_path_of(args: argparse.Namespace) -> Path:
+    """The config file this run reads (or would read: the default may not exist)."""
+    import os
+
+    from trayupdater.config import ENV_PREFIX, default_config_path
+
+    return args.config or Path(os.environ.get(ENV_PREFIX + "CONFIG") or default_config_path())
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -121,9 +199,15 @@ def cmd_pick_asset(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise TrayUpdaterError(str(exc)) from None
     tag = str(data.get("tag_name") or "")
+    missing = []
     for platform in platforms:
         chosen = pick_asset(names, platform, repo=repo, version=tag.lstrip("vV") or None)
         print(f"{platform}\t{chosen or '-'}")
+        if chosen is None:
+            missing.append(str(platform))
+    if missing:
+        print(f"trayupdater: no asset for {', '.join(missing)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -140,6 +224,17 @@ def _repo_from_release(data: dict[str, Any]) -> str | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        return _check(args)
+    except TrayUpdaterError as exc:
+        if not args.json:
+            raise
+        # Scripts asked for JSON: they get it for a failure too (and exit 1).
+        print(json.dumps({"error": str(exc), "reason": exc.reason}, indent=2))
+        return 1
+
+
+def _check(args: argparse.Namespace) -> int:
     from trayupdater.pipeline import ReleasePipeline
     from trayupdater.store import VersionStore
 
@@ -204,7 +299,58 @@ class _ProgressPrinter:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run_app(config_from_args(args), headless=args.headless)
+    try:
+        config = config_from_args(args)
+    except TrayUpdaterError as exc:
+        if args.headless or not _tray_here():
+            raise
+        from trayupdater.config import default_logs_dir
+
+        return _start_failed(
+            exc, config=None, config_path=config_path_of(args), logs_dir=default_logs_dir()
+        )
+    return _run_app(
+        config,
+        headless=args.headless,
+        config_path=config_path_of(args),
+        launch_args=_launch_args(args),
+    )
+
+
+def _launch_args(args: argparse.Namespace) -> list[str]:
+    """The options a start at login must repeat: the config file and data folder given."""
+    extra: list[str] = []
+    if args.config:
+        extra += ["--config", str(Path(args.config).expanduser().resolve())]
+    if args.cfg_data_dir:
+        extra += ["--data-dir", str(Path(args.cfg_data_dir).expanduser().resolve())]
+    return extra
+
+
+def _tray_here() -> bool:
+    from trayupdater.tray import tray_available
+
+    use_tray, why = tray_available()
+    if not use_tray:
+        print(f"trayupdater: no system tray here ({why}); running headless", file=sys.stderr)
+    return use_tray
+
+
+def _start_failed(
+    exc: TrayUpdaterError, *, config: Config | None, config_path: Path | None, logs_dir: Path
+) -> int:
+    """Tray mode could not start: say why in the tray (see failsafe.py); exit code 1."""
+    from trayupdater.failsafe import show_start_failure
+
+    log.error("cannot start: %s", exc)
+    print(f"trayupdater: error: {exc}", file=sys.stderr)
+    return show_start_failure(
+        str(exc),
+        app_name=config.repo_name if config else "trayupdater",
+        proxy_url=f"http://{config.bind}:{config.port}" if config else "",
+        config_path=config_path,
+        logs_dir=logs_dir,
+    )
 
 
 def _run_app(
@@ -212,7 +358,11 @@ def _run_app(
     *,
     headless: bool,
     on_started: Callable[[], None] | None = None,
+    on_app: Callable[[Any], None] | None = None,
     duration: float = 0,
+    manage_autostart: bool = True,
+    config_path: Path | None = None,
+    launch_args: Sequence[str] = (),
 ) -> int:
     from trayupdater.app import AlreadyRunningError, App
     from trayupdater.handover import is_successor
@@ -222,32 +372,43 @@ def _run_app(
     # A self-update's successor starts while its predecessor still answers: not a second launch.
     running = None if is_successor() else ControlClient.find(config.data_dir)
     if running is not None:
-        running.command(Command.CHECK, wait=False)
-        print(
-            f"trayupdater is already running (pid {running.pid}); asked it to check for updates",
-            file=sys.stderr,
-        )
+        _second_launch(running)
         return 0
-    app = App(config)
-    use_tray = False
-    if not headless:
-        from trayupdater.tray import tray_available
-
-        use_tray, why = tray_available()
+    use_tray = False if headless else _tray_here()
+    try:
+        app = App(config)
+    except TrayUpdaterError as exc:
         if not use_tray:
-            print(f"trayupdater: no system tray here ({why}); running headless", file=sys.stderr)
+            raise
+        return _start_failed(exc, config=config, config_path=config_path, logs_dir=config.logs_dir)
+    if on_app:
+        on_app(app)
     if duration:
         _after(duration, app.quit)
     try:
         if use_tray:
-            return _run_tray(app, on_started)
+            return _run_tray(
+                app,
+                on_started,
+                manage_autostart=manage_autostart,
+                config_path=config_path,
+                launch_args=launch_args,
+            )
         if on_started:
             _after(0.5, on_started)
         return app.run_headless()
     except AlreadyRunningError as exc:  # lost a start-up race with another launch
-        exc.client.command(Command.CHECK, wait=False)
-        print(f"{exc}; asked it to check for updates", file=sys.stderr)
+        _second_launch(exc.client)
         return 0
+
+
+def _second_launch(running: ControlClient) -> None:
+    running.activate()  # the running tray says "Already running — it is in the tray"
+    running.command(Command.CHECK, wait=False)
+    print(
+        f"trayupdater is already running (pid {running.pid}); asked it to check for updates",
+        file=sys.stderr,
+    )
 
 
 def _after(seconds: float, action: Callable[[], None]) -> None:
@@ -257,15 +418,56 @@ def _after(seconds: float, action: Callable[[], None]) -> None:
     timer.start()
 
 
-def _run_tray(app: Any, on_started: Callable[[], None] | None) -> int:
-    from trayupdater.autostart import Autostart, launch_command
+def _run_tray(
+    app: Any,
+    on_started: Callable[[], None] | None,
+    *,
+    manage_autostart: bool = True,
+    config_path: Path | None = None,
+    launch_args: Sequence[str] = (),
+) -> int:
+    from trayupdater.app import AlreadyRunningError
+    from trayupdater.autostart import LoginChoice, enable_on_first_run, login_item
     from trayupdater.tray import TrayApp
 
-    autostart = Autostart(launch_command())
-    if app.config.start_at_login and _first_run(app.config) and not autostart.is_enabled():
-        autostart.enable()
-    tray = TrayApp(app.updater, autostart=autostart, logs_dir=app.config.logs_dir)
-    app.start()
+    autostart = choice = None
+    if manage_autostart:
+        autostart, choice = login_item(launch_args), LoginChoice()
+        if app.config.start_at_login:
+            legacy = app.config.data_dir / ".first-run-done"
+            try:
+                enable_on_first_run(autostart, choice, legacy_marker=legacy)
+            except (OSError, TrayUpdaterError) as exc:
+                log.warning("could not turn on start at login: %s", exc)
+    # Started before the icon exists: a failure shows the error tray instead, never two
+    # icons (GTK shows a status icon as soon as it is created). Nothing is missed: the
+    # tray announces what the status already says when it appears (an install, an error).
+    try:
+        app.start()
+    except AlreadyRunningError:
+        raise
+    except TrayUpdaterError as exc:
+        return _start_failed(
+            exc, config=app.config, config_path=config_path, logs_dir=app.config.logs_dir
+        )
+    # Logging out sends SIGTERM (SIGHUP from a closing terminal): quit as from the menu,
+    # so the children are stopped and the state saved, rather than dying mid-step. Set
+    # before the icon exists: GTK may dock it in the tray before its loop runs.
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda signum, frame: app.quit())
+    try:
+        tray = TrayApp(
+            app.updater,
+            autostart=autostart,
+            login_choice=choice,
+            logs_dir=app.config.logs_dir,
+            config_path=config_path,
+        )
+    except BaseException:
+        app.stop()
+        raise
+    app.on_activate.append(tray.say_already_running)
 
     # Quit from anywhere (menu, `trayupdater quit`, logout) ends the worker; the icon follows.
     def close_tray_when_worker_ends() -> None:
@@ -275,25 +477,11 @@ def _run_tray(app: Any, on_started: Callable[[], None] | None) -> int:
     threading.Thread(target=close_tray_when_worker_ends, name="tray-closer", daemon=True).start()
     if on_started:
         on_started()
-    # Logging out sends SIGTERM (SIGHUP from a closing terminal): quit as from the menu,
-    # so the children are stopped and the state saved, rather than dying mid-step.
-    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), lambda signum, frame: app.quit())
     try:
         tray.run()
     finally:
         app.stop()
     return 0
-
-
-def _first_run(config: Config) -> bool:
-    marker = config.data_dir / ".first-run-done"
-    if marker.exists():
-        return False
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    return True
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -314,10 +502,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             demo.config,
             headless=args.headless,
             on_started=demo.start_timeline,
+            on_app=demo.watch,
             duration=args.duration,
+            manage_autostart=False,  # a demo must never register anything to start at login
         )
     finally:
         demo.close()
+
+
+def cmd_demo_child(args: argparse.Namespace) -> int:
+    from trayupdater.demo_server import serve_script
+
+    try:
+        return serve_script(args.script, args.port)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise TrayUpdaterError(f"demo-child: {exc}") from None
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
@@ -341,22 +540,50 @@ def cmd_status(args: argparse.Namespace) -> int:
             "previous": state.previous,
             "blocked": state.blocked,
             "last_error": state.last_error,
+            "latest": state.latest_seen,
+            "last_check": state.last_check,
+            "skipped": state.skipped,
+            "paused": state.paused,
+            "paused_until": state.paused_until,
         }
-        print(
-            json.dumps(data, indent=2)
-            if args.json
-            else f"not running; installed active version: {state.active or 'none'}"
-        )
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            print(f"not running; installed active version: {state.active or 'none'}")
+            _print_controls(data)
         return 3  # like systemctl status: not running
     return _print_status(client.status(), as_json=args.json)
 
 
 def _command(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        status = _client(args).command(command, wait=command is not Command.QUIT)
+        params: dict[str, str] = {}
+        client = _client(args)
+        if command is Command.SKIP:
+            version = args.skip_version or _pending_version(client.status())
+            params["version"] = version
+        elif command is Command.ALLOW:
+            params["version"] = args.allow_version
+        elif command is Command.PAUSE and args.pause_for:
+            from trayupdater.preferences import PreferenceError, parse_duration
+
+            try:
+                params["seconds"] = repr(parse_duration(args.pause_for))
+            except PreferenceError as exc:
+                raise TrayUpdaterError(str(exc)) from None
+        status = client.command(command, wait=command is not Command.QUIT, **params)
         return _print_status(status, as_json=False)
 
     return run
+
+
+def _pending_version(status: dict[str, Any]) -> str:
+    latest, active = status.get("latest"), status.get("active")
+    if not latest or latest == active:
+        raise TrayUpdaterError(
+            "no newer version is available to skip; name one: trayupdater skip VERSION"
+        )
+    return str(latest)
 
 
 def _print_status(status: dict[str, Any], *, as_json: bool) -> int:
@@ -368,7 +595,24 @@ def _print_status(status: dict[str, Any], *, as_json: bool) -> int:
         print(status["message"])
     if status.get("blocked"):
         print("blocked versions: " + ", ".join(status["blocked"]))
+    _print_controls(status)
+    from trayupdater.about import when
+
+    print(
+        f"trayupdater {status.get('app_version') or __version__}; latest available: "
+        f"{status.get('latest') or 'unknown'}; last check: {when(status.get('last_check'))}"
+    )
     return 1 if status.get("error") else 0
+
+
+def _print_controls(status: dict[str, Any]) -> None:
+    from trayupdater.about import when
+
+    if status.get("skipped"):
+        print(f"skipped version: {status['skipped']} (trayupdater allow {status['skipped']})")
+    if status.get("paused"):
+        until = status.get("paused_until")
+        print(f"updates paused until {'resumed' if until is None else when(until)}")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -377,11 +621,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "config": cmd_config,
     "run": cmd_run,
     "demo": cmd_demo,
+    "demo-child": cmd_demo_child,
     "status": cmd_status,
     "rollback": _command(Command.ROLLBACK),
     "resume": _command(Command.RESUME),
     "quit": _command(Command.QUIT),
     "repo": run_repo,
+    "skip": _command(Command.SKIP),
+    "allow": _command(Command.ALLOW),
+    "pause": _command(Command.PAUSE),
+    "unpause": _command(Command.UNPAUSE),
 }
 
 

@@ -41,6 +41,12 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 
+def default_logs_dir() -> Path:
+    """The OS log folder: ~/.local/state/trayupdater/log, ~/Library/Logs/trayupdater,
+    %LOCALAPPDATA%\\trayupdater\\Logs."""
+    return Path(platformdirs.user_log_dir(APP_NAME, appauthor=False))
+
+
 @dataclass(frozen=True)
 class Config:
     # [source]
@@ -50,6 +56,7 @@ class Config:
     token: str | None = field(default=None, repr=False)  # never printed: repr=False
     channel: str = "stable"
     check_interval: float = 3600.0
+    first_retry: float = 30.0  # after a failed check; doubles up to check_interval
     asset_pattern: str | None = None
     url: str | None = None  # tuf: metadata at URL/metadata/, targets at URL/targets/
     metadata_url: str | None = None  # tuf: when metadata and targets live apart
@@ -71,6 +78,8 @@ class Config:
     hold_seconds: float = 10.0  # requests wait this long for a restarting child, then 503
     # [store]
     data_dir: Path = field(default_factory=default_data_dir)
+    # None: the OS log folder, or data_dir/logs for a data folder other than the default.
+    log_dir: Path | None = None
     keep_versions: int = 3
     max_download_bytes: int = 1024 * 1024 * 1024
     max_extract_bytes: int | None = None  # None: derived from the archive (extract_limit)
@@ -113,7 +122,16 @@ class Config:
 
     @property
     def logs_dir(self) -> Path:
-        return self.data_dir / "logs"
+        """Where the app's and the children's logs go.
+
+        A data folder other than the default is a self-contained instance (a demo, a test,
+        a second app side by side): its logs stay with it rather than mix into one file.
+        """
+        if self.log_dir is not None:
+            return self.log_dir
+        if self.data_dir != default_data_dir():
+            return self.data_dir / "logs"
+        return default_logs_dir()
 
 
 def _join(base: str, folder: str) -> str:
@@ -313,6 +331,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("token", "source", _opt_str),
     FieldSpec("channel", "source", _channel),
     FieldSpec("check_interval", "source", _number(1, 7 * 24 * 3600)),
+    FieldSpec("first_retry", "source", _number(1, 7 * 24 * 3600)),
     FieldSpec("asset_pattern", "source", _opt_pattern),
     FieldSpec("url", "source", _opt_url),
     FieldSpec("metadata_url", "source", _opt_url),
@@ -331,6 +350,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("port", "proxy", _integer(0, 65535)),
     FieldSpec("hold_seconds", "proxy", _number(0, 600)),
     FieldSpec("data_dir", "store", _path),
+    FieldSpec("log_dir", "store", _path),
     FieldSpec("keep_versions", "store", _integer(2, 100)),
     FieldSpec("max_download_bytes", "store", _integer(1024, 64 * 1024**3)),
     FieldSpec("max_extract_bytes", "store", _opt_integer(1024, 256 * 1024**3)),
@@ -440,6 +460,8 @@ def describe(config: Config) -> dict[str, Any]:
         value = getattr(config, f.name)
         if f.name == "token" and value:
             value = "***"
+        elif f.name == "log_dir":
+            value = str(config.logs_dir)
         elif isinstance(value, Path):
             value = str(value)
         elif f.name == "env":

@@ -12,6 +12,7 @@ that is not loopback is refused (403); both answers carry no body.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -24,9 +25,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
+from trayupdater import preferences
 from trayupdater.errors import TrayUpdaterError
 from trayupdater.status import Command, Status
 from trayupdater.store import atomic_write_text
@@ -39,7 +42,12 @@ COMMAND_PATHS = {
     "/rollback": Command.ROLLBACK,
     "/resume": Command.RESUME,
     "/quit": Command.QUIT,
+    "/skip": Command.SKIP,
+    "/allow": Command.ALLOW,
+    "/pause": Command.PAUSE,
+    "/unpause": Command.UNPAUSE,
 }
+ACTIVATE_PATH = "/activate"  # a second launch: the running app tells the user where it is
 
 
 class ControlServer:
@@ -48,9 +56,10 @@ class ControlServer:
         data_dir: Path,
         *,
         status: Callable[[], Status],
-        request: Callable[[Command, float], Status],
-        send: Callable[[Command], None],
+        request: Callable[[Command, float, object], Status],
+        send: Callable[[Command, object], None],
         metrics: Callable[[], tuple[bytes, str]] | None = None,
+        activate: Callable[[], None] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.token = secrets.token_urlsafe(32)
@@ -63,6 +72,7 @@ class ControlServer:
                 "request_fn": staticmethod(request),
                 "send_fn": staticmethod(send),
                 "metrics_fn": staticmethod(metrics) if metrics else None,
+                "activate_fn": staticmethod(activate) if activate else None,
             },
         )
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -111,9 +121,10 @@ def write_private(path: Path, text: str) -> None:
 class _Handler(BaseHTTPRequestHandler):
     server_ref: ControlServer
     status_fn: Callable[[], Status]
-    request_fn: Callable[[Command, float], Status]
-    send_fn: Callable[[Command], None]
+    request_fn: Callable[[Command, float, object], Status]
+    send_fn: Callable[[Command, object], None]
     metrics_fn: Callable[[], tuple[bytes, str]] | None
+    activate_fn: Callable[[], None] | None
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -159,15 +170,25 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._authorized():
             return self._json(401, {"error": "missing or wrong token"})
-        command = COMMAND_PATHS.get(self.path.split("?")[0])
+        url = urlsplit(self.path)
+        query = parse_qs(url.query, max_num_fields=8)
+        if url.path == ACTIVATE_PATH:
+            if self.activate_fn is not None:
+                self.activate_fn()
+            return self._json(202, self.status_fn().to_json())
+        command = COMMAND_PATHS.get(url.path)
         if command is None:
-            return self._json(404, {"error": f"unknown path {self.path}"})
-        wait = "wait=0" not in self.path
+            return self._json(404, {"error": f"unknown path {url.path}"})
+        try:
+            payload = _payload(command, query)
+        except preferences.PreferenceError as exc:
+            return self._json(400, {"error": str(exc)})
+        wait = query.get("wait") != ["0"]
         if command is Command.QUIT or not wait:
-            self.send_fn(command)
+            self.send_fn(command, payload)
             return self._json(202, self.status_fn().to_json())
         try:
-            status = self.request_fn(command, 600.0)
+            status = self.request_fn(command, 600.0, payload)
         except TrayUpdaterError as exc:
             return self._json(504, {"error": str(exc)})
         self._json(200, status.to_json())
@@ -181,6 +202,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def _payload(command: Command, query: dict[str, list[str]]) -> object:
+    """The checked argument of a command from the query string (hostile until checked)."""
+    if command in (Command.SKIP, Command.ALLOW):
+        return preferences.check_version((query.get("version") or [None])[0])
+    if command is Command.PAUSE:
+        seconds = (query.get("seconds") or [None])[0]
+        if seconds is None:
+            return None
+        try:
+            return preferences.check_pause(float(seconds))
+        except ValueError:
+            raise preferences.PreferenceError(
+                f"seconds must be a number, got {seconds!r}"
+            ) from None
+    return None
 
 
 def _is_loopback_name(host: str) -> bool:
@@ -246,10 +284,21 @@ class ControlClient:
         return self._call("GET", "/status", timeout=5.0)
 
     def command(
-        self, command: Command, *, wait: bool = True, timeout: float = 600.0
+        self,
+        command: Command,
+        *,
+        wait: bool = True,
+        timeout: float = 600.0,
+        **params: str,
     ) -> dict[str, Any]:
-        path = "/" + command.value + ("" if wait else "?wait=0")
+        query = {**params, **({} if wait else {"wait": "0"})}
+        path = "/" + command.value + (f"?{urlencode(query)}" if query else "")
         return self._call("POST", path, timeout=timeout)
+
+    def activate(self) -> None:
+        """Ask the running app to show where it is (a second launch); older apps ignore it."""
+        with contextlib.suppress(TrayUpdaterError):
+            self._call("POST", ACTIVATE_PATH, timeout=5.0)
 
     def _call(self, method: str, path: str, *, timeout: float) -> dict[str, Any]:
         try:

@@ -17,20 +17,26 @@ import tarfile
 import threading
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from trayupdater.config import Config
 from trayupdater.demo_server import render_script
+from trayupdater.errors import TrayUpdaterError
 from trayupdater.feed import ReleaseFeed
 from trayupdater.platforms import Platform
+from trayupdater.status import Phase, Status
 
 log = logging.getLogger(__name__)
 
 DEMO_REPO = "demo/simple-server"
 GORELEASER_OS = {"linux": "Linux", "darwin": "Darwin", "windows": "Windows"}
 GORELEASER_ARCH = {"x86_64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+# Written into every folder the demo creates: only such a folder may be emptied by a demo.
+DEMO_MARKER = ".trayupdater-demo"
+NEW_VERSION_NOTES = "Faster start-up and a friendlier front page\n\n* details in the demo"
 
 
 def asset_name(platform: Platform, program: str = "simple-server") -> str:
@@ -80,7 +86,10 @@ def publish_version(
 
 def demo_config(base: Config, feed_url: str, data_dir: Path) -> Config:
     command = base.command
-    if sys.platform == "win32":
+    if getattr(sys, "frozen", False):
+        # No Python to run the demo child script with: the app serves it itself.
+        command = (sys.executable, "demo-child", "{exe}", "{port}")
+    elif sys.platform == "win32":
         command = (sys.executable, "{exe}", "{port}")  # the demo child is a Python script
     return replace(
         base,
@@ -98,12 +107,73 @@ def demo_config(base: Config, feed_url: str, data_dir: Path) -> Config:
     )
 
 
+def prepare_demo_folder(folder: Path) -> None:
+    """Make ``folder`` an empty demo data folder, or refuse with a clear error.
+
+    Only a folder holding the demo's marker (one an earlier demo created) is emptied; a
+    missing or empty folder is taken; anything else is the user's and stays untouched.
+    """
+    marker = folder / DEMO_MARKER
+    if folder.exists() or folder.is_symlink():
+        if not folder.is_dir():
+            raise TrayUpdaterError(f"demo: {folder} exists and is not a folder; choose another")
+        if marker.is_file():
+            for entry in folder.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        elif any(folder.iterdir()):
+            raise TrayUpdaterError(
+                f"demo: {folder} is not empty and was not created by the demo; refusing to "
+                "use it (the demo empties its folder). Choose a new or empty folder."
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text("created by `trayupdater demo`; the demo may empty this folder\n")
+
+
+class Story:
+    """One readable line per event of the demo (no ``-v`` needed), from status changes:
+    downloading, installed, switched, rolled back, a problem."""
+
+    def __init__(self, first: Status, write: Callable[[str], None] | None = None) -> None:
+        self._last = first
+        self._write = write or (lambda line: print(f"demo: {line}", flush=True))
+
+    def __call__(self, status: Status) -> None:
+        old, self._last = self._last, status
+        for line in story_lines(old, status):
+            self._write(line)
+
+
+def story_lines(old: Status, new: Status) -> list[str]:
+    lines = []
+    if new.phase is Phase.DOWNLOADING and old.phase is not Phase.DOWNLOADING:
+        lines.append(f"downloading {new.latest or 'the new version'} from the feed…")
+    if new.message != old.message:
+        message = new.message
+        if message.startswith("Installed "):
+            lines.append(f"{message.lower()} and serving it through {new.proxy_url}")
+        elif message.startswith("Updated to "):
+            version = message.removeprefix("Updated to ")
+            lines.append(
+                f"switched to {version}: the proxy moved over without dropping a request "
+                f"(roll back with the tray menu or `trayupdater rollback`)"
+            )
+        elif message.startswith(("Rolled back to", "Automatically rolled back to")):
+            lines.append(message[:1].lower() + message[1:])
+    if new.error and new.error != old.error:
+        from trayupdater.announce import one_sentence
+
+        lines.append(f"problem: {one_sentence(new.error)}")
+    return lines
+
+
 class Demo:
     """The feed plus a timeline of releases; the caller runs the app against ``config``."""
 
     def __init__(self, base: Config, data_dir: Path, *, publish_after: float = 12.0) -> None:
-        if data_dir.exists():
-            shutil.rmtree(data_dir)  # every demo starts from a clean slate
+        prepare_demo_folder(data_dir)  # every demo starts from a clean slate
         self.feed = ReleaseFeed().start()
         self.config = demo_config(base, self.feed.url, data_dir)
         self.publish_after = publish_after
@@ -116,10 +186,12 @@ class Demo:
     def _timeline(self) -> None:
         if self._stop.wait(self.publish_after):
             return
-        publish_version(self.feed, "1.1.0")
-        print(
-            "demo: published 1.1.0; the app picks it up at its next check (every 5 s)", flush=True
-        )
+        publish_version(self.feed, "1.1.0", notes=NEW_VERSION_NOTES)
+        print("demo: published 1.1.0 on the release feed; the app checks every 5 s", flush=True)
+
+    def watch(self, app: Any) -> None:
+        """Tell the story of the running ``app`` on the terminal, one line per event."""
+        app.updater.subscribe(Story(app.updater.status()))
 
     def close(self) -> None:
         self._stop.set()

@@ -33,6 +33,7 @@ SIGTERM and SIGINT (SIGBREAK on Windows) shut the server down cleanly with exit 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -235,7 +236,15 @@ def render_script(
         # The kernel splits a shebang line at the first blank: the script would not run.
         raise ValueError(f"interpreter path {python!r} contains whitespace; unusable in #!")
 
-    source = Path(__file__).read_text(encoding="utf-8")
+    try:
+        source = Path(__file__).read_text(encoding="utf-8")
+    except OSError:
+        # A frozen build has no source files: the archive then carries only the two lines,
+        # which the app's hidden `demo-child SCRIPT PORT` command reads (see serve_script).
+        return (
+            "# demo child of trayupdater; run as: trayupdater demo-child THIS_FILE PORT\n"
+            f"VERSION = {version!r}\nBEHAVIOUR = {wanted!r}\n"
+        )
     # Callables as replacements: a version or knob text with a backslash must stay literal.
     source, n_version = re.subn(
         r"^VERSION = .*$", lambda _m: f"VERSION = {version!r}", source, count=1, flags=re.M
@@ -248,6 +257,37 @@ def render_script(
     if source.startswith("#!"):
         source = source.split("\n", 1)[1]
     return f"#!{python}\n{source}"
+
+
+MAX_SCRIPT_BYTES = 256 * 1024
+
+
+def read_script(path: Path) -> tuple[str, dict[str, object]]:
+    """The VERSION and BEHAVIOUR a demo child script (full or frozen form) declares.
+
+    Parsed as literals, never executed: the file came out of a downloaded archive.
+    """
+    with path.open("rb") as fh:
+        text = fh.read(MAX_SCRIPT_BYTES).decode("utf-8", errors="replace")
+    version_line = re.search(r"^VERSION = (.*)$", text, re.M)
+    behaviour_line = re.search(r"^BEHAVIOUR = (.*)$", text, re.M)
+    if not version_line or not behaviour_line:
+        raise ValueError(f"{path} is not a demo child script (no VERSION/BEHAVIOUR lines)")
+    version = ast.literal_eval(version_line.group(1))
+    behaviour = ast.literal_eval(behaviour_line.group(1))
+    if not isinstance(version, str) or not isinstance(behaviour, dict):
+        raise ValueError(f"{path}: VERSION must be a string and BEHAVIOUR a dict")
+    unknown = sorted(set(behaviour) - set(KNOBS))
+    if unknown:
+        raise ValueError(f"{path}: unknown demo-server knob(s) {unknown}")
+    return version, behaviour
+
+
+def serve_script(path: Path, port: int, host: str = "127.0.0.1") -> int:
+    """Serve as the demo child ``path`` describes: how a frozen app runs its demo child."""
+    global VERSION, BEHAVIOUR
+    VERSION, BEHAVIOUR = read_script(path)
+    return serve(port, host)
 
 
 if __name__ == "__main__":

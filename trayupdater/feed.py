@@ -38,6 +38,7 @@ class _Release:
     draft: bool
     assets: list[_Asset]
     published_at: str
+    notes: str = ""
 
 
 @dataclass
@@ -102,6 +103,7 @@ class ReleaseFeed:
         draft: bool = False,
         digests: bool = True,
         checksums: bool = True,
+        notes: str = "",
     ) -> None:
         """Add a release; ``checksums`` adds a goreleaser-style ``checksums.txt``."""
         files = dict(assets)
@@ -117,6 +119,7 @@ class ReleaseFeed:
                 draft=draft,
                 assets=[_Asset(self._new_id(), n, d, digests) for n, d in files.items()],
                 published_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                notes=notes,
             )
             self._repos.setdefault(repo, []).append(release)
 
@@ -169,6 +172,7 @@ class ReleaseFeed:
             "draft": release.draft,
             "prerelease": release.prerelease,
             "published_at": release.published_at,
+            "body": release.notes,
             "assets": [
                 {
                     "url": f"{base}/repos/{repo}/releases/assets/{a.id}",

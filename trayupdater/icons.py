@@ -54,6 +54,7 @@ _COLOURS = {
     Look.IDLE: (128, 134, 145),
 }
 _WHITE = (255, 255, 255, 255)
+_TRACK = (120, 160, 235, 255)  # the not-yet-downloaded part of the progress ring
 _BADGE = (245, 158, 11)  # amber: "the last operation failed, but it still serves"
 _SUPERSAMPLE = 4
 _UNITS = 64.0  # glyphs are described on a 64x64 grid and scaled to the requested size
@@ -76,13 +77,46 @@ def look_for(phase: Phase | Look | str) -> Look:
 
 
 def icon_image(
-    phase: Phase | Look | str, size: int = TRAY_PNG_SIZE, *, warning: bool = False
+    phase: Phase | Look | str,
+    size: int = TRAY_PNG_SIZE,
+    *,
+    warning: bool = False,
+    progress: float | None = None,
 ) -> Image.Image:
     """The tray icon for ``phase`` (or a ``Look``) as an RGBA image of ``size`` x ``size`` px.
 
     ``warning`` adds an amber dot: the app still serves but the last operation failed.
+    ``progress`` (0..1, busy look only) draws a download's progress as a ring, in eighths:
+    finer steps would only re-send near-identical images to the tray host.
     """
-    return _tray_image(look_for(phase), _checked_size(size), warning).copy()
+    step = None if progress is None else max(0, min(8, int(progress * 8)))
+    return _tray_image(look_for(phase), _checked_size(size), warning, step).copy()
+
+
+def template_image(phase: Phase | Look | str, size: int = TRAY_PNG_SIZE) -> Image.Image:
+    """The macOS menu-bar form of a look: black disc, glyph cut out, nothing else.
+
+    macOS draws template images in the menu bar's own colour (light or dark mode); the
+    image says so in ``info["template"]``, which the tray backend passes on to AppKit.
+    """
+    image = _template_image(look_for(phase), _checked_size(size)).copy()
+    image.info["template"] = True
+    return image
+
+
+@functools.lru_cache(maxsize=16)
+def _template_image(look: Look, size: int) -> Image.Image:
+    def paint(draw: ImageDraw.ImageDraw, u: Scale) -> None:
+        draw.ellipse(_box(u, 2, 2, 62, 62), fill=(0, 0, 0, 255))
+        _GLYPHS[look](draw, u)
+
+    coloured = _render(size, paint)
+    # The glyph was drawn white: make it transparent, keep the disc black.
+    red, _, _, alpha = coloured.split()
+    mask = Image.eval(red, lambda v: 255 - v)
+    black = Image.new("RGBA", coloured.size, (0, 0, 0, 0))
+    black.putalpha(Image.composite(mask, Image.new("L", coloured.size, 0), alpha))
+    return black
 
 
 def app_icon(size: int = 256) -> Image.Image:
@@ -96,10 +130,17 @@ def _checked_size(size: int) -> int:
     return size
 
 
-@functools.lru_cache(maxsize=64)
-def _tray_image(look: Look, size: int, warning: bool) -> Image.Image:
+@functools.lru_cache(maxsize=128)
+def _tray_image(look: Look, size: int, warning: bool, step: int | None = None) -> Image.Image:
     def paint(draw: ImageDraw.ImageDraw, u: Scale) -> None:
         draw.ellipse(_box(u, 2, 2, 62, 62), fill=_COLOURS[look])
+        if step is not None and look is Look.BUSY:
+            # The disc's rim fills clockwise from 12 o'clock: pale track, white done part.
+            draw.arc(_box(u, 4, 4, 60, 60), 0, 360, fill=_TRACK, width=round(u(5)))
+            if step:
+                draw.arc(
+                    _box(u, 4, 4, 60, 60), -90, -90 + 45 * step, fill=_WHITE, width=round(u(5))
+                )
         _GLYPHS[look](draw, u)
         if warning:
             # Bottom right, where no glyph reaches its edge; the white ring separates it.
@@ -223,6 +264,9 @@ def write_assets(outdir: Path) -> list[Path]:
         path = outdir / f"tray-{look.value}.png"
         _tray_image(look, TRAY_PNG_SIZE, False).save(path, optimize=True)
         written.append(path)
+    path = outdir / "tray-template.png"  # macOS menu bar (serving look)
+    _template_image(Look.RUNNING, TRAY_PNG_SIZE).save(path, optimize=True)
+    written.append(path)
     return written
 
 

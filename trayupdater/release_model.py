@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from packaging.version import InvalidVersion, Version
@@ -34,6 +35,17 @@ class Release:
     notes: str = ""  # the release body (Markdown), as published
 
     @property
+    def notes_headline(self) -> str:
+        """The first line of the notes that says something, as plain text (for a
+        notification): headings such as "## What's Changed" and list bullets are skipped."""
+        return notes_headline(self.notes)
+
+    @property
+    def page(self) -> str | None:
+        """``html_url`` if it is a web page the tray may open for "What's new", else None."""
+        return web_page(self.html_url)
+
+    @property
     def version_text(self) -> str:
         """The version as users read it and as the version store names folders."""
         return str(self.version)
@@ -51,3 +63,23 @@ def parse_version(tag: str) -> Version | None:
         return Version(text)
     except InvalidVersion:
         return None
+
+
+HEADLINE_LIMIT = 120
+
+
+def notes_headline(notes: str) -> str:
+    lines = [line.strip() for line in notes.splitlines() if line.strip()]
+    text = next((line for line in lines if not line.startswith("#")), lines[0] if lines else "")
+    text = re.sub(r"^(?:(?:#{1,6}|[*+-]|>)\s+)+", "", text)  # heading marks, bullets, quotes
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # [text](url) -> text
+    text = re.sub(r"[*_`]{1,3}([^*_`]+)[*_`]{1,3}", r"\1", text)  # emphasis, code
+    text = "".join(ch for ch in text if ch.isprintable())
+    return text if len(text) <= HEADLINE_LIMIT else text[: HEADLINE_LIMIT - 1] + "…"
+
+
+def web_page(url: str) -> str | None:
+    """Only an http(s) address is handed to the desktop's opener (not file:, javascript:)."""
+    if re.match(r"https?://[^\s]+$", url) and len(url) <= 2048:
+        return url
+    return None

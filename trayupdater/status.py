@@ -11,6 +11,9 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+import trayupdater
+from trayupdater.store import version_key
+
 
 class Phase(str, enum.Enum):
     STARTING = "starting"
@@ -30,6 +33,11 @@ class Command(str, enum.Enum):
     ROLLBACK = "rollback"
     RESUME = "resume"  # forget blocked versions: allow updating to them again
     QUIT = "quit"
+    # Update controls (preferences.py); SKIP and ALLOW carry a version, PAUSE seconds or None.
+    SKIP = "skip"  # never install this version; a newer one is installed as usual
+    ALLOW = "allow"  # take one version off the blocked list (or un-skip it)
+    PAUSE = "pause"  # install nothing until the pause ends (or UNPAUSE)
+    UNPAUSE = "unpause"
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,15 @@ class Status:
     proxy_url: str = "http://127.0.0.1:8080"
     last_check: float | None = None
     rollback_reason: str | None = None  # why "Roll back" is disabled, when it is
+    # The latest release as the last check saw it: its page and the first line of its notes.
+    release_url: str | None = None
+    release_notes: str = ""
+    download_done: int | None = None  # bytes so far of the running download
+    download_total: int | None = None
+    skipped: str | None = None  # "Skip this version": not installed, newer ones are
+    paused: bool = False  # "Pause updates": nothing is installed while set
+    paused_until: float | None = None  # time.time() the pause ends; None: until resumed
+    app_version: str = field(default_factory=lambda: trayupdater.__version__)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -54,11 +71,27 @@ class Status:
         version = f" {self.active}" if self.active else ""
         if self.phase is Phase.DOWNLOADING and self.progress is not None:
             what = f"downloading {self.latest or ''} {self.progress:.0%}".replace("  ", " ")
+            if self.download_total:
+                what += f" ({megabytes(self.download_done or 0, self.download_total)})"
         elif self.phase is Phase.ERROR and self.error:
             what = f"error: {self.error}"
         else:
             what = self.phase.value.replace("_", " ")
         return f"{self.app_name}{version} — {what}"
+
+    @property
+    def serving(self) -> bool:
+        """Does a version answer through the proxy right now?"""
+        return self.phase in (Phase.RUNNING, Phase.CHECKING, Phase.DOWNLOADING, Phase.UPDATING)
+
+    @property
+    def update_pending(self) -> str | None:
+        """A newer release that is not installed and not blocked: what "Skip" would skip."""
+        if not self.latest or self.latest == self.active or self.latest in self.blocked:
+            return None
+        if self.active and version_key(self.latest) <= version_key(self.active):
+            return None
+        return self.latest
 
     @property
     def can_roll_back(self) -> bool:
@@ -73,13 +106,18 @@ class Status:
         return data
 
 
+def megabytes(done: int, total: int) -> str:
+    """``3.1 / 6.3 MB``: download progress in words."""
+    return f"{done / 1e6:.1f} / {total / 1e6:.1f} MB"
+
+
 class Controller(Protocol):
     """What a front end (tray, control endpoint) needs from the running app."""
 
     def status(self) -> Status: ...
 
-    def send(self, command: Command) -> None:
-        """Queue a command for the update worker; returns at once."""
+    def send(self, command: Command, payload: object = None) -> None:
+        """Queue a command (with its version or seconds) for the update worker; returns at once."""
 
     def subscribe(self, callback: Any) -> None:
         """``callback(status)`` on every change, called from the worker thread."""

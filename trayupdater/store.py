@@ -42,12 +42,22 @@ class State:
     child_pid: int | None = None  # so a restarted app can adopt or clean up its child
     child_port: int | None = None
     probation_until: float | None = None  # time.time() until which the new version is on trial
+    # Update controls (preferences.py); defaults keep older state files loading.
+    skipped: str | None = None  # never install this version (newer ones are installed)
+    paused: bool = False  # install nothing while set
+    paused_until: float | None = None  # time.time() the pause ends; None with paused: until resumed
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         state = cls(**known)
         state.blocked = [str(v) for v in state.blocked or []]
+        # Hand-edited or from a newer version: wrong types mean "not set", not a crash.
+        if not isinstance(state.skipped, str):
+            state.skipped = None
+        state.paused = state.paused is True
+        if isinstance(state.paused_until, bool) or not isinstance(state.paused_until, (int, float)):
+            state.paused_until = None
         return state
 
 

@@ -2,8 +2,12 @@
 
 The tray only reads ``Status`` snapshots and sends ``Command``s (see status.py), so it never
 races the update worker. Menu entries are callables evaluated whenever the native menu is
-rebuilt (on every status change and after every click), which keeps the status line, the
-roll-back entry and the start-at-login checkbox true to the current state.
+rebuilt (on every visible status change and after every click), which keeps the status
+line, the roll-back entry, the update controls and the start-at-login checkbox true to the
+current state; an open GTK menu is refreshed in place (tray_backend.py).
+
+Every click gets feedback: a check the user asked for ends in a notification, an opener
+that fails says so with the path or URL, a double-click on the icon opens the page once.
 
 pystray is imported lazily: without a display ``import pystray`` raises, and the CLI must be
 able to ask ``tray_available()`` first and fall back to headless mode.
@@ -12,129 +16,42 @@ able to ask ``tray_available()`` first and fall back to headless mode.
 from __future__ import annotations
 
 import logging
-import os
-import re
-import subprocess
-import sys
 import threading
 import time
-import webbrowser
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trayupdater import announce
+from trayupdater.announce import Announcer, Notice, one_sentence
 from trayupdater.errors import TrayUpdaterError
-from trayupdater.icons import Look, icon_image, look_for
+from trayupdater.failsafe import START_FAILED
+from trayupdater.icons import Look, icon_image, look_for, template_image
+from trayupdater.notify import Notifier
+from trayupdater.opener import open_folder, open_target
 from trayupdater.status import Command, Controller, Phase, Status
+from trayupdater.tray_backend import APP_ID, create_icon, tray_available, uses_template_images
 
 if TYPE_CHECKING:
     import pystray
 
-    from trayupdater.autostart import Autostart
+    from trayupdater.autostart import Autostart, LoginChoice
+
+__all__ = ["APP_ID", "TrayApp", "open_folder", "tray_available"]
 
 log = logging.getLogger(__name__)
 
-APP_ID = "trayupdater"
 MENU_TEXT_LIMIT = 80  # long error texts would make the menu as wide as the screen
-FAILURE_REPEAT_AFTER = 300.0  # seconds before the same failure may be announced again
+TOOLTIP_LIMIT = 120
+DOUBLE_CLICK = 1.0  # seconds: a second "Open" this soon is the same click
+PAUSE_HOUR = 3600.0
+MAX_ALLOW_ITEMS = 5
+PROGRESS_STEPS = 8  # the busy icon shows download progress in eighths
 
 # While the worker is busy a Check would only queue behind the running operation.
 _BUSY = frozenset(
-    {
-        Phase.CHECKING,
-        Phase.DOWNLOADING,
-        Phase.UPDATING,
-        Phase.ROLLING_BACK,
-        Phase.STOPPING,
-    }
+    {Phase.CHECKING, Phase.DOWNLOADING, Phase.UPDATING, Phase.ROLLING_BACK, Phase.STOPPING}
 )
-# Backends whose menus work; xorg has none (and its clicks never arrive), dummy is a stub.
-_MENU_BACKENDS = {"appindicator", "gtk", "darwin", "win32"}
-
-
-def open_folder(path: Path) -> None:
-    """Show ``path`` in the platform's file manager."""
-    if sys.platform == "win32":
-        os.startfile(path)  # type: ignore[attr-defined]  # noqa: S606 - a folder, not a program
-        return
-    opener = "open" if sys.platform == "darwin" else "xdg-open"
-    proc = subprocess.Popen(
-        [opener, os.fspath(path)],
-        env=_child_env(),
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    # Reap it in the background so no zombie is left behind for the app's lifetime.
-    threading.Thread(target=proc.wait, name="open-folder", daemon=True).start()
-
-
-def _child_env() -> dict[str, str]:
-    """The environment for desktop helpers; undoes PyInstaller's library path override."""
-    env = dict(os.environ)
-    if getattr(sys, "frozen", False):
-        for name in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH"):
-            original = env.pop(f"{name}_ORIG", None)
-            if original is not None:
-                env[name] = original
-            else:
-                env.pop(name, None)
-    return env
-
-
-@dataclass(frozen=True)
-class Notice:
-    title: str
-    message: str
-
-
-class Announcer:
-    """Decides which status changes deserve a desktop notification.
-
-    Only transitions count: an update or rollback finishing (its message appears), and a
-    failure starting. A failure with the same text (numbers ignored, so "restarting in
-    4 s" equals "restarting in 8 s") is announced again only after the app recovered in
-    between and ``repeat_after`` seconds passed: an offline machine or a crash loop gets
-    one notification, not one per poll.
-    """
-
-    def __init__(
-        self,
-        first: Status,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        repeat_after: float = FAILURE_REPEAT_AFTER,
-    ) -> None:
-        self._last = first
-        self._clock = clock
-        self._repeat_after = repeat_after
-        self._failure_key: str | None = None
-        self._failure_at = 0.0
-        self._recovered = True
-
-    def notices(self, new: Status) -> list[Notice]:
-        old, self._last = self._last, new
-        found: list[Notice] = []
-        if new.message != old.message and new.message.startswith(
-            ("Updated to", "Rolled back to", "Automatically rolled back to")
-        ):
-            found.append(Notice(new.app_name, new.message))
-        if new.error is None and new.phase is Phase.RUNNING:
-            self._recovered = True
-        if new.error and new.error != old.error and self._is_new_failure(new.error):
-            found.append(Notice(f"{new.app_name}: problem", new.error))
-        return found
-
-    def _is_new_failure(self, error: str) -> bool:
-        key = re.sub(r"\d+(?:\.\d+)*", "#", error)
-        now = self._clock()
-        repeat = self._recovered and now - self._failure_at >= self._repeat_after
-        if key == self._failure_key and not repeat:
-            return False
-        self._failure_key, self._failure_at, self._recovered = key, now, False
-        return True
 
 
 class TrayApp:
@@ -144,30 +61,48 @@ class TrayApp:
         self,
         controller: Controller,
         *,
-        autostart: Autostart,
-        open_url: Callable[[str], Any] = webbrowser.open,
-        open_path: Callable[[Path], Any] = open_folder,
+        autostart: Autostart | None,
+        login_choice: LoginChoice | None = None,
+        open_url: Callable[[str], Any] | None = None,
+        open_path: Callable[[Path], Any] | None = None,
         logs_dir: Path,
+        config_path: Path | None = None,
         icon_factory: Callable[..., pystray.Icon] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rich_notifications: bool = True,
     ) -> None:
         self._controller = controller
-        self._autostart = autostart
-        self._open_url = open_url
-        self._open_path = open_path
+        self._autostart = autostart  # None: not offered (the demo never touches it)
+        self._login_choice = login_choice
+        self._open_url = open_url or (lambda url: open_target(url, self._tell))
+        self._open_path = open_path or (lambda path: open_target(path, self._tell))
         self._logs_dir = logs_dir
+        self._config_path = config_path
+        self._clock = clock
         self._status = controller.status()
-        self._announcer = Announcer(self._status, clock=clock)
+        # Compared against a blank status, so a failure known at start is announced too.
+        self._announcer = Announcer(Status(app_name=self._status.app_name), clock=clock)
         self._stop_requested = threading.Event()
+        self._ready = threading.Event()
+        self._pending: list[Notice] = []  # notices from before the icon could show them
         self._lock = threading.Lock()  # serialises status handling from worker threads
+        self._last_open = -DOUBLE_CLICK
         self._look = self._look_key(self._status)
         self._menu_key = self._menu_state(self._status)
-        factory = icon_factory or _default_icon_factory
+        factory = icon_factory or create_icon
         self.icon = factory(
             APP_ID,
-            icon=icon_image(self._look[0], warning=self._look[1]),
-            title=_clip(self._status.headline),
+            icon=self._image(self._look),
+            title=self._tooltip(self._status),
             menu=self._build_menu(),
+        )
+        rich = rich_notifications and icon_factory is None
+        self.notifier = Notifier(
+            self.icon.notify,
+            on_action=self._on_notice_action,
+            labels=announce.ACTION_LABELS,
+            icon=_app_icon_file() if rich else None,
+            rich=rich,
         )
         controller.subscribe(self._on_status)
         # A change published between status() and subscribe() would otherwise be missed.
@@ -187,6 +122,8 @@ class TrayApp:
             # pystray's GTK backend closes its notification on the way out; without a
             # notification daemon that raises (DBus ServiceUnknown) after a clean stop.
             log.warning("tray icon raised while stopping", exc_info=True)
+        finally:
+            self.notifier.close()
 
     def stop(self) -> None:
         """Close the icon; ``run()`` returns. Safe from any thread, before or during run."""
@@ -195,9 +132,18 @@ class TrayApp:
 
     def _setup(self, icon: pystray.Icon) -> None:
         icon.visible = True
+        with self._lock:
+            self._ready.set()
+            pending, self._pending = self._pending, []
+        for notice in pending:
+            self._show(notice)
         # A stop() that came before the loop was ready found nothing running to stop.
         if self._stop_requested.is_set():
             icon.stop()
+
+    def say_already_running(self) -> None:
+        """A second launch found this app: tell the user where it is."""
+        self._show(Notice("TrayUpdater", "Already running — it is in the tray", ("open",)))
 
     # --- status changes (worker thread) ---
 
@@ -207,22 +153,46 @@ class TrayApp:
             look = self._look_key(status)
             if look != self._look:
                 self._look = look
-                self.icon.icon = icon_image(look[0], warning=look[1])
-            self.icon.title = _clip(status.headline)
+                self.icon.icon = self._image(look)
+            self.icon.title = self._tooltip(status)
             menu_key = self._menu_state(status)
             if menu_key != self._menu_key:
                 # Download progress publishes often; rebuild only when something shown changed.
                 self._menu_key = menu_key
                 self.icon.update_menu()
             notices = self._announcer.notices(status)
+            if not self._ready.is_set():
+                self._pending += notices
+                notices = []
         for notice in notices:
-            self._notify(notice.message, notice.title)
+            self._show(notice)
 
     @staticmethod
-    def _look_key(status: Status) -> tuple[Look, bool]:
-        # Phase decides the colour; a failure while still serving adds the amber badge.
+    def _look_key(status: Status) -> tuple[Look, bool, int | None]:
+        # Red whenever nothing serves because something failed (a crash loop, a failed
+        # first install); a failure while still serving adds the amber badge instead.
         look = look_for(status.phase)
-        return look, bool(status.error) and look is Look.RUNNING
+        failed = bool(status.error) or status.phase in (Phase.ERROR, Phase.RESTARTING)
+        if failed and not status.serving:
+            look = Look.ERROR
+        step = None
+        if status.phase is Phase.DOWNLOADING and status.progress is not None:
+            step = max(0, min(PROGRESS_STEPS, int(status.progress * PROGRESS_STEPS)))
+        return look, bool(status.error) and look is Look.RUNNING, step
+
+    @staticmethod
+    def _image(look: tuple[Look, bool, int | None]) -> Any:
+        if uses_template_images() and look[0] is not Look.ERROR and not look[1]:
+            return template_image(look[0])  # an error or a warning keeps its colour
+        progress = None if look[2] is None else look[2] / PROGRESS_STEPS
+        return icon_image(look[0], warning=look[1], progress=progress)
+
+    @staticmethod
+    def _tooltip(status: Status) -> str:
+        text = _clip(status.headline, TOOLTIP_LIMIT)
+        if status.error and status.error not in status.headline:
+            text += "\n" + _clip(one_sentence(status.error), TOOLTIP_LIMIT)
+        return text
 
     def _menu_state(self, status: Status) -> tuple[object, ...]:
         return (
@@ -231,49 +201,145 @@ class TrayApp:
             self._rollback_text(status),
             status.can_roll_back,
             status.phase in _BUSY,
+            status.error,
+            status.release_url,
+            status.latest,
+            status.update_pending,
+            status.blocked,
+            status.skipped,
+            status.paused,
+            status.paused_until,
+            status.active,
+            status.last_check,
         )
 
-    def _notify(self, message: str, title: str) -> None:
-        try:
-            self.icon.notify(message, title)
-        except Exception:
-            # Notifications are a courtesy: a backend without them must not stop the app.
-            log.warning("could not show notification %r", message, exc_info=True)
+    def _show(self, notice: Notice) -> None:
+        self.notifier.notify(notice.title, notice.message, notice.actions)
+
+    def _tell(self, message: str) -> None:
+        """Feedback for a click that went wrong (an opener that found nothing)."""
+        self._show(Notice("TrayUpdater", message[:1].upper() + message[1:]))
 
     # --- menu ---
 
     def _build_menu(self) -> pystray.Menu:
         from pystray import Menu, MenuItem
 
+        def status() -> Status:
+            return self._status
+
+        def normal(_: object = None) -> bool:
+            return not status().extra.get(START_FAILED)
+
+        autostart_offered = self._autostart is not None
         return Menu(
-            MenuItem(lambda _: self._headline_text(self._status), None, enabled=False),
+            MenuItem(lambda _: self._headline_text(status()), None, enabled=False),
             MenuItem(
-                lambda _: self._message_text(self._status),
+                lambda _: self._message_text(status()),
                 None,
                 enabled=False,
-                visible=lambda _: bool(self._message_text(self._status)),
+                visible=lambda _: bool(self._message_text(status())),
             ),
             Menu.SEPARATOR,
-            MenuItem("Open", self._action(self._open), default=True),
+            MenuItem("Open", self._action(self._open), default=True, visible=normal),
             MenuItem(
                 "Check for updates",
                 self._action(self._check),
-                enabled=lambda _: self._status.phase not in _BUSY,
+                enabled=lambda _: status().phase not in _BUSY,
+                visible=normal,
             ),
             MenuItem(
-                lambda _: self._rollback_text(self._status),
+                lambda _: self._rollback_text(status()),
                 self._action(self._rollback),
-                enabled=lambda _: self._status.can_roll_back,
+                enabled=lambda _: status().can_roll_back,
+                visible=normal,
             ),
             Menu.SEPARATOR,
             MenuItem(
-                "Start at login",
+                "Start at login" if autostart_offered else "Start at login (not for the demo)",
                 self._action(self._toggle_autostart),
                 checked=lambda _: self._autostart_enabled(),
+                enabled=autostart_offered,
+                visible=normal,
             ),
             MenuItem("Open logs", self._action(self._open_logs)),
+            MenuItem(
+                "Show error details…",
+                self._action(self._open_log_file),
+                visible=lambda _: bool(status().error),
+            ),
+            MenuItem(
+                "Open config",
+                self._action(self._open_config),
+                visible=lambda _: status().phase is Phase.ERROR and self._config_path is not None,
+            ),
             Menu.SEPARATOR,
-            MenuItem("Quit", self._action(self._quit)),
+            MenuItem(
+                lambda _: f"What's new in {status().latest}",
+                self._action(self._whats_new),
+                visible=lambda _: bool(status().release_url and status().latest),
+            ),
+            MenuItem("Updates", self._updates_menu(), visible=normal),
+            MenuItem("About", Menu(lambda: self._about_items())),
+            Menu.SEPARATOR,
+            MenuItem(
+                lambda _: f"Quit (stops {status().app_name})" if normal() else "Quit",
+                self._action(self._quit),
+            ),
+        )
+
+    def _updates_menu(self) -> pystray.Menu:
+        from pystray import Menu, MenuItem
+
+        def status() -> Status:
+            return self._status
+
+        def allow_items() -> list[Any]:
+            held = [*status().blocked, *([status().skipped] if status().skipped else [])]
+            return [
+                MenuItem(
+                    f"Allow {version} again",
+                    self._action(lambda version=version: self._send(Command.ALLOW, version)),
+                )
+                for version in dict.fromkeys(held)
+            ][:MAX_ALLOW_ITEMS]
+
+        return Menu(
+            lambda: (
+                MenuItem(
+                    f"Skip {status().update_pending}",
+                    self._action(self._skip),
+                    visible=lambda _: (
+                        bool(status().update_pending)
+                        and status().skipped != status().update_pending
+                    ),
+                ),
+                *allow_items(),
+                MenuItem(
+                    "Pause updates for 1 hour",
+                    self._action(lambda: self._send(Command.PAUSE, PAUSE_HOUR)),
+                    visible=lambda _: not status().paused,
+                ),
+                MenuItem(
+                    "Pause updates until resumed",
+                    self._action(lambda: self._send(Command.PAUSE, None)),
+                    visible=lambda _: not status().paused,
+                ),
+                MenuItem(
+                    lambda _: f"Resume updates ({_pause_text(status())})",
+                    self._action(lambda: self._send(Command.UNPAUSE)),
+                    visible=lambda _: status().paused,
+                ),
+            )
+        )
+
+    def _about_items(self) -> tuple[Any, ...]:
+        from pystray import MenuItem
+
+        from trayupdater.about import about_lines
+
+        return tuple(
+            MenuItem(_clip(line), None, enabled=False) for line in about_lines(self._status)
         )
 
     @staticmethod
@@ -285,7 +351,7 @@ class TrayApp:
         # The headline already carries the error in the ERROR phase: do not say it twice.
         if not status.message or (status.error and status.error in status.headline):
             return ""
-        return _clip(status.message)
+        return _clip(one_sentence(status.message) if status.error else status.message)
 
     @staticmethod
     def _rollback_text(status: Status) -> str:
@@ -298,6 +364,8 @@ class TrayApp:
         return f"Roll back ({reason})"
 
     def _autostart_enabled(self) -> bool:
+        if self._autostart is None:
+            return False
         try:
             return self._autostart.is_enabled()
         except (OSError, TrayUpdaterError):
@@ -311,190 +379,112 @@ class TrayApp:
             try:
                 handler()
             except Exception as exc:
-                log.exception("menu action %s failed", handler.__name__)
-                self._notify(str(exc) or type(exc).__name__, "trayupdater")
+                log.exception("menu action %s failed", getattr(handler, "__name__", handler))
+                self._tell(str(exc) or type(exc).__name__)
 
-        run.__name__ = handler.__name__
+        run.__name__ = getattr(handler, "__name__", "action")
         return run
 
+    def _send(self, command: Command, payload: object = None) -> None:
+        if payload is None:
+            self._controller.send(command)  # also for controllers that take no payload
+        else:
+            self._controller.send(command, payload)
+
     def _open(self) -> None:
+        # A double-click on the GTK status icon fires its default action twice.
+        now = self._clock()
+        if now - self._last_open < DOUBLE_CLICK:
+            return
+        self._last_open = now
         self._open_url(self._status.proxy_url)
 
     def _check(self) -> None:
+        with self._lock:
+            self._announcer.expect_check_result()
         self._controller.send(Command.CHECK)
 
     def _rollback(self) -> None:
         if self._status.can_roll_back:  # the native menu may be a moment out of date
             self._controller.send(Command.ROLLBACK)
 
+    def _skip(self) -> None:
+        version = self._status.update_pending
+        if version:
+            self._send(Command.SKIP, version)
+
+    def _whats_new(self) -> None:
+        if self._status.release_url:
+            self._open_url(self._status.release_url)
+
     def _toggle_autostart(self) -> None:
         # Failures (AutostartError naming the file or registry value) become a notification.
-        if self._autostart_enabled():
-            self._autostart.disable()
-        else:
+        if self._autostart is None:
+            return
+        enable = not self._autostart_enabled()
+        if enable:
             self._autostart.enable()
+        else:
+            self._autostart.disable()
+        if self._login_choice is not None:
+            self._login_choice.record(enabled=enable, by="user")
 
     def _open_logs(self) -> None:
         self._logs_dir.mkdir(parents=True, exist_ok=True)
         self._open_path(self._logs_dir)
+
+    def _open_log_file(self) -> None:
+        log_file = self._logs_dir / "trayupdater.log"
+        self._open_path(log_file if log_file.is_file() else self._logs_dir)
+
+    def _open_config(self) -> None:
+        path = self._config_path
+        if path is None:
+            return
+        if not path.is_file():
+            path = path.parent  # no config file yet: show where it goes
+            path.mkdir(parents=True, exist_ok=True)
+        self._open_path(path)
+
+    def _on_notice_action(self, key: str) -> None:
+        actions = {
+            announce.OPEN: self._open,
+            announce.ROLLBACK: self._rollback,
+            announce.DETAILS: self._open_log_file,
+            announce.WHATS_NEW: self._whats_new,
+        }
+        handler = actions.get(key)
+        if handler is not None:
+            self._action(handler)()
 
     def _quit(self) -> None:
         self._controller.send(Command.QUIT)
         self.stop()
 
 
-def _clip(text: str) -> str:
+def _pause_text(status: Status) -> str:
+    if status.paused_until is None:
+        return "paused until resumed"
+    return "paused until " + time.strftime("%H:%M", time.localtime(status.paused_until))
+
+
+def _clip(text: str, limit: int = MENU_TEXT_LIMIT) -> str:
     text = " ".join(text.split())  # one line: a newline in an error would break the menu
-    return text if len(text) <= MENU_TEXT_LIMIT else text[: MENU_TEXT_LIMIT - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-# --- choosing and creating the native icon ---
+def _app_icon_file() -> Path | None:
+    """A PNG of the app icon for notifications, drawn once per user."""
+    import platformdirs
 
+    from trayupdater.icons import app_icon
 
-def _default_icon_factory(*args: Any, **kwargs: Any) -> pystray.Icon:
-    if "pystray" not in sys.modules and "PYSTRAY_BACKEND" not in os.environ:
-        tray_available()  # picks the backend before pystray picks xorg on its own
-    import pystray
-
-    cls: type[pystray.Icon] = pystray.Icon
-    if cls.__module__ == "pystray._gtk":
-        cls = _with_gtk_tooltip(cls)
-    return cls(*args, **kwargs)
-
-
-def _with_gtk_tooltip(base: type[pystray.Icon]) -> type[pystray.Icon]:
-    """pystray's GtkStatusIcon sets only the accessible title; show it as tooltip too."""
-    from pystray._util.gtk import mainloop
-
-    class TooltipIcon(base):  # type: ignore[valid-type, misc]
-        @mainloop
-        def _update_title(self) -> None:
-            self._status_icon.set_title(self.title)
-            self._status_icon.set_tooltip_text(self.title)
-
-        def _show(self) -> None:
-            super()._show()
-            self._update_title()  # pystray applies a title given at construction nowhere
-
-    return TooltipIcon
-
-
-def tray_available(*, host_timeout: float = 5.0) -> tuple[bool, str]:
-    """Can a tray icon with a working menu be shown here? ``(False, why)`` if not.
-
-    On Linux this needs a display, PyGObject with GTK 3, a D-Bus session bus and a tray
-    host: a StatusNotifierItem watcher (KDE, GNOME with the AppIndicator extension) for
-    the AppIndicator backend, or an XEmbed tray (``_NET_SYSTEM_TRAY_S0``) for the GTK
-    backend. It sets ``PYSTRAY_BACKEND`` accordingly, so call it before importing
-    pystray. At login the panel may start after us: wait up to ``host_timeout`` seconds
-    for a tray host to appear.
-    """
-    if "pystray" in sys.modules:
-        backend = sys.modules["pystray"].Icon.__module__.rsplit("._", 1)[-1]
-        if backend in _MENU_BACKENDS:
-            return True, f"pystray backend {backend}"
-        return False, f"pystray is already loaded with the {backend} backend, which has no menu"
-    chosen = os.environ.get("PYSTRAY_BACKEND", "")
-    if chosen and chosen not in _MENU_BACKENDS:
-        return False, f"PYSTRAY_BACKEND={chosen} has no usable menu"
-    if sys.platform in ("darwin", "win32"):
-        return _importable(chosen or sys.platform)
-    return _linux_tray(chosen, host_timeout)
-
-
-def _importable(backend: str) -> tuple[bool, str]:
-    os.environ["PYSTRAY_BACKEND"] = backend
+    cache = Path(platformdirs.user_cache_dir("trayupdater", appauthor=False))
+    path = cache / "notification-64.png"  # small: the text needs the room
     try:
-        import pystray  # noqa: F401
-    except Exception as exc:  # Xlib and PyObjC raise their own types, not ImportError
-        return False, f"cannot load the pystray {backend} backend: {exc}"
-    return True, f"pystray backend {backend}"
-
-
-def _linux_tray(chosen: str, host_timeout: float) -> tuple[bool, str]:
-    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        return False, "no display (DISPLAY and WAYLAND_DISPLAY are not set)"
-    os.environ.setdefault("NO_AT_BRIDGE", "1")  # no accessibility bus warnings on stderr
-    try:
-        import gi
-
-        gi.require_version("Gtk", "3.0")
-        from gi.repository import Gio, GLib, Gtk
-    except (ImportError, ValueError) as exc:
-        return False, f"PyGObject with GTK 3 is not installed ({exc})"
-    GLib.set_prgname(APP_ID)  # the window class desktops and tests know the icon by
-    if not Gtk.init_check()[0]:
-        return False, "GTK cannot open the display"
-    try:
-        bus = Gio.bus_get_sync(Gio.BusType.SESSION, None)
-    except GLib.Error as exc:
-        return False, f"no D-Bus session bus ({exc.message})"
-    has_indicator = _appindicator_importable()
-    deadline = time.monotonic() + host_timeout
-    while True:
-        sni = _dbus_name_has_owner(bus, "org.kde.StatusNotifierWatcher")
-        xembed = _xembed_tray_present()
-        if chosen:
-            backend = chosen
-            found = sni or xembed if chosen == "appindicator" else xembed
-        else:
-            # AppIndicator where a watcher exists (GNOME cannot show XEmbed icons at all);
-            # plain GTK on an XEmbed tray, which every other Linux panel provides.
-            backend = "appindicator" if sni and has_indicator else "gtk"
-            found = (sni and has_indicator) or xembed
-        if found:
-            break
-        if time.monotonic() >= deadline:
-            return False, "no system tray host found (no StatusNotifierWatcher, no XEmbed tray)"
-        time.sleep(0.25)
-    return _importable(backend)
-
-
-def _appindicator_importable() -> bool:
-    import gi
-
-    for name in ("AyatanaAppIndicator3", "AppIndicator3"):
-        try:
-            gi.require_version(name, "0.1")
-        except ValueError:
-            continue
-        return True
-    return False
-
-
-def _dbus_name_has_owner(bus: Any, name: str) -> bool:
-    from gi.repository import Gio, GLib
-
-    try:
-        reply = bus.call_sync(
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "NameHasOwner",
-            GLib.Variant("(s)", (name,)),
-            GLib.VariantType("(b)"),
-            Gio.DBusCallFlags.NONE,
-            2000,
-            None,
-        )
-    except GLib.Error:
-        return False
-    return bool(reply.unpack()[0])
-
-
-def _xembed_tray_present() -> bool:
-    if not os.environ.get("DISPLAY"):
-        return False
-    try:
-        from Xlib import X, display
-    except ImportError:
-        return False
-    try:
-        conn = display.Display()
-    except Exception:  # python-xlib raises several unrelated types for a bad display
-        return False
-    try:
-        atom = conn.intern_atom(f"_NET_SYSTEM_TRAY_S{conn.get_default_screen()}")
-        return conn.get_selection_owner(atom) != X.NONE
-    finally:
-        conn.close()
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            app_icon(64).save(path)
+    except OSError:
+        return None
+    return path

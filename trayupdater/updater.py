@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from trayupdater import preferences
 from trayupdater.cancel import CancelledError, Interrupt
 from trayupdater.children import Child
 from trayupdater.config import Config
@@ -32,6 +33,7 @@ from trayupdater.errors import InternalError, StorageError, TrayUpdaterError
 from trayupdater.events import Events
 from trayupdater.pipeline import ReleasePipeline
 from trayupdater.proxy import ReverseProxy
+from trayupdater.schedule import retry_delay
 from trayupdater.selfupdate import SelfUpdater
 from trayupdater.serving import Hooks, Serving, child_log_path
 from trayupdater.status import Command, Phase, Status
@@ -92,6 +94,7 @@ class Updater:
         self._next_check = 0.0 if check_on_start else time.monotonic() + self._interval()
         self._thread: threading.Thread | None = None
         self._downloaded: int | None = None  # bytes of the current download seen so far
+        self._check_failures = 0  # failed checks in a row: the retry back-off (schedule.py)
 
     # --- Controller API (any thread) ---
 
@@ -103,12 +106,12 @@ class Updater:
         with self._lock:
             self._listeners.append(callback)
 
-    def send(self, command: Command) -> None:
-        self._enqueue(_Job(command))
+    def send(self, command: Command, payload: object = None) -> None:
+        self._enqueue(_Job(command, payload=payload))
 
-    def request(self, command: Command, timeout: float = 300.0) -> Status:
+    def request(self, command: Command, timeout: float = 300.0, payload: object = None) -> Status:
         """Queue a command and wait until the worker has handled it; the status after it."""
-        job = _Job(command)
+        job = _Job(command, payload=payload)
         self._enqueue(job)
         if not job.done.wait(timeout):
             raise TrayUpdaterError(f"{command.value} did not finish within {timeout:.0f} s")
@@ -188,6 +191,17 @@ class Updater:
             self._state.blocked = []
             self._save()
             self._publish(blocked=(), message="Updates resumed")
+        elif job.command in _PREFERENCES:
+            # Skip / allow / pause / unpause: the rules live in preferences.py.
+            try:
+                message = preferences.apply(self._state, Command(job.command), job.payload)
+            except TrayUpdaterError as exc:
+                self._publish(message=str(exc))
+                return
+            self._save()
+            self._publish(message=message)
+            if job.command in (Command.ALLOW, Command.UNPAUSE):
+                self._next_check = time.monotonic()  # what was held back may install now
         elif job.command == "child_down":
             child, why = job.payload  # type: ignore[misc]
             assert isinstance(child, Child)
@@ -228,7 +242,12 @@ class Updater:
             self._state.last_check = time.time()
             self._state.latest_seen = plan.latest
             self._state.etag = self.pipeline.source.etag
-            self._publish(latest=plan.latest, last_check=self._state.last_check)
+            self._publish(
+                latest=plan.latest,
+                last_check=self._state.last_check,
+                release_url=plan.release.page if plan.release else None,
+                release_notes=plan.release.notes_headline if plan.release else "",
+            )
             if not plan.should_install:
                 outcome = "up_to_date" if plan.release else "no_release"
                 if plan.newer and plan.asset is None:
@@ -237,6 +256,12 @@ class Updater:
                     phase=self.serving.resting_phase(previous_phase),
                     message=_capital(plan.summary()),
                 )
+                return
+            hold = preferences.hold_reason(self._state, plan.latest or "")
+            if hold:
+                outcome = "held"
+                self._publish_state()
+                self._publish(phase=self.serving.resting_phase(previous_phase), message=hold)
                 return
             release, asset = self.pipeline.require_asset(plan)
             self._publish(
@@ -247,14 +272,17 @@ class Updater:
             self._downloaded = None
             installed = self.pipeline.install(release, asset)
             self._publish(
-                progress=None, phase=Phase.UPDATING, message=f"Starting {release.version_text}…"
+                progress=None,
+                download_done=None,
+                download_total=None,
+                phase=Phase.UPDATING,
+                message=f"Starting {release.version_text}…",
             )
             old = self._state.active
             self.serving.update_to(installed)
             self.events.updated(old, installed.version)
-            self._publish(
-                phase=Phase.RUNNING, message=f"Updated to {installed.version}", error=None
-            )
+            done = "Installed" if old is None else "Updated to"  # a first install is no update
+            self._publish(phase=Phase.RUNNING, message=f"{done} {installed.version}", error=None)
             outcome = "updated"
         except CancelledError as exc:
             outcome = "cancelled"
@@ -266,6 +294,10 @@ class Updater:
             )
         except TrayUpdaterError as exc:
             self._fail(exc, previous_phase)
+            self._check_failures += 1
+            self._next_check = time.monotonic() + retry_delay(
+                self._check_failures, self.config.check_interval, self.config.first_retry
+            )
             if exc.reason == "rate_limited":
                 retry_at = getattr(exc, "retry_at", 0.0)
                 self._next_check = time.monotonic() + max(60.0, retry_at - time.time())
@@ -273,6 +305,8 @@ class Updater:
             # The data folder went read-only or full under a running app: say which.
             self._fail(_storage_error(exc, self.config), previous_phase)
         finally:
+            if outcome not in ("error", "cancelled"):
+                self._check_failures = 0
             self.events.check_done(outcome)
             self._save()
             if self.self_updater is not None:
@@ -318,7 +352,7 @@ class Updater:
             self.events.download_bytes(done - self._downloaded)
         self._downloaded = done
         if total:
-            self._publish(progress=min(1.0, done / total))
+            self._publish(progress=min(1.0, done / total), download_done=done, download_total=total)
 
     def _save(self) -> None:
         try:
@@ -341,6 +375,9 @@ class Updater:
             latest=self._state.latest_seen,
             last_check=self._state.last_check,
             rollback_reason=reason,
+            skipped=self._state.skipped,
+            paused=self._state.paused,
+            paused_until=self._state.paused_until,
         )
 
     def _publish(self, **changes: object) -> None:
@@ -359,6 +396,9 @@ class Updater:
     def _interval(self) -> float:
         # Jitter spreads many installs' polls so they do not hit GitHub in step.
         return self.config.check_interval * random.uniform(0.9, 1.1)  # noqa: S311
+
+
+_PREFERENCES = frozenset({Command.SKIP, Command.ALLOW, Command.PAUSE, Command.UNPAUSE})
 
 
 def _storage_error(exc: OSError, config: Config) -> StorageError:
