@@ -47,7 +47,9 @@ def parse_duration(text: str) -> timedelta:
 def add_repo_parser(sub: Any) -> None:
     """Register ``repo`` and its actions on the main parser's sub-commands."""
     parser = sub.add_parser("repo", help="publish releases as a TUF repository (see repo -h)")
-    actions = parser.add_subparsers(dest="repo_action", metavar="ACTION", required=True)
+    actions = parser.add_subparsers(
+        dest="repo_action", metavar="ACTION", required=True, help="what to do with DIR"
+    )
 
     def action(name: str, text: str, *, expires: bool = True) -> argparse.ArgumentParser:
         p = actions.add_parser(name, help=text, description=text)
