@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 import weakref
 
 from trayupdater.errors import TrayUpdaterError
@@ -69,3 +70,12 @@ class Interrupt:
         if waiting:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def pause(seconds: float, interrupt: Interrupt | None) -> None:
+    """Sleep ``seconds`` (a retry's back-off); CancelledError at once when interrupted."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if interrupt is not None:
+            interrupt.check()
+        time.sleep(min(left, 0.05))

@@ -23,7 +23,7 @@ from typing import Any
 
 import requests
 
-from trayupdater.cancel import Interrupt
+from trayupdater.cancel import Interrupt, pause
 from trayupdater.download import DownloadResult, Pace, ProgressCallback, download
 from trayupdater.errors import RateLimitedError, SourceError
 from trayupdater.http_client import (
@@ -85,7 +85,7 @@ class GitHubSource:
         self.backoff_base = backoff_base
         self._clock = clock
         self._interrupt = interrupt
-        self._sleep = sleep or self._interruptible_sleep
+        self._sleep = sleep or (lambda seconds: pause(seconds, interrupt))
         self._token = token
         self.client = HttpClient(session, interrupt=interrupt)
         self.session = self.client.session
@@ -314,13 +314,6 @@ class GitHubSource:
         except MalformedRelease as exc:
             raise SourceError(f"{self.api_url} answered {exc}") from None
 
-    def _interruptible_sleep(self, seconds: float) -> None:
-        """Back-off between retries; a rollback or quit ends it at once."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self._interrupt is not None:
-                self._interrupt.check()
-            time.sleep(min(left, 0.05))
 
     def _note_rate_limit(self, response: requests.Response) -> None:
         """Turn rate-limit headers into blocked_until; raise on a rate-limited answer."""

@@ -43,7 +43,7 @@ from tuf.api import exceptions
 from tuf.api.metadata import Metadata, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
-from trayupdater.cancel import CancelledError, Interrupt
+from trayupdater.cancel import CancelledError, Interrupt, pause
 from trayupdater.download import DownloadResult, Pace, ProgressCallback, download
 from trayupdater.errors import (
     MetadataExpiredError,
@@ -100,7 +100,7 @@ class TufSource:
         self.backoff_base = backoff_base
         self._clock = clock
         self._interrupt = interrupt
-        self._sleep = sleep or self._interruptible_sleep
+        self._sleep = sleep or (lambda seconds: pause(seconds, interrupt))
         self.client = HttpClient(session, interrupt=interrupt)
         self.fetcher = HttpFetcher(self.client, timeout=timeout)
         self.blocked_until = 0.0  # the host asked us to wait: no request before this time
@@ -361,12 +361,6 @@ class TufSource:
                 raise failure from None
             return path.read_text(encoding="utf-8", errors="replace")
 
-    def _interruptible_sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self._interrupt is not None:
-                self._interrupt.check()
-            time.sleep(min(left, 0.05))
 
 
 class _RetryableError(Exception):
