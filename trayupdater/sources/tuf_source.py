@@ -362,7 +362,6 @@ class TufSource:
             return path.read_text(encoding="utf-8", errors="replace")
 
 
-
 class _RetryableError(Exception):
     def __init__(self, error: SourceError) -> None:
         super().__init__(str(error))
