@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from trayupdater.app import App
 from trayupdater.feed import ReleaseFeed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +30,22 @@ def shared_data() -> Path:
 def feed() -> Iterator[ReleaseFeed]:
     with ReleaseFeed() as server:
         yield server
+
+
+@pytest.fixture
+def app_factory(feed: ReleaseFeed, tmp_path: Path) -> Iterator[Callable[..., App]]:
+    """Start in-process apps on tmp_path/data against the feed (config: test_runtime's
+    make_config plus the changes given); all stopped afterwards."""
+    from test_runtime import make_config
+
+    apps: list[App] = []
+
+    def start(**changes: object) -> App:
+        app = App(make_config(feed, tmp_path / "data", **changes))
+        app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        app.stop()

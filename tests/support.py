@@ -40,6 +40,20 @@ def alive(pid: int | None) -> bool:
         return sys.platform != "linux"
 
 
+def second_loopback_host() -> str:
+    """127.0.0.2: another origin on this machine (skips the test where it cannot be bound)."""
+    import socket
+
+    import pytest
+
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+    except OSError:
+        pytest.skip("127.0.0.2 is not usable on this machine")
+    return "127.0.0.2"
+
+
 def served_version(port: int, host: str = "127.0.0.1") -> str | None:
     """What GET /version answers through the proxy on ``port``; None if it does not."""
     try:

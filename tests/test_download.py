@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from httpfiles import FileServer
+from support import second_loopback_host
 
 from trayupdater.download import (
     DownloadResult,
@@ -301,19 +302,10 @@ def test_error_after_redirect_names_both_urls(server, session, tmp_path):
     assert str(info.value) == f"{gone} (redirected from {asset}) answered HTTP 404 Not Found"
 
 
-def _second_loopback_host() -> str:
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.2", 0))
-    except OSError:
-        pytest.skip("127.0.0.2 is not usable on this machine")
-    return "127.0.0.2"
-
-
 @pytest.mark.parametrize("target_host", ["127.0.0.2", "localhost"])
 @pytest.mark.parametrize("token_in", ["headers", "session"])
 def test_cross_host_redirect_does_not_forward_the_token(session, tmp_path, target_host, token_in):
-    bind = _second_loopback_host() if target_host == "127.0.0.2" else "127.0.0.1"
+    bind = second_loopback_host() if target_host == "127.0.0.2" else "127.0.0.1"
     with FileServer(host="127.0.0.1") as api, FileServer({"/blob": PAYLOAD}, host=bind) as storage:
         api.faults.redirects["/asset"] = storage.url("/blob", host=target_host) + "?sig=abc"
         auth = {"Authorization": f"token {TOKEN}", "Accept": "application/octet-stream"}
@@ -345,7 +337,7 @@ def test_same_host_redirect_keeps_the_token_and_resume_range(server, session, tm
 
 
 def test_cross_host_redirect_carries_range_for_resume(session, tmp_path):
-    host = _second_loopback_host()
+    host = second_loopback_host()
     with FileServer() as api, FileServer({"/blob": PAYLOAD}, host=host) as storage:
         api.faults.redirects["/asset"] = storage.url("/blob")
         dest = tmp_path / "a"

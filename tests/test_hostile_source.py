@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from httpfiles import FileServer
-from support import wait_for
+from support import second_loopback_host, wait_for
 from test_runtime import get, make_config, running
 
 from trayupdater.app import App
@@ -141,21 +141,12 @@ def test_a_bug_in_a_check_is_reported_and_the_worker_goes_on(
 # --- the token stays with the API's origin -------------------------------------------------------
 
 
-def _other_loopback() -> str:
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.2", 0))
-    except OSError:
-        pytest.skip("127.0.0.2 is not usable on this machine")
-    return "127.0.0.2"
-
-
 def test_token_is_not_sent_to_an_asset_url_on_another_origin(
     feed: ReleaseFeed, tmp_path: Path
 ) -> None:
     """A release whose asset API URL names another host must not collect the token."""
     name, data = child_archive("1.1.0")
-    with FileServer({"/asset": data}, host=_other_loopback()) as elsewhere:
+    with FileServer({"/asset": data}, host=second_loopback_host()) as elsewhere:
         body = good_release(feed)
         for asset in body["assets"]:
             asset["url"] = elsewhere.url("/asset")

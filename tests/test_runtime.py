@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,21 +30,6 @@ def make_config(feed: ReleaseFeed, data: Path, **changes: object) -> Config:
         health_timeout=15,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def app_factory(feed: ReleaseFeed, tmp_path: Path) -> Iterator[Callable[..., App]]:
-    apps: list[App] = []
-
-    def start(**changes: object) -> App:
-        app = App(make_config(feed, tmp_path / "data", **changes))
-        app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        app.stop()
 
 
 def get(app: App, path: str = "/version") -> tuple[int, str, dict[str, str]]:

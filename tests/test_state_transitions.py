@@ -41,26 +41,11 @@ def assert_consistent(states: list[State]) -> None:
         assert state.active not in state.blocked, f"save {i} runs a blocked version: {state}"
 
 
-@pytest.fixture
-def start(feed: ReleaseFeed, tmp_path: Path) -> Iterator[Callable[..., App]]:
-    apps: list[App] = []
-
-    def make(**changes: object) -> App:
-        app = App(make_config(feed, tmp_path / "data", **changes))
-        app.start()
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.stop()
-
-
 def test_manual_rollback_saves_blocked_and_active_together(
-    feed: ReleaseFeed, start: Callable[..., App], saved: list[State]
+    feed: ReleaseFeed, app_factory: Callable[..., App], saved: list[State]
 ) -> None:
     publish_version(feed, "1.0.0")
-    app = start()
+    app = app_factory()
     wait_for(running(app, "1.0.0"))
     publish_version(feed, "1.1.0")
     assert app.updater.request(Command.CHECK).active == "1.1.0"
@@ -72,10 +57,10 @@ def test_manual_rollback_saves_blocked_and_active_together(
 
 
 def test_automatic_rollback_in_probation_saves_once(
-    feed: ReleaseFeed, start: Callable[..., App], saved: list[State]
+    feed: ReleaseFeed, app_factory: Callable[..., App], saved: list[State]
 ) -> None:
     publish_version(feed, "1.0.0")
-    app = start(probation_seconds=30)
+    app = app_factory(probation_seconds=30)
     wait_for(running(app, "1.0.0"))
     publish_version(feed, "1.1.0", behaviour={"CRASH_AFTER_SECONDS": 1.5})
     assert app.updater.request(Command.CHECK).active == "1.1.0"
@@ -85,10 +70,10 @@ def test_automatic_rollback_in_probation_saves_once(
 
 
 def test_boot_fallback_blocks_and_switches_in_one_save(
-    feed: ReleaseFeed, start: Callable[..., App], saved: list[State], tmp_path: Path
+    feed: ReleaseFeed, app_factory: Callable[..., App], saved: list[State], tmp_path: Path
 ) -> None:
     publish_version(feed, "1.0.0")
-    app = start()
+    app = app_factory()
     wait_for(running(app, "1.0.0"))
     publish_version(feed, "1.1.0")
     assert app.updater.request(Command.CHECK).active == "1.1.0"
