@@ -34,6 +34,7 @@ from trayupdater.http_client import (
     origin,
     read_capped,
 )
+from trayupdater.network import Network
 from trayupdater.release_model import Asset, Release
 from trayupdater.sources.base import CheckResult
 from trayupdater.sources.github_json import MalformedRelease, is_draft, loads, release_from_github
@@ -71,6 +72,7 @@ class GitHubSource:
         token: str | None = None,
         session: requests.Session | None = None,
         interrupt: Interrupt | None = None,
+        network: Network | None = None,
         timeout: tuple[float, float] = (5.0, 20.0),
         retries: int = 2,
         backoff_base: float = 0.5,
@@ -87,7 +89,7 @@ class GitHubSource:
         self._interrupt = interrupt
         self._sleep = sleep or self._interruptible_sleep
         self._token = token
-        self.client = HttpClient(session, interrupt=interrupt)
+        self.client = HttpClient(session, interrupt=interrupt, network=network)
         self.session = self.client.session
         self.session.headers["X-GitHub-Api-Version"] = "2022-11-28"
         self._cache: _Cache | None = None
