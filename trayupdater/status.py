@@ -46,6 +46,9 @@ class Status:
     proxy_url: str = "http://127.0.0.1:8080"
     last_check: float | None = None
     rollback_reason: str | None = None  # why "Roll back" is disabled, when it is
+    # What the publisher's rollout or recall means here: "1.2.0 is rolling out: 25 % of
+    # machines so far", "1.2.0 was recalled by the publisher; …". None: nothing to say.
+    notice: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -35,6 +35,7 @@ class State:
     active: str | None = None
     previous: str | None = None
     blocked: list[str] = field(default_factory=list)  # versions never to update to again
+    recalled: list[str] = field(default_factory=list)  # blocked because the publisher recalled
     etag: str | None = None
     last_check: float | None = None
     last_error: str | None = None
@@ -48,6 +49,7 @@ class State:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         state = cls(**known)
         state.blocked = [str(v) for v in state.blocked or []]
+        state.recalled = [str(v) for v in state.recalled or []]
         return state
 
 

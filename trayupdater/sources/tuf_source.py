@@ -232,6 +232,7 @@ class TufSource:
             release=release,
             not_modified=before is not None and before == after,
             skipped_tags=list(dict.fromkeys(self._index.skipped)),
+            releases=self._index.newest_first(),
         )
 
     def _new_updater(self, root: bytes) -> Updater:
