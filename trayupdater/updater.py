@@ -292,6 +292,8 @@ class Updater:
         """Block recalled versions; leave the active one if the publisher recalled it.
         True if it rolled back (that saved the state)."""
         changed = note_recalls(self._state, plan.releases, self.store.installed())
+        if changed and plan.release is not None:  # a lifted recall may have unblocked it
+            plan.blocked = plan.release.version_text in self._state.blocked
         if plan.active_recalled:
             if self.serving.leave_recalled(recall_reason(plan.current or "")):
                 return True
