@@ -343,3 +343,52 @@ def test_the_asset_installed_through_the_proxy_is_the_published_one(
         fetched = source.fetch(release, asset, tmp_path / "a", max_bytes=10**8, pace=Pace())
     assert fetched.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
     assert {s.method for s in proxy.seen} == {"CONNECT"}
+
+
+# --- GitHub's limit without a token -----------------------------------------------------------
+
+
+def test_without_a_token_the_app_says_at_start_up_what_the_api_limit_means(
+    tmp_path: Path, feed: ReleaseFeed
+) -> None:
+    from support import Instance, wait_for
+
+    from trayupdater.children import free_port
+
+    name, data = child_archive("1.0.0", program="simple-server")
+    feed.publish(DEMO_REPO, "v1.0.0", {name: data})
+    said = (
+        "GitHub source without a token: the API allows 60 requests/hour per IP, shared by "
+        "every machine behind your address; checking every 10 min uses 6 of them per hour "
+        "here, so about 10 machines like this one can share an address"
+    )
+    for token, expected in (("", True), ("ghp_test", False)):
+        folder = tmp_path / f"token-{bool(token)}"
+        env = {"TRAYUPDATER_CHECK_INTERVAL": "600", "GITHUB_TOKEN": token}
+        app = Instance(feed, folder / "data", free_port(), **env)
+        app.start()
+        try:
+            wait_for(lambda app=app: app.version() == "1.0.0", timeout=60, what="serving")
+        finally:
+            assert app.cli("quit").returncode == 0
+            assert app.proc is not None and app.proc.wait(30) == 0
+        logged = (folder / "data" / "logs" / "trayupdater.log").read_text()
+        assert (said in logged) is expected, logged[:2000]
+
+
+def test_the_limit_note_follows_the_interval_and_the_self_update() -> None:
+    from trayupdater.config import Config
+    from trayupdater.sources.github import rate_limit_note
+
+    assert "every 1 h uses 1 of them per hour here, so about 60 machines" in str(
+        rate_limit_note(Config())
+    )
+    assert "every 30 s takes 120 requests/hour, more than the limit for this machine" in str(
+        rate_limit_note(Config(check_interval=30))
+    )
+    both = rate_limit_note(Config(check_interval=600, self_update_repo="me/app"))
+    assert "uses 12 of them per hour here, so about 5 machines" in str(both)
+    tuf_only = rate_limit_note(Config(kind="tuf", self_update_repo="me/app"))
+    assert str(tuf_only).startswith("Self-update from GitHub without a token")
+    assert rate_limit_note(Config(kind="tuf")) is None
+    assert rate_limit_note(Config(token="t")) is None

@@ -20,6 +20,7 @@ from trayupdater.handover import take_handover
 from trayupdater.metrics import Metrics
 from trayupdater.proxy import ReverseProxy
 from trayupdater.selfupdate import SelfUpdater, finish_pending_update
+from trayupdater.sources.github import rate_limit_note
 from trayupdater.status import Command
 from trayupdater.store import VersionStore
 from trayupdater.updater import Updater
@@ -68,6 +69,9 @@ class App:
         if running is not None:
             raise AlreadyRunningError(running)
         setup_file_logging(self.config)
+        note = rate_limit_note(self.config)
+        if note:
+            log.warning("%s", note)
         if self.successor is not None:
             # Serve only once our child is up; the predecessor serves until then.
             self.control.start()
