@@ -362,3 +362,16 @@ def test_a_source_without_rollouts_never_draws_an_install_id(
 def id_with(wanted: Callable[[float], bool], version: str) -> str:
     """An install id whose bucket for ``version`` is what a test needs."""
     return next(f"{n:032x}" for n in range(10**6) if wanted(bucket(f"{n:032x}", version)))
+
+
+def test_a_data_folder_that_cannot_keep_the_id_is_a_clear_error(
+    tmp_path: Path, publisher: Publisher, server: StaticServer
+) -> None:
+    from trayupdater.errors import StorageError
+
+    publisher.add("1.0.0", "--percent", "50")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ID_FILE).mkdir()  # in the way, and not replaceable by a file
+    with pytest.raises(StorageError, match="cannot keep the install id"):
+        pipeline(tuf_config(server.url, publisher, data)).plan(State())

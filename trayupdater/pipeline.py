@@ -130,7 +130,7 @@ class ReleasePipeline:
         channel = [r for r in known if prereleases or not r.prerelease]
         choice = choose(
             channel,
-            install_id=lambda: install_id(self.store.data_dir),
+            install_id=self._install_id,
             now=self.clock(),
             bypass=manual and self.config.manual_check_bypasses_rollout,
         )
@@ -166,6 +166,15 @@ class ReleasePipeline:
         )
         plan.blocked = release.version_text in state.blocked
         return plan
+
+    def _install_id(self) -> str:
+        try:
+            return install_id(self.store.data_dir)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot keep the install id in {self.store.data_dir} (a phased rollout needs "
+                f"it): {exc.strerror or exc}"
+            ) from None
 
     def require_asset(self, plan: Plan) -> tuple[Release, Asset]:
         if plan.release is None:

@@ -289,17 +289,14 @@ class Updater:
                 self._queue.put(_Job("self_update"))
 
     def _follow_recalls(self, plan: Plan) -> bool:
-        """Block recalled versions; leave the active one if the publisher recalled it.
-        True if it rolled back (that saved the state)."""
-        changed = note_recalls(self._state, plan.releases, self.store.installed())
-        if changed and plan.release is not None:  # a lifted recall may have unblocked it
-            plan.blocked = plan.release.version_text in self._state.blocked
+        """Block recalled versions (saved with the check); leave the active one if the
+        publisher recalled it. True if it rolled back."""
+        if note_recalls(self._state, plan.releases, self.store.installed()) and plan.release:
+            plan.blocked = plan.release.version_text in self._state.blocked  # maybe lifted
         if plan.active_recalled:
             if self.serving.leave_recalled(recall_reason(plan.current or "")):
                 return True
             plan.recall_kept = True
-        if changed:
-            self._save()
         return False
 
     def _self_update(self) -> None:
