@@ -392,3 +392,23 @@ def test_the_limit_note_follows_the_interval_and_the_self_update() -> None:
     assert str(tuf_only).startswith("Self-update from GitHub without a token")
     assert rate_limit_note(Config(kind="tuf")) is None
     assert rate_limit_note(Config(token="t")) is None
+
+
+def test_a_proxy_variable_that_is_not_an_http_proxy_is_named_by_both_sources(
+    tmp_path: Path, net_env: pytest.MonkeyPatch
+) -> None:
+    net_env.setenv("HTTPS_PROXY", "socks5://user:pw@127.0.0.1:1080")
+    github = GitHubSource(DEMO_REPO, api_url="https://127.0.0.1:9", retries=0)
+    with pytest.raises(SourceError, match=r"socks5://127\.0\.0\.1:1080 .* HTTPS_PROXY") as one:
+        github.check()
+    publisher = Publisher(tmp_path).init()
+    tuf = TufSource(
+        metadata_url="https://127.0.0.1:9/metadata/",
+        targets_url="https://127.0.0.1:9/targets/",
+        cache_dir=tmp_path / "cache",
+        trusted_root=publisher.shipped_root,
+        retries=0,
+    )
+    with pytest.raises(SourceError, match=r"not an http:// or https:// proxy URL") as two:
+        tuf.check()
+    assert "pw" not in str(one.value) + str(two.value)

@@ -41,7 +41,13 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from trayupdater import __version__
 from trayupdater.cancel import Interrupt
 from trayupdater.errors import TrayUpdaterError
-from trayupdater.network import Network, certificate_problem, shown_proxy, untrusted_message
+from trayupdater.network import (
+    Network,
+    NetworkSettingError,
+    certificate_problem,
+    shown_proxy,
+    untrusted_message,
+)
 from trayupdater.urls import insecure_reason, redact_url
 
 USER_AGENT = f"trayupdater/{__version__}"
@@ -177,7 +183,10 @@ class HttpClient:
     ) -> requests.Response:
         if self.interrupt is not None:
             self.interrupt.check()
-        proxy = self.network.proxy_for(url)
+        try:
+            proxy = self.network.proxy_for(url)
+        except NetworkSettingError as exc:
+            raise HttpRefused(str(exc)) from None
         try:
             return self.session.get(
                 url,
