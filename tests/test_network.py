@@ -28,7 +28,7 @@ from tls import CA, https_server, make_ca
 from tuf_support import Publisher
 
 from trayupdater import network
-from trayupdater.config import load_config
+from trayupdater.config import describe, load_config
 from trayupdater.demo import DEMO_REPO, asset_name, child_archive
 from trayupdater.download import Pace
 from trayupdater.errors import ConfigError, SourceError
@@ -148,6 +148,7 @@ def test_a_ca_bundle_that_is_not_pem_or_is_missing_is_a_clear_error(
     loaded = load_config(config, env={})
     assert loaded.ca_bundle == tmp_path / "company.pem"  # relative: beside the config file
     assert "pw" not in repr(loaded)
+    assert describe(loaded)["proxy"] == "http://proxy:3128"  # `trayupdater config`
     with pytest.raises(ConfigError, match="proxy URL") as bad:
         load_config(none, env={}, overrides={"proxy": "socks5://u:pw@proxy:1080"})
     assert "pw" not in str(bad.value)
