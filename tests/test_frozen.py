@@ -566,6 +566,69 @@ def test_a_gui_build_without_pygobject_fails_loudly(tmp_path: Path) -> None:
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
 
 
+@linux_only
+@pytest.mark.slow
+def test_frozen_app_goes_through_a_proxy_and_trusts_the_system_store(
+    frozen: dict[str, Path], tmp_path: Path
+) -> None:
+    """The frozen executable behind a company network: HTTPS_PROXY from the environment (a
+    real CONNECT proxy), a company CA in the system store (truststore is frozen in, and not
+    certifi's list decides), and the TLS-inspection message when the CA is not there."""
+    import functools
+    import ssl
+    from http.server import SimpleHTTPRequestHandler
+
+    from forward_proxy import ForwardProxy
+    from tls import https_server, make_ca
+    from tuf_support import Publisher
+
+    publisher = Publisher(tmp_path).init()
+    publisher.add("1.0.0")
+    ca = make_ca(tmp_path / "ca", hosts=["updates.example.test"])
+    system = ssl.get_default_verify_paths().openssl_cafile
+    with_ca = tmp_path / "system-with-company-ca.pem"
+    with_ca.write_text(Path(system).read_text() + "\n" + ca.cert.read_text())
+
+    class Files(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    none = tmp_path / "none.toml"
+    none.write_text("")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_DIR", "NO_PROXY")
+    }
+    with https_server(ca, functools.partial(Files, directory=str(publisher.dir))) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with ForwardProxy(hosts={"updates.example.test": port}) as proxy:
+
+            def check(cert_file: Path | str, data: str) -> subprocess.CompletedProcess[str]:
+                args = [
+                    "--config", str(none), "--data-dir", str(tmp_path / data),
+                    "--repo", DEMO_REPO, "--set", "kind=tuf",
+                    "--set", f"url=https://updates.example.test:{port}/",
+                    "--set", f"trusted_root={publisher.shipped_root}",
+                ]  # fmt: skip
+                return subprocess.run(
+                    [str(frozen["0.1.0"]), *args, "check"],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    env={**env, "HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(cert_file)},
+                )
+
+            trusted = check(with_ca, "a")
+            assert trusted.returncode == 0, trusted.stderr
+            assert "installed 1.0.0" in trusted.stdout
+            assert {s.target for s in proxy.seen} == {f"updates.example.test:{port}"}
+            refused = check(system, "b")
+            assert refused.returncode == 1
+            assert "looks like TLS inspection" in refused.stderr, refused.stderr
+            assert "[network] ca_bundle" in refused.stderr
+
+
 # --- packaging files for the other OSes (cheap; no build) -----------------------------------------
 
 

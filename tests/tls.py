@@ -13,7 +13,7 @@ import shutil
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,7 +32,9 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def make_ca(folder: Path) -> CA:
+def make_ca(folder: Path, *, hosts: Sequence[str] = ()) -> CA:
+    """``hosts``: more DNS names the server certificate is valid for (names a proxy
+    resolves, say)."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     folder.mkdir(parents=True, exist_ok=True)
@@ -43,8 +45,9 @@ def make_ca(folder: Path) -> CA:
         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         cwd=folder,
     )  # fmt: skip
+    names = "".join(f",DNS:{host}" for host in hosts)
     (folder / "server.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        f"subjectAltName=IP:127.0.0.1,DNS:localhost{names}\n"
         "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
     )
     _openssl(
@@ -61,7 +64,7 @@ def make_ca(folder: Path) -> CA:
 
 
 @contextlib.contextmanager
-def https_server(ca: CA, handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+def https_server(ca: CA, handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[str]:
     """Serve ``handler`` over TLS on 127.0.0.1; yields the base URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True

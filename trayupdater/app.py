@@ -22,6 +22,7 @@ from trayupdater.handover import take_handover
 from trayupdater.metrics import Metrics
 from trayupdater.proxy import ReverseProxy
 from trayupdater.selfupdate import SelfUpdater, finish_pending_update
+from trayupdater.sources.github import rate_limit_note
 from trayupdater.status import Command
 from trayupdater.store import VersionStore
 from trayupdater.updater import Updater
@@ -94,6 +95,9 @@ class App:
                 f"cannot write logs to {self.config.logs_dir} ({exc.strerror or exc}): make it "
                 "writable, or choose another folder with --set log_dir=PATH or [store] log_dir"
             ) from None
+        note = rate_limit_note(self.config)
+        if note:
+            log.warning("%s", note)
         if self.successor is not None:
             # Serve only once our child is up; the predecessor serves until then.
             self.control.start()

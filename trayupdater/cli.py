@@ -247,7 +247,7 @@ def _check(args: argparse.Namespace) -> int:
     state = store.load_state()
     progress = None if args.json else _ProgressPrinter()
     pipeline = ReleasePipeline(config, store, progress=progress)
-    plan = pipeline.plan(state)
+    plan = pipeline.plan(state, manual=True)  # a user's check: it may bypass a rollout
     report: dict[str, Any] = {
         "repo": config.repo,
         "platform": str(pipeline.platform),
@@ -258,6 +258,7 @@ def _check(args: argparse.Namespace) -> int:
         "update_available": plan.should_install,
         "blocked": plan.blocked,
         "skipped_tags": plan.skipped_tags,
+        "notice": plan.notice,  # the publisher's rollout or recall, in words
         "installed": None,
     }
     if not args.json:
@@ -593,6 +594,9 @@ def _print_status(status: dict[str, Any], *, as_json: bool) -> int:
     print(status.get("headline", ""))
     if status.get("message"):
         print(status["message"])
+    notice = status.get("notice")
+    if notice and notice not in (status.get("message") or ""):
+        print(notice)
     if status.get("blocked"):
         print("blocked versions: " + ", ".join(status["blocked"]))
     _print_controls(status)

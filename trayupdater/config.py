@@ -16,12 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import platformdirs
 
 from trayupdater import APP_NAME
 from trayupdater.errors import ConfigError
-from trayupdater.urls import insecure_reason
+from trayupdater.urls import insecure_reason, redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,6 +62,9 @@ class Config:
     url: str | None = None  # tuf: metadata at URL/metadata/, targets at URL/targets/
     metadata_url: str | None = None  # tuf: when metadata and targets live apart
     targets_url: str | None = None
+    # A user-started check (tray item, `trayupdater check`) may take a version the publisher's
+    # phased rollout has not reached this machine with yet; the timer never does.
+    manual_check_bypasses_rollout: bool = True
     # [child]
     command: tuple[str, ...] = ("{exe}", "{port}")
     exe_name: str | None = None
@@ -90,6 +94,9 @@ class Config:
     require_checksum: bool = True
     public_key: str | None = None  # minisign public key (base64 line); required signatures
     trusted_root: Path | None = None  # tuf: the publisher's root.json (None: the shipped one)
+    # [network]
+    ca_bundle: Path | None = None  # PEM CAs trusted on top of the system store (TLS inspection)
+    proxy: str | None = field(default=None, repr=False)  # may carry a password: repr=False
     # [app]
     start_at_login: bool = True
     self_update_repo: str | None = None
@@ -222,6 +229,21 @@ def _opt_path(value: Any) -> Path | None:
     return _path(value) if _opt_str(value) else None
 
 
+def _opt_proxy(value: Any) -> str | None:
+    text = _opt_str(value)
+    if text is None:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        shown = redact_url(text) if parts.hostname else "a value without a host"
+        raise ValueError(f"expected a proxy URL such as http://proxy.example.com:3128, got {shown}")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise ValueError("the proxy URL has an invalid port") from None
+    return text
+
+
 def _kind(value: Any) -> str:
     text = _str(value).strip().lower()
     if text not in SOURCE_KINDS:
@@ -336,6 +358,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("url", "source", _opt_url),
     FieldSpec("metadata_url", "source", _opt_url),
     FieldSpec("targets_url", "source", _opt_url),
+    FieldSpec("manual_check_bypasses_rollout", "source", _bool),
     FieldSpec("command", "child", _command),
     FieldSpec("exe_name", "child", _opt_str),
     FieldSpec("health_path", "child", _health_path),
@@ -360,6 +383,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("require_checksum", "security", _bool),
     FieldSpec("public_key", "security", _opt_str),
     FieldSpec("trusted_root", "security", _opt_path),
+    FieldSpec("ca_bundle", "network", _opt_path),
+    FieldSpec("proxy", "network", _opt_proxy),
     FieldSpec("start_at_login", "app", _bool),
     FieldSpec("self_update_repo", "app", _opt_repo),
     FieldSpec("self_update_asset_pattern", "app", _opt_pattern),
@@ -425,9 +450,10 @@ def load_config(
                 f"{config_path} [{SPECS[key].section}] {key}" if key in SPECS else str(config_path)
             ),
         )
-        root = values.get("trusted_root")
-        if root is not None and not root.is_absolute():
-            values["trusted_root"] = config_path.parent / root  # beside the file naming it
+        for key in ("trusted_root", "ca_bundle"):
+            named = values.get(key)
+            if named is not None and not named.is_absolute():
+                values[key] = config_path.parent / named  # beside the file naming it
 
     env_values = {
         spec.name: env[ENV_PREFIX + spec.name.upper()]
@@ -442,6 +468,8 @@ def load_config(
     _apply(values, dict(overrides or {}), lambda key: f"command line --{key.replace('_', '-')}")
     config = replace(Config(), **values)
     _check_source(config)
+    if config.ca_bundle is not None and not config.ca_bundle.is_file():
+        raise ConfigError(f"[network] ca_bundle: {config.ca_bundle} is not a file")
     return config
 
 
@@ -462,6 +490,10 @@ def describe(config: Config) -> dict[str, Any]:
             value = "***"
         elif f.name == "log_dir":
             value = str(config.logs_dir)
+        elif f.name == "proxy" and value:
+            from trayupdater.network import shown_proxy
+
+            value = shown_proxy(value)
         elif isinstance(value, Path):
             value = str(value)
         elif f.name == "env":

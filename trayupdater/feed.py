@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import threading
 import time
 from collections import deque
@@ -53,8 +54,19 @@ class FeedStats:
 class ReleaseFeed:
     """Holds releases for one or more repositories and serves them over HTTP on loopback."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        public_host: str | None = None,
+    ) -> None:
+        """``tls``: serve HTTPS with this server context; ``public_host``: the name the URLs
+        it hands out use (one that a proxy resolves to this server, say)."""
         self._lock = threading.Lock()
+        self._scheme = "https" if tls is not None else "http"
+        self._public_host = public_host
         self._repos: dict[str, list[_Release]] = {}
         self._raw: dict[str, Any] = {}  # repo -> verbatim release JSON served as "latest"
         self._faults: deque[tuple[str, str]] = deque()  # (path substring, fault)
@@ -65,6 +77,8 @@ class ReleaseFeed:
         handler = type("Handler", (_Handler,), {"feed": self})
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ---
@@ -72,7 +86,7 @@ class ReleaseFeed:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self._scheme}://{self._public_host or host}:{port}"
 
     def start(self) -> ReleaseFeed:
         self._thread = threading.Thread(

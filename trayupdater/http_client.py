@@ -13,12 +13,20 @@ rules are applied *before* a byte goes to a server, on every hop:
   so a small gzip answer cannot expand into gigabytes in memory.
 - **Interruptible**: sockets are registered with the :class:`~trayupdater.cancel.Interrupt`
   given, so a rollback or quit stops a request that is waiting on a slow server.
+- **Trust and proxies** come from :class:`~trayupdater.network.Network` alone: certificates
+  are checked against the system trust store (plus ``[network] ca_bundle``), and each hop
+  goes through the proxy it names. requests' own environment handling (``trust_env``:
+  ``REQUESTS_CA_BUNDLE``, proxies, ``.netrc`` credentials) is switched off, so nothing
+  outside this policy adds a certificate, a proxy or a credential. A certificate that does
+  not verify is :class:`HttpUntrusted`, whose message names the likely cause (TLS
+  inspection) and the setting that fixes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import ssl
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +41,13 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from trayupdater import __version__
 from trayupdater.cancel import Interrupt
 from trayupdater.errors import TrayUpdaterError
+from trayupdater.network import (
+    Network,
+    NetworkSettingError,
+    certificate_problem,
+    shown_proxy,
+    untrusted_message,
+)
 from trayupdater.urls import insecure_reason, redact_url
 
 USER_AGENT = f"trayupdater/{__version__}"
@@ -41,6 +56,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Headers that identify the user: they go to the origin they were given for, and nowhere else.
 SENSITIVE_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
 READ_SIZE = 64 * 1024
+_USERINFO = re.compile(r"//[^/\s@'\"]*@")
 
 # What a misbehaving peer can make requests/urllib3 raise while a body is read.
 NETWORK_ERRORS = (urllib3.exceptions.HTTPError, requests.RequestException, OSError)
@@ -50,6 +66,16 @@ class HttpRefused(TrayUpdaterError):
     """The policy refuses a URL or a redirect; nothing was sent to it."""
 
     reason = "unsafe_url"
+
+
+class HttpUntrusted(HttpRefused):
+    """The server's TLS certificate does not verify; trying again will not help."""
+
+    reason = "tls"
+
+    def __init__(self, url: str, problem: str) -> None:
+        super().__init__(untrusted_message(url, problem))
+        self.problem = problem
 
 
 class HttpFailed(TrayUpdaterError):
@@ -85,16 +111,19 @@ class HttpClient:
         interrupt: Interrupt | None = None,
         user_agent: str = USER_AGENT,
         verify: bool | str = True,
+        network: Network | None = None,
     ) -> None:
+        """``verify``: True checks certificates against the system trust store (and
+        ``network.ca_bundle``); a path trusts that CA file only (tests)."""
         self.session = session or requests.Session()
-        # Passed with every request: requests lets REQUESTS_CA_BUNDLE override session.verify.
-        self.verify = verify
+        self.session.trust_env = False  # trust and proxies: Network's, not the environment's
+        self.verify = verify  # passed with every request, like the proxy
+        self.network = network or Network()
         self.session.headers["User-Agent"] = user_agent
         self.interrupt = interrupt
-        if interrupt is not None:
-            adapter = _WatchingAdapter(interrupt)
-            self.session.mount("https://", adapter)
-            self.session.mount("http://", adapter)
+        adapter = _PolicyAdapter(self.network.tls_context(), interrupt)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
 
     def get(
         self,
@@ -155,6 +184,10 @@ class HttpClient:
         if self.interrupt is not None:
             self.interrupt.check()
         try:
+            proxy = self.network.proxy_for(url)
+        except NetworkSettingError as exc:
+            raise HttpRefused(str(exc)) from None
+        try:
             return self.session.get(
                 url,
                 headers=headers,
@@ -162,11 +195,19 @@ class HttpClient:
                 stream=True,
                 allow_redirects=False,
                 verify=self.verify,
+                proxies={urlsplit(url).scheme: proxy} if proxy else {},
             )
         except requests.RequestException as exc:
             if self.interrupt is not None:
                 self.interrupt.check()  # a shut-down socket: say why, not "connection reset"
-            raise HttpFailed(url, describe(exc)) from None
+            tls = isinstance(exc, requests.ConnectionError)  # SSLError, ProxyError among them
+            problem = certificate_problem(exc) if tls else None
+            if problem is not None:
+                raise HttpUntrusted(url, problem) from None
+            why = describe(exc)
+            if isinstance(exc, requests.exceptions.ProxyError) and proxy:
+                why = f"through the proxy {shown_proxy(proxy)}: {why}"
+            raise HttpFailed(url, why) from None
 
     def close(self) -> None:
         self.session.close()
@@ -244,27 +285,46 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, requests.Timeout):
         return "timed out"
     text = re.sub(r"\?[^\s'\")]*", "?…", str(exc)) or type(exc).__name__
+    text = _USERINFO.sub("//", text)  # a proxy URL's user:password, should one be quoted
     return text if len(text) <= 300 else text[:300] + "…"
 
 
-# --- registering sockets with the Interrupt -------------------------------------------------
+# --- the adapter: the trust store, and sockets registered with the Interrupt -----------------
 
 
-class _WatchingAdapter(HTTPAdapter):
-    """Connection pools whose connections register their sockets with an Interrupt."""
+class _PolicyAdapter(HTTPAdapter):
+    """HTTPS verified with the trust-store context; with an Interrupt, connection pools whose
+    connections register their sockets with it."""
 
-    def __init__(self, interrupt: Interrupt, **kwargs: Any) -> None:
+    def __init__(self, tls: ssl.SSLContext, interrupt: Interrupt | None, **kwargs: Any) -> None:
+        self._tls = tls
         self._interrupt = interrupt
         super().__init__(**kwargs)
 
+    def build_connection_pool_key_attributes(
+        self, request: Any, verify: Any, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        host, pool = super().build_connection_pool_key_attributes(request, verify, cert)
+        if verify is True and host.get("scheme") == "https":
+            pool["ssl_context"] = self._tls
+        return host, pool
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)
+        if verify is True and url.lower().startswith("https"):
+            # requests would add certifi's list to the context here; the trust store decides.
+            conn.ca_certs = conn.ca_cert_dir = None
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _pool_classes(self._interrupt)
+        if self._interrupt is not None:
+            self.poolmanager.pool_classes_by_scheme = _pool_classes(self._interrupt)
 
     def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **kwargs)
-        with contextlib.suppress(AttributeError):  # SOCKS managers build their own pools
-            manager.pool_classes_by_scheme = _pool_classes(self._interrupt)
+        if self._interrupt is not None:
+            with contextlib.suppress(AttributeError):  # SOCKS managers build their own pools
+                manager.pool_classes_by_scheme = _pool_classes(self._interrupt)
         return manager
 
 

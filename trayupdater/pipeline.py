@@ -1,6 +1,8 @@
 """From "a release exists" to "a verified executable of it sits in the version store".
 
-``plan`` asks the source and decides (newer? blocked? which asset?) without touching disk;
+``plan`` asks the source and decides (which release this installation takes under the
+publisher's rollout and recall, :mod:`.rollout`; newer? blocked? which asset?) without
+touching disk, except to keep the install id the first time a rollout needs it;
 ``install`` downloads, verifies, extracts and commits the version to the store. Nothing
 here starts a process: that is the update worker's job once a version is installed.
 """
@@ -8,6 +10,8 @@ here starts a process: that is the update worker's job once a version is install
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from trayupdater.errors import NoMatchingAssetError, StorageError, VerificationE
 from trayupdater.extract import extract, find_executable
 from trayupdater.platforms import Platform, pick_asset
 from trayupdater.release_model import Asset, Release
+from trayupdater.rollout import HeldBack, choose, install_id, kept_notice, recall_reason
 from trayupdater.sources import Source, make_source
 from trayupdater.store import InstalledVersion, State, VersionStore, version_key
 from trayupdater.verify import ExpectedDigest, check_digest
@@ -38,16 +43,46 @@ class Plan:
     blocked: bool = False
     not_modified: bool = False
     skipped_tags: list[str] = field(default_factory=list)
+    newest: Release | None = None  # the newest published (not recalled), rollout or not
+    held: HeldBack | None = None  # a newer version this installation's turn has not come for
+    releases: tuple[Release, ...] = ()  # all the source knows (rollout and recall flags)
+    recall_kept: bool = False  # the active version is recalled but nothing older is there
 
     @property
     def latest(self) -> str | None:
-        return self.release.version_text if self.release else None
+        newest = self.newest or self.release
+        return newest.version_text if newest else None
+
+    @property
+    def active_recalled(self) -> bool:
+        return self.current is not None and self.current in self.recalled
+
+    @property
+    def recalled(self) -> frozenset[str]:
+        return frozenset(r.version_text for r in self.releases if r.recalled)
+
+    @property
+    def notice(self) -> str | None:
+        """What the publisher's rollout and recall mean for this installation, if anything."""
+        parts = []
+        if self.active_recalled:
+            version = self.current or ""
+            parts.append(kept_notice(version) if self.recall_kept else recall_reason(version))
+        if self.held is not None:
+            parts.append(self.held.notice)
+        return "; ".join(parts) or None
 
     @property
     def should_install(self) -> bool:
         return self.newer and not self.blocked and self.asset is not None
 
     def summary(self) -> str:
+        notice = self.notice
+        return f"{self._outcome()}; {notice}" if notice else self._outcome()
+
+    def _outcome(self) -> str:
+        if self.release is None and self.held is not None:
+            return "nothing to install yet"
         if self.release is None:
             return "no release published"
         if self.asset is None:
@@ -77,22 +112,44 @@ class ReleasePipeline:
         platform: Platform | None = None,
         progress: ProgressCallback | None = None,
         interrupt: Interrupt | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.store = store
         self.source = source or make_source(config, interrupt=interrupt)
         self.platform = platform or Platform.current()
         self.progress = progress
+        self.clock = clock  # what a rollout schedule is measured against
 
-    def plan(self, state: State) -> Plan:
-        result = self.source.check(include_prereleases=self.config.channel == "prerelease")
-        release = result.release
+    def plan(self, state: State, *, manual: bool = False) -> Plan:
+        """What to do now; ``manual``: the user asked (a rollout may be bypassed, if the
+        config says so), not the timer."""
+        prereleases = self.config.channel == "prerelease"
+        result = self.source.check(include_prereleases=prereleases)
+        known = result.releases or ((result.release,) if result.release else ())
+        channel = [r for r in known if prereleases or not r.prerelease]
+        choice = choose(
+            channel,
+            install_id=self._install_id,
+            now=self.clock(),
+            bypass=manual and self.config.manual_check_bypasses_rollout,
+        )
+        release = choice.release
+        newest = next((r for r in channel if not r.recalled), None) if result.releases else None
+        held = choice.held
+        if held is not None and state.active and version_key(held.release.version_text) <= (
+            version_key(state.active)
+        ):
+            held = None  # it runs that version already (a user took it early): no news
         plan = Plan(
             current=state.active,
             release=release,
             asset=None,
             not_modified=result.not_modified,
             skipped_tags=result.skipped_tags,
+            newest=newest,
+            held=held,
+            releases=tuple(known),
         )
         if release is None:
             return plan
@@ -109,6 +166,15 @@ class ReleasePipeline:
         )
         plan.blocked = release.version_text in state.blocked
         return plan
+
+    def _install_id(self) -> str:
+        try:
+            return install_id(self.store.data_dir)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot keep the install id in {self.store.data_dir} (a phased rollout needs "
+                f"it): {exc.strerror or exc}"
+            ) from None
 
     def require_asset(self, plan: Plan) -> tuple[Release, Asset]:
         if plan.release is None:

@@ -25,6 +25,36 @@ class Asset:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """Which share of installations may take a version, as its publisher signed it: a fixed
+    percent (one step), or a schedule of percents, each lasting ``every`` seconds from
+    ``start`` (the last one then holds). See :mod:`trayupdater.rollout`."""
+
+    steps: tuple[float, ...]  # percents, 0..100, never decreasing
+    every: float = 0.0  # seconds per step (schedules only)
+    start: float = 0.0  # time.time() when the first step began (schedules only)
+
+    @property
+    def is_schedule(self) -> bool:
+        return len(self.steps) > 1
+
+    def step_at(self, now: float) -> int:
+        if not self.is_schedule or now < self.start:
+            return 0  # before the start (a clock behind): the first, smallest step
+        return min(int((now - self.start) // self.every), len(self.steps) - 1)
+
+    def percent_at(self, now: float) -> float:
+        return self.steps[self.step_at(now)]
+
+    def next_change(self, now: float) -> tuple[float, float] | None:
+        """(when, percent) of the next step, or None after the last one."""
+        step = self.step_at(now)
+        if step + 1 >= len(self.steps):
+            return None
+        return self.start + (step + 1) * self.every, self.steps[step + 1]
+
+
+@dataclass(frozen=True)
 class Release:
     tag: str
     version: Version
@@ -33,6 +63,8 @@ class Release:
     published_at: str = ""
     html_url: str = ""  # the release page, for "What's new"
     notes: str = ""  # the release body (Markdown), as published
+    rollout: Rollout | None = None  # None: every installation may take it
+    recalled: bool = False  # the publisher pulled it back: never taken, left where running
 
     @property
     def notes_headline(self) -> str:

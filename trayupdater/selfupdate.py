@@ -63,6 +63,7 @@ from trayupdater.installation import (
     find_installation,
     remove_leftovers,
 )
+from trayupdater.network import Network
 from trayupdater.pipeline import download_pace
 from trayupdater.platforms import Platform, pick_asset
 from trayupdater.release_model import Asset, Release, parse_version
@@ -184,7 +185,12 @@ class SelfUpdater:
         self.config = config
         self.installation = installation
         self.repo = config.self_update_repo
-        self.source = source or GitHubSource(self.repo, api_url=config.api_url, token=config.token)
+        self.source = source or GitHubSource(
+            self.repo,
+            api_url=config.api_url,
+            token=config.token,
+            network=Network.from_config(config),
+        )
         self.platform = platform or Platform(installation.os, Platform.current().arch)
         self.pattern = config.self_update_asset_pattern or DEFAULT_ASSET_PATTERN
         self._current_version = current_version or (lambda: trayupdater.__version__)

@@ -446,6 +446,18 @@ class Serving:
         self._commit_rollback(current, child, automatic=automatic, reason=reason)
         return True
 
+    def leave_recalled(self, reason: str) -> bool:
+        """The publisher recalled the active version: roll back to the newest installed one
+        that is neither blocked nor recalled (the caller blocks those first), with the same
+        zero-failure switch. False when there is none: it keeps running."""
+        state = self.state
+        if not state.active:
+            return False
+        state.previous = self.older_than(state.active)
+        if not self.can_roll_back():
+            return False
+        return self.rollback(automatic=True, reason=reason)
+
     def _commit_rollback(
         self, bad: str | None, child: Child, *, automatic: bool, reason: str
     ) -> None:

@@ -63,6 +63,9 @@ class Status:
     paused: bool = False  # "Pause updates": nothing is installed while set
     paused_until: float | None = None  # time.time() the pause ends; None: until resumed
     app_version: str = field(default_factory=lambda: trayupdater.__version__)
+    # What the publisher's rollout or recall means here: "1.2.0 is rolling out: 25 % of
+    # machines so far", "1.2.0 was recalled by the publisher; …". None: nothing to say.
+    notice: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

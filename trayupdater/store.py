@@ -35,6 +35,7 @@ class State:
     active: str | None = None
     previous: str | None = None
     blocked: list[str] = field(default_factory=list)  # versions never to update to again
+    recalled: list[str] = field(default_factory=list)  # blocked because the publisher recalled
     etag: str | None = None
     last_check: float | None = None
     last_error: str | None = None
@@ -58,6 +59,7 @@ class State:
         state.paused = state.paused is True
         if isinstance(state.paused_until, bool) or not isinstance(state.paused_until, (int, float)):
             state.paused_until = None
+        state.recalled = [str(v) for v in state.recalled or []]
         return state
 
 

@@ -15,10 +15,19 @@ target file names (a version's folder is immutable instead, which keeps the targ
 GitHub release assets: ``targets_url = https://github.com/OWNER/REPO/releases/download/`` with
 version folders named after the tags).
 
-Each target carries its version in its signed custom metadata, in a namespace of its own so
-later fields (rollout, recall) sit beside it::
+Each target carries its version in its signed custom metadata, in a namespace of its own,
+with the publisher's rollout and recall beside it (every target of a version the same)::
 
-    "custom": {"trayupdater": {"version": "1.2.0", "published": "2025-01-02T03:04:05Z"}}
+    "custom": {"trayupdater": {"version": "1.2.0", "published": "2025-01-02T03:04:05Z",
+                               "rollout": {"percent": 25},
+                               "recalled": true}}
+
+``rollout`` is absent (every installation), ``{"percent": P}`` with 0 <= P <= 100, or a
+schedule ``{"schedule": [1, 5, 25, 100], "every": 86400, "start": "<UTC time>"}``: step i
+holds from ``start + i * every`` (:class:`~trayupdater.release_model.Rollout`). ``recalled``
+is absent or a boolean. A value that does not follow this makes the target unusable (it is
+skipped and reported), never guessed at: a client takes no version on a rollout it cannot
+read.
 
 Both sides check target paths with :func:`parse_target`, so the publisher refuses what a
 client would reject.
@@ -26,14 +35,16 @@ client would reject.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from packaging.version import Version
 
-from trayupdater.release_model import parse_version
+from trayupdater.release_model import Rollout, parse_version
 from trayupdater.sources.github_json import file_name_problem
 
 ROLES = ("root", "targets", "snapshot", "timestamp")  # top-level only: no delegations
@@ -42,6 +53,9 @@ TARGETS_DIR = "targets"
 CUSTOM_NAMESPACE = "trayupdater"
 HASH = "sha256"  # every target lists it: the pipeline's own digest check uses it too
 MAX_FIELD = 256
+MAX_STEPS = 50
+MAX_STEP_SECONDS = 366 * 24 * 3600
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 class TargetFormatError(ValueError):
@@ -57,6 +71,8 @@ class TargetEntry:
     name: str  # the file name: what the asset picker chooses among
     version: Version
     published: str = ""
+    rollout: Rollout | None = None
+    recalled: bool = False
 
 
 def target_path(folder: str, name: str) -> str:
@@ -74,15 +90,83 @@ def check_folder(folder: str) -> Version:
     return version
 
 
-def custom_block(version: Version, published: datetime | None = None) -> dict[str, Any]:
+def custom_block(
+    version: Version, published: datetime | None = None, rollout: Rollout | None = None
+) -> dict[str, Any]:
     """The ``custom`` field of a new target of ``version``."""
     when = (published or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    ours: dict[str, Any] = {"version": str(version), "published": format_time(when.timestamp())}
+    if rollout is not None:
+        ours["rollout"] = rollout_field(rollout)
+    return {CUSTOM_NAMESPACE: ours}
+
+
+def format_time(when: float) -> str:
+    return datetime.fromtimestamp(int(when), timezone.utc).strftime(TIME_FORMAT)
+
+
+def parse_time(text: Any) -> float:
+    if not isinstance(text, str) or len(text) > 40:
+        raise TargetFormatError("a time must be a short string such as 2025-01-02T03:04:05Z")
+    try:
+        return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        raise TargetFormatError(
+            f"{text[:40]!r} is not a UTC time such as 2025-01-02T03:04:05Z"
+        ) from None
+
+
+def check_percent(value: Any) -> float:
+    """A share of installations: a number from 0 to 100 (TargetFormatError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TargetFormatError(f"a rollout percent must be a number, not {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or not 0 <= number <= 100:
+        raise TargetFormatError(f"a rollout percent must be between 0 and 100, not {value!r}")
+    return number
+
+
+def make_rollout(steps: Sequence[Any], every: float = 0.0, start: float = 0.0) -> Rollout:
+    """A checked Rollout: 1..50 percents that never decrease; a schedule needs ``every``."""
+    if not 1 <= len(steps) <= MAX_STEPS:
+        raise TargetFormatError(f"a rollout schedule has 1 to {MAX_STEPS} steps")
+    percents = tuple(check_percent(step) for step in steps)
+    if any(later < earlier for earlier, later in itertools.pairwise(percents)):
+        raise TargetFormatError("the steps of a rollout schedule never go down")
+    if len(percents) == 1:
+        return Rollout(percents)
+    if isinstance(every, bool) or not isinstance(every, (int, float)):
+        raise TargetFormatError("a rollout schedule's every must be a number of seconds")
+    if not math.isfinite(every) or not 1 <= every <= MAX_STEP_SECONDS:
+        raise TargetFormatError("a rollout step lasts from 1 second to a year")
+    return Rollout(percents, float(every), float(start))
+
+
+def rollout_field(rollout: Rollout) -> dict[str, Any]:
+    if not rollout.is_schedule:
+        return {"percent": _tidy(rollout.steps[0])}
     return {
-        CUSTOM_NAMESPACE: {
-            "version": str(version),
-            "published": when.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+        "schedule": [_tidy(step) for step in rollout.steps],
+        "every": _tidy(rollout.every),
+        "start": format_time(rollout.start),
     }
+
+
+def parse_rollout(value: Any) -> Rollout:
+    if not isinstance(value, Mapping):
+        raise TargetFormatError("rollout must be an object")
+    if "schedule" in value:
+        steps = value["schedule"]
+        if not isinstance(steps, list):
+            raise TargetFormatError("rollout schedule must be a list of percents")
+        return make_rollout(steps, value.get("every"), parse_time(value.get("start")))
+    if "percent" in value:
+        return make_rollout([value["percent"]])
+    raise TargetFormatError("rollout has neither percent nor schedule")
+
+
+def _tidy(number: float) -> int | float:
+    return int(number) if float(number).is_integer() else number
 
 
 def parse_target(path: str, custom: Any) -> TargetEntry:
@@ -115,4 +199,13 @@ def parse_target(path: str, custom: Any) -> TargetEntry:
     published = ours.get("published")
     if not isinstance(published, str) or len(published) > MAX_FIELD:
         published = ""
-    return TargetEntry(path, folder, name, version, published)
+    rollout = None
+    if ours.get("rollout") is not None:
+        try:
+            rollout = parse_rollout(ours["rollout"])
+        except TargetFormatError as exc:
+            raise TargetFormatError(f"target {path[:120]!r}: {exc}") from None
+    recalled = ours.get("recalled", False)
+    if not isinstance(recalled, bool):
+        raise TargetFormatError(f"target {path[:120]!r}: recalled must be true or false")
+    return TargetEntry(path, folder, name, version, published, rollout, recalled)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from packaging.version import Version
@@ -40,11 +41,12 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
-from tuf.repository import Repository
+from tuf.repository import AbortEdit, Repository
 
 from trayupdater.errors import TrayUpdaterError
 from trayupdater.sources.github_json import file_name_problem
 from trayupdater.tuf_format import (
+    CUSTOM_NAMESPACE,
     HASH,
     METADATA_DIR,
     ROLES,
@@ -54,9 +56,14 @@ from trayupdater.tuf_format import (
     check_folder,
     custom_block,
     parse_target,
+    parse_time,
     target_path,
 )
 from trayupdater.tuf_keys import KeyStore
+
+if TYPE_CHECKING:
+    from trayupdater.release_model import Rollout
+    from trayupdater.tuf_rollout import RolloutRequest
 
 DAY = timedelta(days=1)
 DEFAULT_LIFETIMES = {
@@ -120,7 +127,7 @@ class FolderRepository(Repository):
 
     def close(self, role: str, md: Metadata) -> None:
         md.signed.version += 1
-        md.signed.expires = (self._now() + self.lifetimes[role]).replace(microsecond=0)
+        md.signed.expires = (self.now() + self.lifetimes[role]).replace(microsecond=0)
         md.signatures.clear()
         for signer in self._signers_for(role, md):
             md.sign(signer, append=True)
@@ -175,8 +182,11 @@ class FolderRepository(Repository):
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         return outcome
 
-    def add_version(self, folder: str, files: Sequence[Path]) -> Outcome:
-        """Publish ``files`` as version ``folder``; the same files again are a no-op."""
+    def add_version(
+        self, folder: str, files: Sequence[Path], *, rollout: RolloutRequest | None = None
+    ) -> Outcome:
+        """Publish ``files`` as version ``folder``; the same files again are a no-op.
+        ``rollout``: the share of installations that may take it (default: all)."""
         self._require_repository()
         try:
             version = check_folder(folder)
@@ -209,13 +219,14 @@ class FolderRepository(Repository):
                 f"version {version} is already published with other files; a published "
                 "version never changes (publish a new version instead)"
             )
-        newest = max(self._versions(), default=None)
+        newest = max(self.versions(), default=None)
         if newest is not None and version < newest:
             outcome.warnings.append(
                 f"{version} is older than {newest}: installations never move back to it"
             )
 
-        infos = self._copy_targets(folder, files, version)
+        signed_rollout = rollout.at(self.now().timestamp()) if rollout else None
+        infos = self._copy_targets(folder, files, version, signed_rollout)
         with self.edit_targets() as targets:
             for info in infos:
                 targets.targets[info.path] = info
@@ -225,6 +236,8 @@ class FolderRepository(Repository):
             f"published {version}: "
             + ", ".join(f"{TARGETS_DIR}/{info.path} ({info.length} bytes)" for info in infos)
         )
+        if rollout is not None and signed_rollout is not None:
+            outcome.lines.append(f"{version}: {rollout.describe(signed_rollout, self.now())}")
         return outcome
 
     def refresh(self) -> Outcome:
@@ -330,7 +343,7 @@ class FolderRepository(Repository):
 
     # --- internals ---
 
-    def _now(self) -> datetime:
+    def now(self) -> datetime:
         return self._clock().astimezone(timezone.utc)
 
     def _require_repository(self) -> None:
@@ -381,7 +394,7 @@ class FolderRepository(Repository):
     def _due(self, role: str) -> bool:
         """Less than a quarter of its lifetime left, or expiring before a new timestamp."""
         expires = self.open(role).signed.expires
-        left = expires - self._now()
+        left = expires - self.now()
         return left < self.lifetimes[role] / 4 or left < self.lifetimes[Timestamp.type]
 
     def _published(self, version: Version) -> set[tuple[str, str, str]]:
@@ -392,19 +405,72 @@ class FolderRepository(Repository):
                 found.add((entry.folder, entry.name, info.hashes.get(HASH, "")))
         return found
 
-    def _versions(self) -> Iterator[Version]:
+    def versions(self) -> Iterator[Version]:
         for path, info in self.targets().targets.items():
             entry = _entry(path, info)
             if entry is not None:
                 yield entry.version
 
+    def published_version(self, text: str) -> Version:
+        """The published version ``text`` names; PublishError if there is none."""
+        self._require_repository()
+        try:
+            version = check_folder(text)
+        except TargetFormatError as exc:
+            raise PublishError(str(exc)) from None
+        if not self._published(version):
+            raise PublishError(
+                f"version {version} is not published here; publish it first with repo add"
+            )
+        return version
+
+    def published_time(self, version: Version) -> float:
+        """When ``version`` was published (time.time()), as its targets say."""
+        for path, info in self.targets().targets.items():
+            entry = _entry(path, info)
+            if entry is not None and entry.version == version and entry.published:
+                try:
+                    return parse_time(entry.published)
+                except TargetFormatError:
+                    break
+        return self.now().timestamp()
+
+    def edit_version(
+        self, version: Version, change: Callable[[dict[str, Any]], None]
+    ) -> tuple[dict[str, Any], bool]:
+        """Apply ``change`` to the custom data of every target of ``version`` and publish
+        new targets, snapshot and timestamp metadata, unless nothing changed. Returns the
+        custom data as it was, and whether it changed."""
+        self._load_keys(Targets.type, Snapshot.type, Timestamp.type)  # all, before any change
+        before: dict[str, Any] = {}
+        changed = False
+        with self.edit_targets() as targets:
+            for path, info in targets.targets.items():
+                entry = _entry(path, info)
+                if entry is None or entry.version != version:
+                    continue
+                ours = info.unrecognized_fields["custom"][CUSTOM_NAMESPACE]
+                before = dict(ours)
+                change(ours)
+                changed |= ours != before
+            if not changed:
+                raise AbortEdit  # no new metadata for nothing
+        if changed:
+            self.do_snapshot()
+            self.do_timestamp()
+        return before, changed
+
     def _copy_targets(
-        self, folder: str, files: Sequence[Path], version: Version
+        self,
+        folder: str,
+        files: Sequence[Path],
+        version: Version,
+        rollout: Rollout | None = None,
     ) -> list[TargetFile]:
         destination = self.targets_dir / folder
         destination.mkdir(parents=True, exist_ok=True)
         infos = []
-        custom = custom_block(version, self._now())
+        custom = custom_block(version, self.now(), rollout)
         for source in files:
             target = destination / source.name
             with tempfile.NamedTemporaryFile(dir=destination, delete=False) as tmp:

@@ -31,8 +31,9 @@ from trayupdater.children import Child
 from trayupdater.config import Config
 from trayupdater.errors import InternalError, StorageError, TrayUpdaterError
 from trayupdater.events import Events
-from trayupdater.pipeline import ReleasePipeline
+from trayupdater.pipeline import Plan, ReleasePipeline
 from trayupdater.proxy import ReverseProxy
+from trayupdater.rollout import note_recalls, recall_reason
 from trayupdater.schedule import retry_delay
 from trayupdater.selfupdate import SelfUpdater
 from trayupdater.serving import Hooks, Serving, child_log_path
@@ -184,7 +185,7 @@ class Updater:
 
     def _handle(self, job: _Job) -> None:
         if job.command == Command.CHECK:
-            self._check()
+            self._check(manual=True)  # queued commands come from a user (tray, CLI)
         elif job.command == Command.ROLLBACK:
             self.serving.rollback(automatic=False, reason="rolled back by the user")
         elif job.command == Command.RESUME:
@@ -232,13 +233,14 @@ class Updater:
 
     # --- checking and updating ---
 
-    def _check(self) -> None:
+    def _check(self, *, manual: bool = False) -> None:
+        """``manual``: a user asked (the rollout may be bypassed); the timer's are not."""
         self._next_check = time.monotonic() + self._interval()
         previous_phase = self.status().phase
         self._publish(phase=Phase.CHECKING, message="Checking…", error=None)
         outcome = "error"
         try:
-            plan = self.pipeline.plan(self._state)
+            plan = self.pipeline.plan(self._state, manual=manual)
             self._state.last_check = time.time()
             self._state.latest_seen = plan.latest
             self._state.etag = self.pipeline.source.etag
@@ -248,6 +250,13 @@ class Updater:
                 release_url=plan.release.page if plan.release else None,
                 release_notes=plan.release.notes_headline if plan.release else "",
             )
+            if self._follow_recalls(plan):  # rolled back: what may it take from there?
+                plan = self.pipeline.plan(self._state, manual=manual)
+                if not plan.should_install:
+                    outcome = "up_to_date"
+                    self._publish(latest=plan.latest, notice=plan.notice)
+                    return  # the rollback's message stands
+            self._publish(notice=plan.notice)
             if not plan.should_install:
                 outcome = "up_to_date" if plan.release else "no_release"
                 if plan.newer and plan.asset is None:
@@ -312,6 +321,17 @@ class Updater:
             if self.self_updater is not None:
                 # Queued, not run here: the check's caller gets its answer first.
                 self._queue.put(_Job("self_update"))
+
+    def _follow_recalls(self, plan: Plan) -> bool:
+        """Block recalled versions (saved with the check); leave the active one if the
+        publisher recalled it. True if it rolled back."""
+        if note_recalls(self._state, plan.releases, self.store.installed()) and plan.release:
+            plan.blocked = plan.release.version_text in self._state.blocked  # maybe lifted
+        if plan.active_recalled:
+            if self.serving.leave_recalled(recall_reason(plan.current or "")):
+                return True
+            plan.recall_kept = True
+        return False
 
     def _self_update(self) -> None:
         """Replace the app's own executable if a newer build is out (frozen builds)."""

@@ -18,6 +18,9 @@ def make_source(
     config: Config, repo: str | None = None, *, interrupt: Interrupt | None = None
 ) -> Source:
     """The source the config names, for ``repo`` (default: the child's)."""
+    from trayupdater.network import Network
+
+    network = Network.from_config(config)
     if config.kind == "tuf" and repo is None:
         # Imported here: python-tuf is loaded only by the installations that use it.
         from trayupdater.sources.tuf_source import TufSource, cache_dir_for
@@ -28,7 +31,12 @@ def make_source(
             cache_dir=cache_dir_for(config.data_dir, config.tuf_metadata_url),
             trusted_root=config.trusted_root,
             interrupt=interrupt,
+            network=network,
         )
     return GitHubSource(
-        repo or config.repo, api_url=config.api_url, token=config.token, interrupt=interrupt
+        repo or config.repo,
+        api_url=config.api_url,
+        token=config.token,
+        interrupt=interrupt,
+        network=network,
     )

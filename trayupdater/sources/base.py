@@ -26,6 +26,9 @@ class CheckResult:
     release: Release | None  # None: the source has no usable release
     not_modified: bool = False  # nothing new since the last check (HTTP 304 or equivalent)
     skipped_tags: list[str] = field(default_factory=list)  # tags that are not versions
+    # Every release the source knows, both channels and recalled ones included, newest
+    # first (a TUF repository lists them all); empty: ``release`` is all there is.
+    releases: tuple[Release, ...] = ()
 
 
 class Source(Protocol):

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -34,16 +34,21 @@ from trayupdater.http_client import (
     origin,
     read_capped,
 )
+from trayupdater.network import Network
 from trayupdater.release_model import Asset, Release
 from trayupdater.sources.base import CheckResult
 from trayupdater.sources.github_json import MalformedRelease, is_draft, loads, release_from_github
 from trayupdater.verify import ExpectedDigest, find_expected_digest
+
+if TYPE_CHECKING:
+    from trayupdater.config import Config
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT_ASSET_BYTES = 1024 * 1024  # checksums files and signatures are small; cap what we read
 MAX_API_BYTES = 8 * 1024 * 1024  # 30 releases with 1,000 assets each fit; a bomb does not
 MAX_RATE_LIMIT_WAIT = 24 * 3600.0  # GitHub's limits reset hourly
+UNAUTHENTICATED_PER_HOUR = 60  # GitHub's limit without a token, per IP address
 
 
 @dataclass
@@ -71,6 +76,7 @@ class GitHubSource:
         token: str | None = None,
         session: requests.Session | None = None,
         interrupt: Interrupt | None = None,
+        network: Network | None = None,
         timeout: tuple[float, float] = (5.0, 20.0),
         retries: int = 2,
         backoff_base: float = 0.5,
@@ -87,7 +93,7 @@ class GitHubSource:
         self._interrupt = interrupt
         self._sleep = sleep or (lambda seconds: pause(seconds, interrupt))
         self._token = token
-        self.client = HttpClient(session, interrupt=interrupt)
+        self.client = HttpClient(session, interrupt=interrupt, network=network)
         self.session = self.client.session
         self.session.headers["X-GitHub-Api-Version"] = "2022-11-28"
         self._cache: _Cache | None = None
@@ -353,6 +359,42 @@ class GitHubSource:
 
 class _NotFoundError(Exception):
     pass
+
+
+def rate_limit_note(config: Config) -> str | None:
+    """What GitHub's limit without a token means for this check interval, for the start-up
+    log; None with a token, or when nothing asks the GitHub API."""
+    per_check = (config.kind == "github") + bool(config.self_update_repo)
+    if config.token or not per_check:
+        return None
+    per_hour = per_check * 3600 / config.check_interval
+    every = _interval_text(config.check_interval)
+    if per_hour > UNAUTHENTICATED_PER_HOUR:
+        share = (
+            f"checking every {every} takes {per_hour:.0f} requests/hour, more than the limit "
+            "for this machine alone"
+        )
+    else:
+        machines = int(UNAUTHENTICATED_PER_HOUR // per_hour)
+        share = (
+            f"checking every {every} uses {per_hour:g} of them per hour here, so about "
+            f"{machines} machines like this one can share an address before checks are "
+            "refused (an update costs a few more)"
+        )
+    who = "GitHub source" if config.kind == "github" else "Self-update from GitHub"
+    return (
+        f"{who} without a token: the API allows {UNAUTHENTICATED_PER_HOUR} "
+        "requests/hour per IP, shared by every machine behind your address; "
+        f"{share}. Set [source] token or GITHUB_TOKEN (5,000 requests/hour), or publish a "
+        "TUF repository on a static host (packaging/TRUST.md)"
+    )
+
+
+def _interval_text(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def _etag(response: requests.Response) -> str | None:

@@ -55,6 +55,7 @@ from trayupdater.errors import (
     VerificationError,
 )
 from trayupdater.http_client import HttpClient, HttpFailed, HttpRefused
+from trayupdater.network import Network
 from trayupdater.release_model import Asset, Release
 from trayupdater.sources.base import CheckResult
 from trayupdater.sources.trusted_root import find_trusted_root, read_trusted_root
@@ -84,6 +85,7 @@ class TufSource:
         root_locations: list[Path] | None = None,
         session: requests.Session | None = None,
         interrupt: Interrupt | None = None,
+        network: Network | None = None,
         timeout: tuple[float, float] = (5.0, 20.0),
         retries: int = 2,
         backoff_base: float = 0.5,
@@ -101,7 +103,7 @@ class TufSource:
         self._clock = clock
         self._interrupt = interrupt
         self._sleep = sleep or (lambda seconds: pause(seconds, interrupt))
-        self.client = HttpClient(session, interrupt=interrupt)
+        self.client = HttpClient(session, interrupt=interrupt, network=network)
         self.fetcher = HttpFetcher(self.client, timeout=timeout)
         self.blocked_until = 0.0  # the host asked us to wait: no request before this time
         self._updater: Updater | None = None  # the one that refreshed in the last check
@@ -230,6 +232,7 @@ class TufSource:
             release=release,
             not_modified=before is not None and before == after,
             skipped_tags=list(dict.fromkeys(self._index.skipped)),
+            releases=self._index.newest_first(),
         )
 
     def _new_updater(self, root: bytes) -> Updater:

@@ -2,8 +2,10 @@
 
 Targets are grouped by the version in their custom metadata (:mod:`trayupdater.tuf_format`):
 one ``Release`` per version, its files as assets (named by file name, which is what the asset
-picker chooses among), each with the signed SHA-256 as its digest. A target that does not
-follow the format is skipped and reported, never guessed at.
+picker chooses among), each with the signed SHA-256 as its digest, and the version's signed
+rollout and recall. A target that does not follow the format is skipped and reported, never
+guessed at; so is a version whose targets disagree on their rollout (any one of them saying
+"recalled" is enough, though: pulling back errs on the safe side).
 """
 
 from __future__ import annotations
@@ -35,8 +37,16 @@ class TargetIndex:
     skipped: list[str] = field(default_factory=list)  # folders that were left out
 
     def newest(self, *, include_prereleases: bool) -> Release | None:
-        usable = [r for r in self.releases.values() if include_prereleases or not r.prerelease]
+        """The newest release on the channel that is not recalled."""
+        usable = [
+            r
+            for r in self.releases.values()
+            if (include_prereleases or not r.prerelease) and not r.recalled
+        ]
         return max(usable, key=lambda r: r.version, default=None)
+
+    def newest_first(self) -> tuple[Release, ...]:
+        return tuple(sorted(self.releases.values(), key=lambda r: r.version, reverse=True))
 
     def target(self, release: Release, asset: Asset) -> TargetFile | None:
         return self.targets.get((release.tag, asset.name))
@@ -66,8 +76,13 @@ def index_targets(infos: Iterable[TargetFile], targets_url: str) -> TargetIndex:
             index.skipped.append(info.path.split("/", 1)[0][:100])
             continue
         group = groups.setdefault(entry.version, [])
-        if group and (group[0][0].folder != entry.folder or _names(group) & {entry.name}):
-            # Two folders for one version, or one name twice: which one is meant is unknowable.
+        if group and (
+            group[0][0].folder != entry.folder
+            or _names(group) & {entry.name}
+            or group[0][0].rollout != entry.rollout
+        ):
+            # Two folders for one version, one name twice, two rollouts: which one is meant
+            # is unknowable.
             bad_versions.add(entry.version)
         group.append((entry, info))
     for version, group in groups.items():
@@ -94,6 +109,8 @@ def index_targets(infos: Iterable[TargetFile], targets_url: str) -> TargetIndex:
             prerelease=version.is_prerelease,
             assets=tuple(sorted(assets, key=lambda a: a.name)),
             published_at=max(entry.published for entry, _ in group),
+            rollout=group[0][0].rollout,
+            recalled=any(entry.recalled for entry, _ in group),
         )
     return index
 
