@@ -64,6 +64,9 @@ def install_id(data_dir: Path) -> str:
     found = _read_id(path)
     if found is not None:
         return found
+    # Damaged means there and unreadable *now*; decided before drawing, because by the time
+    # our file is written another process may have linked a good one into place.
+    damaged = path.exists() or path.is_symlink()
     data_dir.mkdir(parents=True, exist_ok=True)
     drawn = secrets.token_hex(16)
     fd, tmp = tempfile.mkstemp(prefix=".install-id.", dir=data_dir)  # created 0600
@@ -72,7 +75,7 @@ def install_id(data_dir: Path) -> str:
             fh.write(drawn + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        if path.exists() or path.is_symlink():
+        if damaged and _read_id(path) is None:
             log.warning("%s is damaged; drawing a new install id", path)
             os.replace(tmp, path)
         else:
