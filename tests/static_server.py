@@ -79,10 +79,9 @@ class StaticServer:
         self.proc = None
 
     def hits(self, path: str | None = None) -> list[Hit]:
-        try:
-            text = self._log.read_text(errors="replace")
-        except FileNotFoundError:
-            return []
+        """Requests served so far (of ``path``). The server logs a request just *after*
+        answering it, so the log is read once it has been still for a moment."""
+        text = self._settled_log()
         parse = _nginx_hit if self.kind == "nginx" else _http_server_hit
         found = [hit for line in text.splitlines() if (hit := parse(line)) is not None]
         return [h for h in found if path is None or h.path == path]
@@ -99,6 +98,23 @@ class StaticServer:
         self.stop()
 
     # --- internals ---
+
+    def _settled_log(self, still: float = 0.05, limit: float = 2.0) -> str:
+        deadline = time.monotonic() + limit
+        last = None
+        while True:
+            try:
+                size = self._log.stat().st_size
+            except FileNotFoundError:
+                size = -1
+            if size == last or time.monotonic() > deadline:
+                break
+            last = size
+            time.sleep(still)
+        try:
+            return self._log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         if self.kind == "nginx":
