@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
+from trayupdater.asset_patterns import glob_to_regex
 from trayupdater.errors import ConfigError
 from trayupdater.platforms import (
     ALL_PLATFORMS,
     Platform,
     PlatformError,
-    _glob_to_regex,  # private: only for the fnmatch agreement test
     is_auxiliary,
     pick_asset,
 )
@@ -595,7 +595,7 @@ def test_glob_translation_agrees_with_fnmatch() -> None:
     for _ in range(5000):
         glob = "".join(rng.choice("ab[]!^-*?\\&~|.") for _ in range(rng.randint(0, 6)))
         text = "".join(rng.choice("ab[]!^-\\&~|.") for _ in range(rng.randint(0, 4)))
-        mine = re.fullmatch(_glob_to_regex(glob), text, re.DOTALL) is not None
+        mine = re.fullmatch(glob_to_regex(glob), text, re.DOTALL) is not None
         assert mine == fnmatch.fnmatchcase(text, glob), (glob, text)
 
 

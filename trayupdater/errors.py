@@ -32,6 +32,14 @@ class ConfigError(TrayUpdaterError):
     reason = "config"
 
 
+class PlatformError(ConfigError, ValueError):
+    """An OS/CPU name or an asset pattern that cannot be understood or is not supported.
+
+    A ConfigError because the fix is in the config (``platform``/``asset_pattern``), and a
+    ValueError so callers parsing text can catch the usual type.
+    """
+
+
 class SourceError(TrayUpdaterError):
     """The release source could not be asked or answered nonsense."""
 
