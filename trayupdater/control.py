@@ -22,7 +22,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -31,6 +31,7 @@ import requests
 
 from trayupdater import preferences
 from trayupdater.errors import TrayUpdaterError
+from trayupdater.http_server import ThreadingServer
 from trayupdater.status import Command, Status
 from trayupdater.store import atomic_write_text
 
@@ -75,8 +76,7 @@ class ControlServer:
                 "activate_fn": staticmethod(activate) if activate else None,
             },
         )
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
+        self._server = ThreadingServer(("127.0.0.1", 0), handler)
         self._thread: threading.Thread | None = None
 
     @property

@@ -15,9 +15,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
+
+from trayupdater.http_server import ThreadingServer
 
 # Faults a test can queue for the next matching request.
 FAULTS = ("500", "html", "truncated", "ratelimit", "retry_after", "hang", "cut", "corrupt")
@@ -75,8 +77,7 @@ class ReleaseFeed:
         self.hang_seconds = 30.0
         self.download_delay = 0.0  # seconds per 64 KiB, to make progress visible in the demo
         handler = type("Handler", (_Handler,), {"feed": self})
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        self._server = ThreadingServer((host, port), handler)
         if tls is not None:
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread: threading.Thread | None = None
