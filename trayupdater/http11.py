@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 RECV_SIZE = 64 * 1024
-COPY_SIZE = 256 * 1024  # per read when streaming a large body
 MAX_CHUNK_LINE = 4096  # chunk-size line including extensions
 
 # RFC 9110 token characters: method names and header field names.
@@ -327,6 +327,17 @@ def _write(write: Write, data: bytes | bytearray | memoryview) -> None:
         raise SinkError(str(exc)) from exc
 
 
+_local = threading.local()
+
+
+def _scratch() -> memoryview:
+    view: memoryview | None = getattr(_local, "scratch", None)
+    if view is None:
+        # 64 KiB: what one recv on loopback gives anyway, and little RSS kept per thread.
+        view = _local.scratch = memoryview(bytearray(RECV_SIZE))
+    return view
+
+
 def copy_length(src: BufferedSocket, length: int, write: Write) -> None:
     """Copy exactly ``length`` body bytes from ``src``."""
     remaining = length
@@ -338,8 +349,9 @@ def copy_length(src: BufferedSocket, length: int, write: Write) -> None:
         _write(write, data)
     if not remaining:
         return
-    # Straight from the socket into one scratch buffer: no bytes object per read.
-    view = memoryview(bytearray(min(remaining, COPY_SIZE)))
+    # Straight from the socket into this thread's scratch buffer: no bytes object per read,
+    # and no new buffer per body. (Every ``write`` here sends or copies the bytes at once.)
+    view = _scratch()
     while remaining:
         try:
             n = src.sock.recv_into(view[: min(remaining, len(view))])
