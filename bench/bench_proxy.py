@@ -281,6 +281,7 @@ def in_app(load: Callable[..., Result], args: argparse.Namespace) -> Target:
     from app_harness import App
 
     app = App(args.app_port, args.backend)
+    fresh = app.rss_mib()
     go_proxy, go_port = start_go_proxy(app.child_port)
     print(f"in the app: child {app.impl} {app.version}; Go: {_go_note(go_proxy)}")
     target = Target("inside `trayupdater run --headless`", app.port, app.child_port, None, app.cpu)
@@ -290,6 +291,7 @@ def in_app(load: Callable[..., Result], args: argparse.Namespace) -> Target:
         if go_proxy is not None:
             stop(go_proxy)
             go_proxy = None
+        print(f"\napp RSS just after start: {fresh:.1f} MiB")
         idle_costs(app, args.idle)
         if args.updates:
             update_test(app, load, args)
@@ -308,14 +310,14 @@ def idle_costs(app, count: int) -> None:
     """Idle RSS and CPU of the app, then the same with ``count`` idle keep-alive clients."""
     from load import idle_connections
 
-    def idle_cpu(seconds: float = 5.0) -> float:
+    # 20 s: /proc counts CPU in 10 ms ticks, so 5 s could not tell 0.2 % from 0.
+    def idle_cpu(seconds: float = 20.0) -> float:
         before = app.cpu()
         time.sleep(seconds)
         return (app.cpu() - before) / seconds * 100
 
     time.sleep(1.0)
-    print()
-    print(f"idle app: RSS {app.rss_mib():.1f} MiB, CPU {idle_cpu():.2f} %")
+    print(f"idle app after the load: RSS {app.rss_mib():.1f} MiB, CPU {idle_cpu():.2f} %")
     socks = idle_connections(app.port, count)
     try:
         time.sleep(1.0)
