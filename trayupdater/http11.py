@@ -89,6 +89,8 @@ class Head:
     minor: int  # HTTP/1.<minor>
     fields: list[tuple[str, str]]  # in order, original names
     index: dict[str, list[str]] = field(default_factory=dict)  # lower-case name -> values
+    # Connection tokens, worked out on first use: a request asks for them up to five times.
+    _connection: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     def get(self, name: str) -> str | None:
         values = self.index.get(name)
@@ -104,8 +106,11 @@ class Head:
             out.extend(t for t in (p.strip().lower() for p in value.split(",")) if t)
         return out
 
-    def connection_tokens(self) -> set[str]:
-        return set(self.tokens("connection"))
+    def connection_tokens(self) -> frozenset[str]:
+        tokens = self._connection
+        if tokens is None:
+            tokens = self._connection = frozenset(self.tokens("connection"))
+        return tokens
 
     def keep_alive(self) -> bool:
         """Does the sender of this head want the connection kept open (RFC 9112 9.3)?"""
