@@ -11,6 +11,11 @@ through-proxy runs alternate in the same invocation so machine noise hits both a
 Scenarios: small responses and 1 MiB bodies, at 1 and 32 connections. Then a swap test:
 32 keep-alive connections while the proxy switches N times to a freshly started backend,
 drains the old generation and kills the old backend, counting every failed request.
+
+``--mode app`` measures the same scenarios inside ``trayupdater run --headless`` (a real app
+with its metrics, the backend as its child, see ``app_harness.py``), then its idle RSS and
+CPU with and without 2,000 idle keep-alive clients, and real updates under load. ``--mode
+both`` (the default) runs the two and prints the issue's table: ours / Go per scenario.
 """
 
 from __future__ import annotations
@@ -18,19 +23,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from load import Result, pyload, wrk  # noqa: E402
+
 ROOT = HERE.parent
 BACKEND = HERE / "backend_server.py"
 
@@ -162,113 +170,6 @@ def serve_proxy(backend_port: int, label: str, workers: int) -> None:
             return
 
 
-# -- load generation --------------------------------------------------------------------------
-
-
-@dataclass
-class Result:
-    requests: int = 0
-    seconds: float = 0.0
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
-    failed: int = 0  # non-2xx responses plus socket errors
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
-
-
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(number) * _UNITS[unit]
-
-
-def wrk(port: int, path: str, connections: int, duration: float) -> Result:
-    threads = min(2, connections)
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{threads}",
-            f"-c{connections}",
-            f"-d{max(1, round(duration))}s",
-            "--latency",
-            f"http://127.0.0.1:{port}{path}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = Result()
-    match = re.search(r"(\d+) requests in ([\d.]+)(ms|s)", out)
-    if match:
-        result.requests = int(match.group(1))
-        result.seconds = float(match.group(2)) / (1000 if match.group(3) == "ms" else 1)
-    for pct, attr in (("50", "p50_ms"), ("99", "p99_ms")):
-        found = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
-        if found:
-            setattr(result, attr, _ms(found.group(1)))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result.failed = int(non2xx.group(1)) if non2xx else 0
-    if errors:
-        result.failed += sum(int(n) for n in errors.groups())
-        result.notes.append(errors.group(0))
-    return result
-
-
-def pyload(port: int, path: str, connections: int, duration: float) -> Result:
-    """Keep-alive GET loop in threads: the fallback when wrk is not installed."""
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
-    latencies: list[float] = []
-    failed = [0]
-    lock = threading.Lock()
-    deadline = time.monotonic() + duration
-
-    def loop() -> None:
-        mine: list[float] = []
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        buf = b""
-        try:
-            while time.monotonic() < deadline:
-                started = time.perf_counter()
-                sock.sendall(request)
-                while b"\r\n\r\n" not in buf:
-                    buf += sock.recv(65536)
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-                while len(buf) < length:
-                    buf += sock.recv(1 << 20)
-                buf = buf[length:]
-                mine.append(time.perf_counter() - started)
-                if not head.startswith(b"HTTP/1.1 2"):
-                    with lock:
-                        failed[0] += 1
-        except (OSError, AttributeError):
-            with lock:
-                failed[0] += 1
-        finally:
-            sock.close()
-            with lock:
-                latencies.extend(mine)
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=loop) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result = Result(requests=len(latencies), seconds=time.monotonic() - started, failed=failed[0])
-    if latencies:
-        latencies.sort()
-        result.p50_ms = latencies[len(latencies) // 2] * 1000
-        result.p99_ms = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
-    return result
-
-
 # -- the benchmark ------------------------------------------------------------------------------
 
 
@@ -278,6 +179,45 @@ SCENARIOS = [
     ("1 MiB", "/big", 1),
     ("1 MiB", "/big", 32),
 ]
+Key = tuple[str, int]  # (scenario name, connections)
+
+
+@dataclass
+class Target:
+    """One thing under load: ours (standalone proxy or the app), the same backend direct,
+    and Go's httputil.ReverseProxy in front of that backend."""
+
+    title: str
+    ours: int  # port
+    direct: int
+    go: int | None
+    cpu: Callable[[], float]  # CPU seconds of the process serving ``ours``
+    results: dict[tuple[str, int, str], list[Result]] = field(default_factory=dict)
+    cpu_per_request: dict[Key, list[float]] = field(default_factory=dict)
+
+    def median(self, key: Key, what: str, attr: str) -> float:
+        return _median([getattr(r, attr) for r in self.results.get((*key, what), [])])
+
+
+def measure(target: Target, load: Callable[..., Result], args: argparse.Namespace) -> None:
+    """Every scenario, ``args.rounds`` times, direct / ours / Go alternating."""
+    load(target.ours, "/", 8, 1.0)  # warm up pools and caches
+    for _ in range(args.rounds):
+        for name, path, conns in SCENARIOS:
+            key = (name, conns)
+            target.results.setdefault((*key, "direct"), []).append(
+                load(target.direct, path, conns, args.duration)
+            )
+            before = target.cpu()
+            result = load(target.ours, path, conns, args.duration)
+            cpu = target.cpu() - before
+            target.results.setdefault((*key, "ours"), []).append(result)
+            if result.requests:
+                target.cpu_per_request.setdefault(key, []).append(cpu / result.requests * 1e6)
+            if target.go is not None:
+                target.results.setdefault((*key, "go"), []).append(
+                    load(target.go, path, conns, args.duration)
+                )
 
 
 def main() -> None:
@@ -285,6 +225,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per run (4)")
     parser.add_argument("--rounds", type=int, default=2, help="direct/proxy alternations (2)")
     parser.add_argument("--swaps", type=int, default=20, help="backend swaps under load (20)")
+    parser.add_argument("--updates", type=int, default=5, help="app updates under load (5)")
+    parser.add_argument(
+        "--mode",
+        choices=("standalone", "app", "both"),
+        default="both",
+        help="the proxy alone, inside `trayupdater run --headless`, or both (both)",
+    )
+    parser.add_argument("--app-port", type=int, default=9180, help="the app's proxy port (9180)")
+    parser.add_argument("--idle", type=int, default=2000, help="idle keep-alive clients (2000)")
     parser.add_argument("--backend", choices=("auto", "go", "python"), default="auto")
     parser.add_argument("--workers", type=int, default=64, help="proxy worker threads (64)")
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
@@ -296,79 +245,169 @@ def main() -> None:
 
     use_wrk = args.load == "wrk" or (args.load == "auto" and shutil.which("wrk"))
     load = wrk if use_wrk else pyload
+    print(f"load generator: {'wrk' if use_wrk else 'python (slow: GIL-bound)'}")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {args.duration:g} s runs")
+    targets: list[Target] = []
+    if args.mode in ("standalone", "both"):
+        targets.append(standalone(load, args))
+    if args.mode in ("app", "both"):
+        targets.append(in_app(load, args))
+    print()
+    for target in targets:
+        print_table(target)
+    print_ratios(targets)
+    print(f"load average at the end: {' '.join(f'{n:.2f}' for n in os.getloadavg())}")
+
+
+def standalone(load: Callable[..., Result], args: argparse.Namespace) -> Target:
     backend, backend_port, impl = start_backend("v0", args.backend)
     proxy = ProxyProcess(backend_port, "v0", args.workers)
     go_proxy, go_port = start_go_proxy(backend_port)
-    print(f"backend: {impl}; load generator: {'wrk' if use_wrk else 'python (slow: GIL-bound)'}")
-    print("Go httputil.ReverseProxy: " + ("measured alongside" if go_proxy else "no Go: skipped"))
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {args.duration:g} s runs")
-    results: dict[tuple[str, int, str], list[Result]] = {}
-    cpu_per_request: dict[tuple[str, int], list[float]] = {}
+    print(f"standalone: backend {impl}; Go httputil.ReverseProxy: {_go_note(go_proxy)}")
+    target = Target("proxy alone (bench --serve-proxy)", proxy.port, backend_port, None, lambda: 0)
+    target.go = go_port if go_proxy else None
+    target.cpu = lambda: proxy.call("stats")["cpu"]
     try:
-        load(proxy.port, "/", 8, 1.0)  # warm up pools and caches
-        for _ in range(args.rounds):
-            for name, path, conns in SCENARIOS:
-                key = (name, conns)
-                results.setdefault((*key, "direct"), []).append(
-                    load(backend_port, path, conns, args.duration)
-                )
-                before = proxy.call("stats")["cpu"]
-                result = load(proxy.port, path, conns, args.duration)
-                cpu = proxy.call("stats")["cpu"] - before
-                results.setdefault((*key, "proxy"), []).append(result)
-                if result.requests:
-                    cpu_per_request.setdefault(key, []).append(cpu / result.requests * 1e6)
-                if go_proxy is not None:
-                    results.setdefault((*key, "go"), []).append(
-                        load(go_port, path, conns, args.duration)
-                    )
-        print_table(results, cpu_per_request)
+        measure(target, load, args)
         swap_test(proxy, load, args, backend)
     finally:
         proxy.close()
         if go_proxy is not None:
             stop(go_proxy)
+    return target
+
+
+def in_app(load: Callable[..., Result], args: argparse.Namespace) -> Target:
+    from app_harness import App
+
+    app = App(args.app_port, args.backend)
+    fresh = app.rss_mib()
+    go_proxy, go_port = start_go_proxy(app.child_port)
+    print(f"in the app: child {app.impl} {app.version}; Go: {_go_note(go_proxy)}")
+    target = Target("inside `trayupdater run --headless`", app.port, app.child_port, None, app.cpu)
+    target.go = go_port if go_proxy else None
+    try:
+        measure(target, load, args)
+        if go_proxy is not None:
+            stop(go_proxy)
+            go_proxy = None
+        print(f"\napp RSS just after start: {fresh:.1f} MiB")
+        idle_costs(app, args.idle)
+        if args.updates:
+            update_test(app, load, args)
+    finally:
+        if go_proxy is not None:
+            stop(go_proxy)
+        app.close()
+    return target
+
+
+def _go_note(go_proxy: subprocess.Popen | None) -> str:
+    return "measured alongside" if go_proxy else "no Go: skipped"
+
+
+def idle_costs(app, count: int) -> None:
+    """Idle RSS and CPU of the app, then the same with ``count`` idle keep-alive clients."""
+    from load import idle_connections
+
+    # 20 s: /proc counts CPU in 10 ms ticks, so 5 s could not tell 0.2 % from 0.
+    def idle_cpu(seconds: float = 20.0) -> float:
+        before = app.cpu()
+        time.sleep(seconds)
+        return (app.cpu() - before) / seconds * 100
+
+    time.sleep(1.0)
+    print(f"idle app after the load: RSS {app.rss_mib():.1f} MiB, CPU {idle_cpu():.2f} %")
+    socks = idle_connections(app.port, count)
+    try:
+        time.sleep(1.0)
+        print(
+            f"with {count} idle keep-alive clients: RSS {app.rss_mib():.1f} MiB,"
+            f" CPU {idle_cpu():.2f} %"
+        )
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def update_test(app, load: Callable[..., Result], args: argparse.Namespace) -> None:
+    """Real updates (publish, `trayupdater check`, ...) under 32 keep-alive connections."""
+    duration = max(args.duration * 2, args.updates * 3.0 + 3)
+    result: list[Result] = []
+    runner = threading.Thread(target=lambda: result.append(load(app.port, "/", 32, duration)))
+    runner.start()
+    time.sleep(1.0)
+    took = []
+    major, minor, _ = (int(n) for n in app.version.split("."))
+    for n in range(1, args.updates + 1):
+        if not runner.is_alive():
+            break
+        took.append(app.update(f"{major}.{minor + 1}.{n}"))
+    runner.join()
+    res = result[0]
+    print(
+        f"update test: {len(took)} updates (publish, `trayupdater check`: download, verify,"
+        f" start, soak, switch, drain, probation) under 32 keep-alive connections,"
+        f" {res.seconds:.0f} s"
+    )
+    print(
+        f"  {res.requests} requests, {res.rps:.0f} req/s, failed requests: {res.failed}"
+        f" {' '.join(res.notes)}; each update took median {_median(took):.1f} s"
+    )
 
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
-def print_table(results: dict, cpu_per_request: dict) -> None:
+def print_table(target: Target) -> None:
     header = (
-        f"{'scenario':<14}{'direct rps':>11}{'proxy rps':>11}{'ratio':>7}"
-        f"{'direct p50/p99 ms':>19}{'proxy p50/p99 ms':>18}{'proxy CPU/req':>15}{'failed':>8}"
-        f"{'go-httputil rps':>17}{'go p50/p99 ms':>16}"
+        f"{'scenario':<14}{'direct rps':>11}{'ours rps':>10}{'ours p50/p99 ms':>17}"
+        f"{'CPU/req':>10}{'failed':>8}{'go rps':>9}{'go p50/p99 ms':>16}"
     )
-    print()
+    print(target.title)
     print(header)
     print("-" * len(header))
     for name, _, conns in SCENARIOS:
-        direct = results[(name, conns, "direct")]
-        proxied = results[(name, conns, "proxy")]
-        d_rps = _median([r.rps for r in direct])
-        p_rps = _median([r.rps for r in proxied])
-        d_lat = (
-            f"{_median([r.p50_ms for r in direct]):.3f}/{_median([r.p99_ms for r in direct]):.2f}"
-        )
-        p_lat = (
-            f"{_median([r.p50_ms for r in proxied]):.3f}/{_median([r.p99_ms for r in proxied]):.2f}"
-        )
-        cpu = _median(cpu_per_request.get((name, conns), []))
-        failed = sum(r.failed for r in direct + proxied)
-        ratio = p_rps / d_rps if d_rps else 0.0
-        go = results.get((name, conns, "go"), [])
-        go_rps = f"{_median([r.rps for r in go]):.0f}" if go else "-"
-        go_lat = (
-            f"{_median([r.p50_ms for r in go]):.3f}/{_median([r.p99_ms for r in go]):.2f}"
-            if go
-            else "-"
-        )
+        key = (name, conns)
+        runs = [r for what in ("direct", "ours") for r in target.results.get((*key, what), [])]
+        failed = sum(r.failed for r in runs)
+        cpu = _median(target.cpu_per_request.get(key, []))
+        go = "-", "-"
+        if target.go is not None:
+            go = f"{target.median(key, 'go', 'rps'):.0f}", _lat(target, key, "go")
         print(
-            f"{f'{name} c={conns}':<14}{d_rps:>11.0f}{p_rps:>11.0f}{ratio:>7.2f}"
-            f"{d_lat:>19}{p_lat:>18}{cpu:>12.0f} us{failed:>8}{go_rps:>17}{go_lat:>16}"
+            f"{f'{name} c={conns}':<14}{target.median(key, 'direct', 'rps'):>11.0f}"
+            f"{target.median(key, 'ours', 'rps'):>10.0f}{_lat(target, key, 'ours'):>17}"
+            f"{cpu:>7.0f} us{failed:>8}{go[0]:>9}{go[1]:>16}"
         )
-    print("(medians over rounds; rps = requests/s; CPU/req = proxy process CPU time per request)")
+    print("(medians over rounds; CPU/req = CPU time of the process serving ours per request)")
+    print()
+
+
+def _lat(target: Target, key: Key, what: str) -> str:
+    return f"{target.median(key, what, 'p50_ms'):.3f}/{target.median(key, what, 'p99_ms'):.2f}"
+
+
+def print_ratios(targets: list[Target]) -> None:
+    """The issue's table: ours / Go requests/s per scenario, one column per mode."""
+    columns = [t for t in targets if t.go is not None]
+    if not columns:
+        return
+    print("| scenario | " + " | ".join(f"{t.title} ours / Go" for t in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for name, _, conns in SCENARIOS:
+        key = (name, conns)
+        cells = []
+        for t in columns:
+            ours, go = t.median(key, "ours", "rps"), t.median(key, "go", "rps")
+            ratio = ours / go if go else 0.0
+            cell = f"{ours:,.0f} / {go:,.0f} = {ratio:.2f}"
+            p99 = t.median(key, "ours", "p99_ms"), t.median(key, "go", "p99_ms")
+            cell += f" (p99 {p99[0]:.1f} vs {p99[1]:.1f} ms"
+            cell += f", {_median(t.cpu_per_request.get(key, [])):.0f} us CPU/req)"
+            cells.append(cell)
+        print(f"| {name}, {conns} conn | " + " | ".join(cells) + " |")
 
 
 def swap_test(proxy: ProxyProcess, load, args: argparse.Namespace, backend) -> None:

@@ -36,9 +36,7 @@ from trayupdater.feed import ReleaseFeed
 from trayupdater.status import Command
 
 
-def start_app(
-    feed: ReleaseFeed, data: Path, port: int, **env: str
-) -> subprocess.Popen[bytes]:
+def start_app(feed: ReleaseFeed, data: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
     settings = {"TRAYUPDATER_PROBATION_SECONDS": "0", "TRAYUPDATER_KEEP_VERSIONS": "100"}
     app = Instance(feed, data, port, **{**settings, **env})
     return app.start()

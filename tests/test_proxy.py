@@ -469,6 +469,29 @@ def test_many_idle_connections_do_not_block_a_fresh_client(make_backend, make_pr
             sock.close()
 
 
+def test_kept_alive_clients_pausing_between_requests_keep_their_connection(
+    make_backend, make_proxy
+):
+    """A worker waits a moment (a kernel receive timeout) for a client's next request, then
+    parks it: a pause after that moment is an idle keep-alive one, not a slow head."""
+    proxy = make_proxy(make_backend("v1").backend, workers=1, header_timeout=0.3)
+    sock = _raw(proxy)
+    try:
+        for pause in (0.0, 0.001, 0.01, 0.8, 0.0):
+            time.sleep(pause)
+            sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = b""
+            while not response.endswith(b"v1"):
+                data = sock.recv(4096)
+                assert data, f"closed after a pause of {pause} s"
+                response += data
+            assert response.startswith(b"HTTP/1.1 200")
+        # Meanwhile the one worker is free for others.
+        assert _get(proxy, "/version")[:2] == (200, b"v1")
+    finally:
+        sock.close()
+
+
 def test_client_vanishing_mid_response_closes_the_upstream_connection(make_backend, make_proxy):
     backend = make_backend("v1")
     proxy = make_proxy(backend.backend)

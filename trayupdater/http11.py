@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 RECV_SIZE = 64 * 1024
-COPY_SIZE = 256 * 1024  # per read when streaming a large body
 MAX_CHUNK_LINE = 4096  # chunk-size line including extensions
 
 # RFC 9110 token characters: method names and header field names.
@@ -89,6 +89,8 @@ class Head:
     minor: int  # HTTP/1.<minor>
     fields: list[tuple[str, str]]  # in order, original names
     index: dict[str, list[str]] = field(default_factory=dict)  # lower-case name -> values
+    # Connection tokens, worked out on first use: a request asks for them up to five times.
+    _connection: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     def get(self, name: str) -> str | None:
         values = self.index.get(name)
@@ -104,8 +106,11 @@ class Head:
             out.extend(t for t in (p.strip().lower() for p in value.split(",")) if t)
         return out
 
-    def connection_tokens(self) -> set[str]:
-        return set(self.tokens("connection"))
+    def connection_tokens(self) -> frozenset[str]:
+        tokens = self._connection
+        if tokens is None:
+            tokens = self._connection = frozenset(self.tokens("connection"))
+        return tokens
 
     def keep_alive(self) -> bool:
         """Does the sender of this head want the connection kept open (RFC 9112 9.3)?"""
@@ -327,6 +332,17 @@ def _write(write: Write, data: bytes | bytearray | memoryview) -> None:
         raise SinkError(str(exc)) from exc
 
 
+_local = threading.local()
+
+
+def _scratch() -> memoryview:
+    view: memoryview | None = getattr(_local, "scratch", None)
+    if view is None:
+        # 64 KiB: what one recv on loopback gives anyway, and little RSS kept per thread.
+        view = _local.scratch = memoryview(bytearray(RECV_SIZE))
+    return view
+
+
 def copy_length(src: BufferedSocket, length: int, write: Write) -> None:
     """Copy exactly ``length`` body bytes from ``src``."""
     remaining = length
@@ -338,8 +354,9 @@ def copy_length(src: BufferedSocket, length: int, write: Write) -> None:
         _write(write, data)
     if not remaining:
         return
-    # Straight from the socket into one scratch buffer: no bytes object per read.
-    view = memoryview(bytearray(min(remaining, COPY_SIZE)))
+    # Straight from the socket into this thread's scratch buffer: no bytes object per read,
+    # and no new buffer per body. (Every ``write`` here sends or copies the bytes at once.)
+    view = _scratch()
     while remaining:
         try:
             n = src.sock.recv_into(view[: min(remaining, len(view))])

@@ -19,6 +19,7 @@ from prometheus_client import (
 )
 
 from trayupdater.events import Events
+from trayupdater.tally import RequestTally
 
 if TYPE_CHECKING:
     from trayupdater.proxy import ReverseProxy
@@ -43,15 +44,15 @@ class Metrics(Events):
         )
         self.active = Info("trayupdater_active", "The version serving traffic", registry=r)
         self.downloaded = Counter("trayupdater_download_bytes", "Bytes downloaded", registry=r)
-        self.requests = Counter(
-            "trayupdater_proxy_requests", "Proxied requests by status", ["code"], registry=r
-        )
-        self.latency = Histogram(
+        # Per request: per-thread counters folded at scrape time, not a lock per request.
+        self.proxy_requests = RequestTally(
+            "trayupdater_proxy_requests",
+            "Proxied requests by status",
             "trayupdater_proxy_request_seconds",
             "Proxy request latency",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
+        r.register(self.proxy_requests)
         self.upstream_errors = Counter(
             "trayupdater_proxy_upstream_errors",
             "Backend errors seen by the proxy",
@@ -108,8 +109,7 @@ class Metrics(Events):
     # --- proxy observer ---
 
     def request_done(self, status: int, seconds: float, backend_label: str | None) -> None:
-        self.requests.labels(str(status)).inc()
-        self.latency.observe(seconds)
+        self.proxy_requests.observe(status, seconds)
 
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors.labels(kind).inc()

@@ -15,10 +15,13 @@ Workers [workers]. A bounded pool of threads takes ready connections off the que
 arrived without blocking, and serves every complete request the connection holds. A request
 head is parsed strictly [trayupdater.http11]: ambiguous framing (smuggling) is refused before
 anything reaches a backend. With no complete head the connection goes back to the parker:
-a worker never waits for a client. After a response the worker waits a moment for the next
-request when no other connection needs a worker (cheaper than a round trip through the
-parker), then parks the connection. So threads serve requests, not sockets: a thousand idle
-keep-alive clients cost a selector entry each.
+a worker never waits for a client. After a response the worker waits a moment (2 ms) for the
+next request when no other connection needs a worker (cheaper than a round trip through the
+parker), then parks the connection. That wait is one blocking recv() bounded by the client
+socket's SO_RCVTIMEO, set once at accept: every other read of a client is of bytes known to
+be there (non-blocking, or after readiness), so the short timeout never cuts anything else.
+So threads serve requests, not sockets: a thousand idle keep-alive clients cost a selector
+entry each.
 
 Request bodies [bodies]. A body that did not arrive with its head is received by the parker,
 without blocking, up to ``max_buffered_body`` bytes per request and ``max_buffered_total``
@@ -30,8 +33,11 @@ Forwarding [forward, relay]. One request goes to the backend of the generation i
 on a pooled keep-alive connection [upstream] or a new one; the response is relayed with the
 framing re-written by the proxy (hop-by-hop fields dropped, X-Forwarded-* added). A small
 response body is read whole before anything goes to the client, so a backend dying between
-its head and its body is still a failure the proxy can retry. A 101 answer turns the
-connection into a byte tunnel (WebSocket). A client that vanished mid-response closes the
+its head and its body is still a failure the proxy can retry. A large body of known length
+goes out with its head in one send and then, on Linux, is spliced backend socket -> pipe ->
+client socket in the kernel [zerocopy] (one pipe per worker thread, dropped if an error may
+have left bytes in it); elsewhere it is copied through one reused buffer. A 101 answer turns
+the connection into a byte tunnel (WebSocket). A client that vanished mid-response closes the
 upstream connection too: it is mid-message and must never be reused.
 
 Generations, switch and drain [routing]. Each routing decision is a *generation*: the
@@ -61,10 +67,11 @@ changes. Holds are bounded in time (``hold_seconds``, then 503 with Retry-After)
 bytes (beyond: 503 at once); a client that goes away while held is forgotten.
 
 Reporting [observer, summary]. Every request, upstream error, retry and hold goes to the
-observer (metrics). The log gets one line per event that matters (a switch, a backend
-down) and, for what repeats per request (backends that cannot be reached, retries, holds),
-one summary line per second: "45 requests could not reach 1.6.1 in the last second
-(connection refused)".
+observer (metrics; the app counts requests in per-thread counters folded when /metrics is
+scraped, trayupdater.tally, so a request takes no lock for them). The log gets one line per
+event that matters (a switch, a backend down) and, for what repeats per request (backends
+that cannot be reached, retries, holds), one summary line per second: "45 requests could not
+reach 1.6.1 in the last second (connection refused)".
 """
 
 from trayupdater.proxy.observer import (

@@ -21,7 +21,12 @@ from trayupdater.proxy.bodies import Bodies
 from trayupdater.proxy.holding import HoldRoom
 from trayupdater.proxy.observer import Reporter
 from trayupdater.proxy.plan import Plan
-from trayupdater.proxy.sockets import blocking_with_timeouts, error_response, read_nowait
+from trayupdater.proxy.sockets import (
+    CLIENT_RECV_SECONDS,
+    blocking_with_timeouts,
+    error_response,
+    read_nowait,
+)
 
 if TYPE_CHECKING:
     from trayupdater.proxy.routing import Generation
@@ -271,7 +276,9 @@ class Parker:
     def _new_client(self, sock: socket.socket, addr: tuple) -> Client | None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            blocking_with_timeouts(sock, self._idle_timeout)
+            # A blocking read of a client only ever waits for a kept-alive client's next
+            # request (read_within); every other read is of data known to be there.
+            blocking_with_timeouts(sock, self._idle_timeout, CLIENT_RECV_SECONDS)
         except OSError:
             sock.close()
             return None

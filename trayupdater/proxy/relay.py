@@ -9,6 +9,7 @@ import socket
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, Framing, Head, HttpError, SinkError, SourceError
+from trayupdater.proxy import zerocopy
 from trayupdater.proxy.clients import Client
 from trayupdater.proxy.observer import (
     ERR_BODY,
@@ -167,11 +168,11 @@ class Relay:
                 del up.buf[:length]
             elif framing is Framing.NONE:
                 client.sendall(head)
+            elif framing is Framing.LENGTH:  # a large body: spliced on Linux (zerocopy.py)
+                zerocopy.relay_length(up, length, head, client.sendall, client.fileno())
             else:
                 client.sendall(head)
-                if framing is Framing.LENGTH:
-                    http11.copy_length(up, length, client.sendall)
-                elif chunked_out:
+                if chunked_out:
                     write = _chunk_writer(client)
                     if framing is Framing.CHUNKED:
                         trailers = http11.copy_chunked(up, write, self.max_header_bytes)

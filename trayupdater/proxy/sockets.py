@@ -23,24 +23,38 @@ _REASONS = {
     505: "HTTP Version Not Supported",
 }
 
+# After a response, wait this long for the next request before parking (only while no other
+# connection waits for a worker): a hand-off to the parker and back costs more CPU than a
+# short wait for a busy client.
+LINGER_NEXT_REQUEST = 0.002
+# The receive timeout of client sockets: that wait, as a kernel timeout (see read_within).
+# Windows: a recv that timed out leaves the socket undefined; it reads after readiness only.
+CLIENT_RECV_SECONDS = None if sys.platform == "win32" else LINGER_NEXT_REQUEST
+
 DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # Windows lacks it; readiness is exact there
 _TIMEOUT_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ETIMEDOUT, 10060})
 
 
-def blocking_with_timeouts(sock: socket.socket, seconds: float) -> None:
-    """Blocking mode with kernel send/receive timeouts.
+def _timeval(seconds: float) -> bytes:
+    if sys.platform == "win32":
+        return struct.pack("I", max(1, int(seconds * 1000)))  # DWORD milliseconds
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))  # struct timeval
+
+
+def blocking_with_timeouts(
+    sock: socket.socket, seconds: float, recv_seconds: float | None = None
+) -> None:
+    """Blocking mode with kernel send/receive timeouts (``recv_seconds``: another one for
+    receiving).
 
     With ``settimeout()`` CPython polls before every recv/send: twice the system calls on the
     hot path. SO_RCVTIMEO/SO_SNDTIMEO bound each call without that; an expiry surfaces as an
     OSError that :func:`is_timeout` recognises.
     """
     sock.settimeout(None)
-    if sys.platform == "win32":
-        value = struct.pack("I", max(1, int(seconds * 1000)))  # DWORD milliseconds
-    else:
-        whole = int(seconds)
-        value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))  # struct timeval
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    value = _timeval(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(recv_seconds or seconds))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
@@ -89,6 +103,31 @@ def read_nowait(conn: http11.BufferedSocket) -> bool | None:
         return False
     conn.buf += data
     return bool(data)
+
+
+if sys.platform == "win32":  # no sub-10 ms SO_RCVTIMEO to count on: wait, then read
+
+    def read_within(conn: http11.BufferedSocket, seconds: float) -> bool | None:
+        """Wait up to ``seconds`` for data: True if some was read, False on EOF, None if none."""
+        if not wait_readable(conn.sock, seconds):
+            return None
+        return read_nowait(conn)
+
+else:
+
+    def read_within(conn: http11.BufferedSocket, seconds: float) -> bool | None:
+        """Wait up to ``seconds`` for data: True if some was read, False on EOF, None if none.
+
+        One blocking recv() bounded by the socket's SO_RCVTIMEO, which the parker set to
+        ``seconds`` for every client (see ``Parker._new_client``): half the system calls of
+        poll() then recv(), on the path of every kept-alive request.
+        """
+        try:
+            data = conn.sock.recv(http11.RECV_SIZE)
+        except OSError as exc:
+            return None if is_timeout(exc) else False
+        conn.buf += data
+        return bool(data)
 
 
 def reason(exc: BaseException) -> str:

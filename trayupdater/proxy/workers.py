@@ -13,15 +13,17 @@ from trayupdater.proxy.clients import Client, Parker
 from trayupdater.proxy.forward import Forwarder, Slot
 from trayupdater.proxy.observer import Reporter
 from trayupdater.proxy.plan import Plan
-from trayupdater.proxy.sockets import error_response, read_nowait, readable_now, wait_readable
+from trayupdater.proxy.sockets import (
+    LINGER_NEXT_REQUEST,
+    error_response,
+    read_nowait,
+    read_within,
+    readable_now,
+)
 
 log = logging.getLogger(__name__)
 
 LINGER_SECONDS = 1.0  # after an error response: keep reading so the close is not an RST
-# After a response, wait this long for the next request before parking (only while no other
-# connection waits for a worker): a hand-off to the parker and back costs more CPU than a
-# short wait for a busy client.
-LINGER_NEXT_REQUEST = 0.002
 
 
 class Workers:
@@ -69,21 +71,21 @@ class Workers:
 
     def _serve(self, conn: Client, slot: Slot) -> None:
         """Serve every complete request ``conn`` holds, then park or close it."""
-        readable = True
+        got: bool | None = None
+        if conn.pending is None:  # the parker saw it readable
+            got = read_nowait(conn)
+            if got is None:  # spurious readiness: nothing to read after all
+                self._park(conn)
+                return
         while True:
             plan = conn.pending
-            if plan is not None:  # back from the parker with its body
+            if plan is not None:  # back from the parker with its body, or from a hold
                 conn.pending = None
                 keep = self._forward(conn, plan, slot)
             else:
-                if readable:
-                    got = read_nowait(conn)
-                    if got is False:
-                        conn.sock.close()
-                        return
-                    if got is None:  # spurious readiness: nothing to read after all
-                        self._park(conn)
-                        return
+                if got is False:
+                    conn.sock.close()
+                    return
                 end = conn.buf.find(b"\r\n\r\n")
                 limit = self._max_header_bytes
                 if end < 0 and len(conn.buf) <= limit:
@@ -114,11 +116,14 @@ class Workers:
             conn.mid_head = False
             # A pipelined request may already be buffered; else a busy client usually sends
             # its next request within microseconds: wait a moment rather than park.
-            readable = not conn.buf and self._linger_for(conn)
+            got = True if conn.buf else self._linger_for(conn)
 
-    def _linger_for(self, conn: Client) -> bool:
-        """Wait a moment for ``conn`` to send more, if no other connection needs a worker."""
-        return self._parker.linger_ok() and wait_readable(conn.sock, LINGER_NEXT_REQUEST)
+    def _linger_for(self, conn: Client) -> bool | None:
+        """Wait a moment for ``conn`` to send more, if no other connection needs a worker:
+        True if it did, False if it closed, None if it sent nothing (or no wait)."""
+        if not self._parker.linger_ok():
+            return None
+        return read_within(conn, LINGER_NEXT_REQUEST)
 
     def _forward(self, conn: Client, plan: Plan, slot: Slot) -> bool | None:
         """Forward ``plan`` once its body is in hand (None: parked until it is)."""
@@ -127,12 +132,14 @@ class Workers:
         while not bodies.ready(conn, plan):
             # The rest of a small body usually follows the head at once: wait a moment
             # rather than park; then let the parker receive it, not a worker.
-            if not lingered and self._linger_for(conn):
+            if not lingered:
                 lingered = True
-                if read_nowait(conn) is not False:
+                got = self._linger_for(conn)
+                if got:
                     continue
-                conn.sock.close()
-                return None
+                if got is False:
+                    conn.sock.close()
+                    return None
             try:
                 bodies.begin_wait(conn, plan)
             except OSError:  # could not send "100 Continue": the client is gone

@@ -1,0 +1,155 @@
+"""Large response bodies spliced socket -> pipe -> socket (Linux), or copied elsewhere:
+byte-exact either way, and a client or backend failing mid-body never leaks bytes into the
+next response."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+from proxy_support import RealBackend
+from proxy_support import open_client as _client
+from proxy_support import raw as _raw
+from proxy_support import wait_until as _wait_until
+
+from trayupdater.proxy import Backend, ReverseProxy, zerocopy
+
+linux_only = pytest.mark.skipif(not zerocopy.AVAILABLE, reason="os.splice is Linux-only")
+
+
+@pytest.fixture
+def backend() -> Iterator[RealBackend]:
+    real = RealBackend("v1")
+    yield real
+    real.close()
+
+
+@pytest.fixture
+def proxy(backend: RealBackend) -> Iterator[ReverseProxy]:
+    # One worker: every response goes through the same thread, and so the same pipe.
+    with ReverseProxy("127.0.0.1", 0, workers=1) as proxy:
+        proxy.switch(backend.backend)
+        yield proxy
+
+
+@pytest.fixture
+def spliced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes moved by each splice_length call."""
+    calls: list[int] = []
+    real = zerocopy.splice_length
+
+    def spy(src_fd: int, dst_fd: int, remaining: int) -> None:
+        calls.append(remaining)
+        real(src_fd, dst_fd, remaining)
+
+    monkeypatch.setattr(zerocopy, "splice_length", spy)
+    return calls
+
+
+def _echo(proxy: ReverseProxy, body: bytes) -> bytes:
+    conn = _client(proxy)
+    try:
+        conn.request("PUT", "/echo", body=body)
+        response = conn.getresponse()
+        assert response.status == 200
+        return response.read()
+    finally:
+        conn.close()
+
+
+SIZES = (65_535, 65_537, zerocopy.SPLICE_MIN + 70_000, 3 * 1024 * 1024 + 7)
+
+
+@linux_only
+def test_large_bodies_are_spliced_and_byte_exact(proxy: ReverseProxy, spliced: list[int]):
+    for size in SIZES:
+        body = os.urandom(size)
+        assert _echo(proxy, body) == body
+    # The two large ones were spliced, minus what arrived with the head; small ones copied.
+    assert len(spliced) == 2
+    assert all(0 < n <= size for n, size in zip(spliced, SIZES[2:], strict=True))
+
+
+def test_without_splice_bodies_are_copied_byte_exact(
+    proxy: ReverseProxy, spliced: list[int], monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(zerocopy, "AVAILABLE", False)  # as on macOS and Windows
+    for size in SIZES:
+        body = os.urandom(size)
+        assert _echo(proxy, body) == body
+    assert spliced == []
+
+
+@linux_only
+def test_a_client_vanishing_mid_body_leaves_nothing_for_the_next_response(
+    proxy: ReverseProxy, backend: RealBackend, spliced: list[int], monkeypatch: pytest.MonkeyPatch
+):
+    dropped = threading.Event()
+    real_drop = zerocopy._drop_pipe
+
+    def drop() -> None:
+        dropped.set()
+        real_drop()
+
+    monkeypatch.setattr(zerocopy, "_drop_pipe", drop)
+    sock = _raw(proxy)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.sendall(b"GET /big?n=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = 0
+    while received < 300_000:
+        received += len(sock.recv(65536))
+    # Gone with unread data: an RST, so the proxy's next splice to it fails.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    assert dropped.wait(10), "the pipe that may hold bytes of that body was not dropped"
+    assert _wait_until(lambda: backend.server.open_connections == 0)  # upstream closed too
+    for size in (3 * 1024 * 1024, 200_000):
+        body = os.urandom(size)
+        assert _echo(proxy, body) == body  # the same worker, a fresh pipe
+    assert len(spliced) == 3
+
+
+class _ShortBackend:
+    """Promises a body of ``length`` bytes, sends ``sent`` of them, then closes."""
+
+    def __init__(self, length: int, sent: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.backend = Backend("127.0.0.1", self.listener.getsockname()[1], "short")
+        self._head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length
+        self._sent = sent
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                conn.sendall(self._head + b"y" * self._sent)
+
+
+@linux_only
+def test_a_backend_cutting_a_spliced_body_short_closes_the_client(spliced: list[int]):
+    short = _ShortBackend(length=4_000_000, sent=1_000_000)
+    with ReverseProxy("127.0.0.1", 0, workers=1) as proxy:
+        proxy.switch(short.backend)
+        sock = _raw(proxy)
+        sock.settimeout(10)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+        sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"Content-Length: 4000000" in head
+        assert body == b"y" * 1_000_000  # truncated, never padded or mixed with anything
+        assert len(spliced) == 1
+    short.listener.close()
