@@ -4,6 +4,7 @@ next response."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -153,3 +154,29 @@ def test_a_backend_cutting_a_spliced_body_short_closes_the_client(spliced: list[
         assert body == b"y" * 1_000_000  # truncated, never padded or mixed with anything
         assert len(spliced) == 1
     short.listener.close()
+
+
+def _pipes() -> int:
+    """Pipe descriptors open in this process."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        # Closed meanwhile (listdir's own descriptor, for one): not counted.
+        with contextlib.suppress(FileNotFoundError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+    return count
+
+
+@linux_only
+def test_closing_the_proxy_closes_its_workers_pipes(backend: RealBackend) -> None:
+    before = _pipes()
+    with ReverseProxy("127.0.0.1", 0, workers=4) as proxy:
+        proxy.switch(backend.backend)
+        threads = [
+            threading.Thread(target=lambda: _echo(proxy, b"z" * 3_000_000)) for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert _pipes() > before  # some workers spliced, each through its own pipe
+    assert _wait_until(lambda: _pipes() == before), f"{_pipes() - before} pipe fds left open"

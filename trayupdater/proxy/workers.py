@@ -8,6 +8,7 @@ import time
 
 from trayupdater import http11
 from trayupdater.http11 import HttpError
+from trayupdater.proxy import zerocopy
 from trayupdater.proxy.bodies import Bodies
 from trayupdater.proxy.clients import Client, Parker
 from trayupdater.proxy.forward import Forwarder, Slot
@@ -59,6 +60,7 @@ class Workers:
         while True:
             conn = parker.next_ready()
             if conn is None:
+                zerocopy.release()
                 return
             slot.client = conn.sock
             try:

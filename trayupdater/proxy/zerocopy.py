@@ -41,6 +41,12 @@ def _pipe() -> tuple[int, int]:
     return pipe
 
 
+def release() -> None:
+    """Close the calling thread's pipe, if it has one: a worker thread calls this as it ends
+    (thread-locals are not closed for us, and each pipe is two descriptors)."""
+    _drop_pipe()
+
+
 def _drop_pipe() -> None:
     pipe = getattr(_local, "pipe", None)
     _local.pipe = None
