@@ -40,6 +40,21 @@ def alive(pid: int | None) -> bool:
         return sys.platform != "linux"
 
 
+def recorded_child_pid(data_dir: Path, timeout: float = 30.0) -> int:
+    """The pid of the serving child once state.json records it.
+
+    The proxy switches to a new child a moment before the state is saved, so "serving
+    1.0.0" does not yet mean state.json names its pid: wait for it.
+    """
+    from trayupdater.store import VersionStore
+
+    store = VersionStore(data_dir)
+    wait_for(lambda: alive(store.load_state().child_pid), timeout, what="child pid in state.json")
+    pid = store.load_state().child_pid
+    assert pid
+    return pid
+
+
 def second_loopback_host() -> str:
     """127.0.0.2: another origin on this machine (skips the test where it cannot be bound)."""
     import socket

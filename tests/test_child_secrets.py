@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import Instance, wait_for
+from support import Instance, recorded_child_pid, wait_for
 
 from trayupdater.children import child_environment, free_port
 from trayupdater.demo import publish_version
 from trayupdater.feed import ReleaseFeed
-from trayupdater.store import VersionStore
 
 TOKEN = "ghp_CHILDMUSTNOTSEE0123456789"
 
@@ -46,9 +45,7 @@ def test_the_token_never_reaches_the_child(feed: ReleaseFeed, tmp_path: Path) ->
     try:
         instance.start()
         wait_for(lambda: instance.version() == "1.0.0", what="serving 1.0.0")
-        # The proxy switches a moment before state.json records the child's pid.
-        wait_for(lambda: VersionStore(instance.data).load_state().child_pid, what="pid saved")
-        pid = VersionStore(instance.data).load_state().child_pid
+        pid = recorded_child_pid(instance.data)
         env = child_environ(pid)
         leaked = {k: v for k, v in env.items() if TOKEN in v}
         assert leaked == {}, f"the child sees the token in {sorted(leaked)}"

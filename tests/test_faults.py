@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Instance, alive, wait_for
+from support import Instance, alive, recorded_child_pid, wait_for
 from test_pipeline import _pad_archive
 
 from trayupdater.children import free_port
@@ -67,7 +67,7 @@ def test_sigkill_at_each_update_step(feed: ReleaseFeed, instance: Instance, step
     publish_version(feed, "1.0.0")
     proc = instance.start()
     wait_for(lambda: instance.version() == "1.0.0", what="serving 1.0.0")
-    old_child = VersionStore(instance.data).load_state().child_pid
+    old_child = recorded_child_pid(instance.data)
     publish_version(feed, "1.1.0")
     before = log_text(instance.data).count(step)
     trigger = subprocess.Popen(

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Instance, alive, wait_for
+from support import Instance, alive, recorded_child_pid, wait_for
 
 from trayupdater.children import free_port
 from trayupdater.demo import DEMO_REPO, child_archive, publish_version
@@ -34,8 +34,7 @@ def test_sigterm_stops_cleanly(feed: ReleaseFeed, instance: Instance) -> None:
     publish_version(feed, "1.0.0")
     proc = instance.start()
     wait_for(lambda: instance.version() == "1.0.0", what="serving 1.0.0")
-    child_pid = VersionStore(instance.data).load_state().child_pid
-    assert child_pid and alive(child_pid)
+    child_pid = recorded_child_pid(instance.data)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert not alive(child_pid)

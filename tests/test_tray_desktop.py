@@ -624,7 +624,7 @@ def test_logout_sigterm_stops_the_tray_app_cleanly(desktop: Desktop, tmp_path: P
     """A session ending sends SIGTERM: the tray app stops its child, saves state, exits 0."""
     import signal as signals
 
-    from support import Instance, alive, served_version
+    from support import Instance, alive, recorded_child_pid, served_version
 
     from trayupdater.children import free_port
     from trayupdater.demo import publish_version
@@ -639,8 +639,7 @@ def test_logout_sigterm_stops_the_tray_app_cleanly(desktop: Desktop, tmp_path: P
         app = desktop._spawn("app", args, cwd=tmp_path)
         wait_for("the tray icon window", lambda: desktop.find_window(CLASS))
         wait_for("1.0.0 served", lambda: served_version(port) == "1.0.0")
-        child = VersionStore(data).load_state().child_pid
-        assert alive(child)
+        child = recorded_child_pid(data)
         app.send_signal(signals.SIGTERM)
         assert app.wait(TIMEOUT) == 0
         assert not alive(child)
