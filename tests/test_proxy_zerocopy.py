@@ -90,13 +90,13 @@ def test_a_client_vanishing_mid_body_leaves_nothing_for_the_next_response(
     proxy: ReverseProxy, backend: RealBackend, spliced: list[int], monkeypatch: pytest.MonkeyPatch
 ):
     dropped = threading.Event()
-    real_drop = zerocopy._drop_pipe
+    real_release = zerocopy.release
 
     def drop() -> None:
         dropped.set()
-        real_drop()
+        real_release()
 
-    monkeypatch.setattr(zerocopy, "_drop_pipe", drop)
+    monkeypatch.setattr(zerocopy, "release", drop)
     sock = _raw(proxy)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     sock.sendall(b"GET /big?n=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")

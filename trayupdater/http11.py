@@ -325,7 +325,8 @@ def _fill_or_fail(src: BufferedSocket, what: str) -> None:
         raise SourceError(f"connection closed before the end of {what}")
 
 
-def _write(write: Write, data: bytes | bytearray | memoryview) -> None:
+def write_to_sink(write: Write, data: bytes | bytearray | memoryview) -> None:
+    """``write(data)``, a failure of it raised as :class:`SinkError` (the receiver failed)."""
     try:
         write(data)
     except OSError as exc:
@@ -351,7 +352,7 @@ def copy_length(src: BufferedSocket, length: int, write: Write) -> None:
         data = bytes(src.buf[:take])
         del src.buf[:take]
         remaining -= take
-        _write(write, data)
+        write_to_sink(write, data)
     if not remaining:
         return
     # Straight from the socket into this thread's scratch buffer: no bytes object per read,
@@ -365,7 +366,7 @@ def copy_length(src: BufferedSocket, length: int, write: Write) -> None:
         if not n:
             raise SourceError("connection closed before the end of the body")
         remaining -= n
-        _write(write, view[:n])
+        write_to_sink(write, view[:n])
 
 
 def copy_until_close(src: BufferedSocket, write: Write) -> None:
@@ -374,7 +375,7 @@ def copy_until_close(src: BufferedSocket, write: Write) -> None:
         if src.buf:
             data = bytes(src.buf)
             src.buf.clear()
-            _write(write, data)
+            write_to_sink(write, data)
         try:
             if not src.fill():
                 return

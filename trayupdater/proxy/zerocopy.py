@@ -19,7 +19,14 @@ import os
 import sys
 import threading
 
-from trayupdater.http11 import BufferedSocket, SinkError, SourceError, Write, copy_length
+from trayupdater.http11 import (
+    BufferedSocket,
+    SinkError,
+    SourceError,
+    Write,
+    copy_length,
+    write_to_sink,
+)
 
 # Below this many bytes still to come, splicing's extra system calls cost more than copying.
 SPLICE_MIN = 128 * 1024
@@ -42,12 +49,9 @@ def _pipe() -> tuple[int, int]:
 
 
 def release() -> None:
-    """Close the calling thread's pipe, if it has one: a worker thread calls this as it ends
-    (thread-locals are not closed for us, and each pipe is two descriptors)."""
-    _drop_pipe()
-
-
-def _drop_pipe() -> None:
+    """Close the calling thread's pipe, if it has one: after an error that may have left
+    bytes in it, and when a worker thread ends (thread-locals are not closed for us, and
+    each pipe is two descriptors)."""
     pipe = getattr(_local, "pipe", None)
     _local.pipe = None
     if pipe is not None:
@@ -55,25 +59,21 @@ def _drop_pipe() -> None:
             os.close(fd)
 
 
-def relay_length(src: BufferedSocket, length: int, head: bytes, client: Write, dst_fd: int) -> bool:
+def relay_length(src: BufferedSocket, length: int, head: bytes, client: Write, dst_fd: int) -> None:
     """Send ``head`` and exactly ``length`` body bytes from ``src`` to the client.
 
-    The head goes out with the body bytes already read, in one send. Returns True if the
-    body was spliced, False if it was copied. ``client`` is the client socket's ``sendall``
-    and ``dst_fd`` its descriptor.
+    The head goes out with the body bytes already read, in one send; the rest is spliced,
+    or copied when splicing is not available or not worth it. ``client`` is the client
+    socket's ``sendall`` and ``dst_fd`` its descriptor.
     """
     take = min(length, len(src.buf))
-    try:
-        client(head + src.buf[:take])
-    except OSError as exc:
-        raise SinkError(str(exc)) from exc
+    write_to_sink(client, head + src.buf[:take])
     del src.buf[:take]
     remaining = length - take
     if not AVAILABLE or remaining < SPLICE_MIN:
         copy_length(src, remaining, client)
-        return False
-    splice_length(src.sock.fileno(), dst_fd, remaining)
-    return True
+    else:
+        splice_length(src.sock.fileno(), dst_fd, remaining)
 
 
 def splice_length(src_fd: int, dst_fd: int, remaining: int) -> None:
@@ -96,5 +96,5 @@ def splice_length(src_fd: int, dst_fd: int, remaining: int) -> None:
                     raise SinkError(str(exc)) from exc
                 n -= sent
     except BaseException:
-        _drop_pipe()  # it may hold bytes of this body: never splice them into another
+        release()  # it may hold bytes of this body: never splice them into another
         raise
