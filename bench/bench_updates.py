@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from app_harness import process_cpu, process_rss_mib  # shared with bench_proxy
 from support import Instance, Load  # shared with the end-to-end tests
 
 from trayupdater.children import free_port
@@ -236,27 +237,11 @@ def bench_phases() -> None:
 def bench_idle(seconds: float) -> dict[str, float]:
     with running_app() as app:
         time.sleep(1.0)  # let start-up work finish
-        ticks = os.sysconf("SC_CLK_TCK")
-        before = _cpu_ticks(app.proc.pid)
+        before = process_cpu(app.proc.pid)
         time.sleep(seconds)
-        after = _cpu_ticks(app.proc.pid)
-        rss_kib = _rss_kib(app.proc.pid)
-    return {
-        "idle_cpu_percent_of_core": 100.0 * (after - before) / ticks / seconds,
-        "rss_mib": rss_kib / 1024,
-    }
-
-
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+        after = process_cpu(app.proc.pid)
+        rss_mib = process_rss_mib(app.proc.pid)
+    return {"idle_cpu_percent_of_core": 100.0 * (after - before) / seconds, "rss_mib": rss_mib}
 
 
 def main() -> None:
