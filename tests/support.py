@@ -13,6 +13,7 @@ from pathlib import Path
 
 from trayupdater.demo import DEMO_REPO
 from trayupdater.feed import ReleaseFeed
+from trayupdater.store import VersionStore
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
@@ -46,8 +47,6 @@ def recorded_child_pid(data_dir: Path, timeout: float = 30.0) -> int:
     The proxy switches to a new child a moment before the state is saved, so "serving
     1.0.0" does not yet mean state.json names its pid: wait for it.
     """
-    from trayupdater.store import VersionStore
-
     store = VersionStore(data_dir)
     wait_for(lambda: alive(store.load_state().child_pid), timeout, what="child pid in state.json")
     pid = store.load_state().child_pid
