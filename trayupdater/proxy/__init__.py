@@ -21,7 +21,14 @@ parker), then parks the connection. That wait is one blocking recv() bounded by 
 socket's SO_RCVTIMEO, set once at accept: every other read of a client is of bytes known to
 be there (non-blocking, or after readiness), so the short timeout never cuts anything else.
 So threads serve requests, not sockets: a thousand idle keep-alive clients cost a selector
-entry each.
+entry each. A worker serving the only request in flight (a lone client) busy-polls for a
+moment (0.2 ms) before it sleeps on the backend's answer or the client's next request: on a
+VM, waking a thread on an idle core costs more than the request [sockets].
+
+Heads [heads]. A request head is parsed, checked and turned into the upstream head once; a
+backend's response head into the client's head once per client HTTP version. Both are pure
+functions of the bytes, so the answers for recent heads are remembered (a bounded LRU, heads
+up to 2 KiB): a busy client repeats its head, a backend its head until its Date changes.
 
 Request bodies [bodies]. A body that did not arrive with its head is received by the parker,
 without blocking, up to ``max_buffered_body`` bytes per request and ``max_buffered_total``

@@ -6,7 +6,8 @@ import logging
 import socket
 
 from trayupdater import http11
-from trayupdater.http11 import BufferedSocket, Framing, Head, SinkError, SourceError
+from trayupdater.http11 import BufferedSocket, Framing, SinkError, SourceError
+from trayupdater.proxy import heads
 from trayupdater.proxy.bodies import Bodies, TooSlow
 from trayupdater.proxy.clients import Client
 from trayupdater.proxy.holding import HoldRoom
@@ -34,8 +35,6 @@ _WORDS = {
     ERR_TIMEOUT: "timed out",
     ERR_NO_BACKEND: "no backend",
 }
-# The proxy writes these itself in the upstream request.
-_REQUEST_DROP = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "expect"})
 
 
 class Slot:
@@ -70,32 +69,16 @@ class Forwarder:
         self.relay = Relay(reporter, max_header_bytes)
         self.max_header_bytes = max_header_bytes
 
+    def idle(self) -> bool:
+        """No request in flight (a worker may busy-poll, see sockets.SPIN_SECONDS)."""
+        return self._router.total_in_flight == 0
+
     def _done(self, status: int, started: float, gen: Generation) -> None:
         self._report.done(status, started, gen.backend.label if gen.backend else None)
 
-    def upstream_head(self, req: Head, conn: Client, framing: Framing, length: int) -> str:
-        method, target, _ = req.start
-        lines = [f"{method} {target} HTTP/1.1\r\n"]
-        lines += http11.forwarded_fields(req, _REQUEST_DROP)
-        prior = ", ".join(req.index.get("x-forwarded-for", ()))
-        lines.append(f"X-Forwarded-For: {prior + ', ' if prior else ''}{conn.ip}\r\n")
-        lines.append("X-Forwarded-Proto: http\r\n")
-        host = req.get("host")
-        if host is not None:
-            lines.append(f"X-Forwarded-Host: {host}\r\n")
-        if framing is Framing.LENGTH:
-            lines.append(f"Content-Length: {length}\r\n")
-        elif framing is Framing.CHUNKED:
-            lines.append("Transfer-Encoding: chunked\r\n")
-        elif "content-length" in req.index:
-            lines.append("Content-Length: 0\r\n")
-        upgrade = req.get("upgrade")
-        if upgrade is not None and "upgrade" in req.connection_tokens() and req.minor >= 1:
-            lines.append(f"Connection: Upgrade\r\nUpgrade: {upgrade}\r\n")
-        return "".join(lines)
-
-    def plan(self, conn: Client, req: Head, framing: Framing, length: int, started: float) -> Plan:
-        return Plan(req, self.upstream_head(req, conn, framing, length), framing, length, started)
+    def plan(self, conn: Client, request: heads.Inbound, started: float) -> Plan:
+        head = request.upstream_head(conn.ip)
+        return Plan(request.head, head, request.framing, request.length, started)
 
     def forward(self, conn: Client, plan: Plan, slot: Slot) -> bool | None:
         """Proxy one request: True if the client connection stays open, False to close it,
@@ -210,7 +193,8 @@ class Forwarder:
                 if failed:
                     self._done(failed, plan.started, gen)
                     return False
-            resp = self.relay.read_response(conn, up, req, reused, backend.label)
+            alone = self._router.total_in_flight == 1  # only this request: it may spin
+            resp = self.relay.read_response(conn, up, req, reused, backend.label, alone)
             if isinstance(resp, int):
                 self._done(resp, plan.started, gen)
                 return False

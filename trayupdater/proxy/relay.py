@@ -9,7 +9,7 @@ import socket
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, Framing, Head, HttpError, SinkError, SourceError
-from trayupdater.proxy import zerocopy
+from trayupdater.proxy import heads, zerocopy
 from trayupdater.proxy.clients import Client
 from trayupdater.proxy.observer import (
     ERR_BODY,
@@ -20,7 +20,7 @@ from trayupdater.proxy.observer import (
     Reporter,
 )
 from trayupdater.proxy.retry import AttemptFailed
-from trayupdater.proxy.sockets import error_response, is_timeout, reason
+from trayupdater.proxy.sockets import SPIN_SECONDS, error_response, is_timeout, reason, spin_fill
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +45,30 @@ class Relay:
         self.closing = False  # set by ReverseProxy.close(): no more keep-alive, end tunnels
 
     def read_response(
-        self, conn: Client, up: BufferedSocket, req: Head, reused: bool, label: str
-    ) -> Head | int:
-        """The final response head, or the status of the error already sent to the client.
+        self,
+        conn: Client,
+        up: BufferedSocket,
+        req: Head,
+        reused: bool,
+        label: str,
+        spin: bool = False,
+    ) -> heads.Outbound | int:
+        """The final response, or the status of the error already sent to the client.
 
         Raises :class:`AttemptFailed` when the backend failed before anything was sent to
-        the client (the request may then be tried again).
+        the client (the request may then be tried again). ``spin``: busy-poll for the answer
+        before sleeping on it (the only request in flight, see sockets.SPIN_SECONDS).
         """
         head_request = req.start[0] == "HEAD"
         passed_on = False  # an interim response (103) went to the client: no retry now
         while True:
             try:
+                if spin and SPIN_SECONDS and not up.buf:
+                    spin_fill(up, SPIN_SECONDS)
                 raw = up.read_head(self.max_header_bytes, too_big=502)
                 if raw is None:
                     raise SourceError("closed")
-                resp = http11.parse_response_head(raw)
+                resp = heads.outbound(raw, head_request)
             except (OSError, SourceError) as exc:
                 if is_timeout(exc):
                     kind, status = ERR_TIMEOUT, 504
@@ -80,31 +89,28 @@ class Relay:
                 self._report.upstream_error(ERR_PROTOCOL)
                 send_error(conn, 502, head_request)
                 return 502
-            status = int(resp.start[1])
+            status = resp.status
             if status >= 200 or status == 101:
                 if not passed_on:
-                    self._prefetch_body(up, req, resp)
+                    self._prefetch_body(up, resp)
                 return resp
             if status != 100 and req.minor >= 1:  # e.g. 103 Early Hints: pass it on
-                lines = [f"HTTP/1.1 {status} {resp.start[2]}\r\n"]
-                lines += http11.forwarded_fields(resp)
+                lines = [f"HTTP/1.1 {status} {resp.head.start[2]}\r\n"]
+                lines += http11.forwarded_fields(resp.head)
                 passed_on = True
                 try:
                     conn.sock.sendall(("".join(lines) + "\r\n").encode("latin-1"))
                 except OSError:
                     return status
 
-    def _prefetch_body(self, up: BufferedSocket, req: Head, resp: Head) -> None:
+    def _prefetch_body(self, up: BufferedSocket, resp: heads.Outbound) -> None:
         """Read a small body whole before anything goes to the client.
 
         A backend that dies between its head and its body then fails an attempt that can
         still be retried, instead of a response already half sent.
         """
-        try:
-            framing, length, _ = http11.response_framing(resp, req.start[0])
-        except HttpError:
-            return  # relay() refuses it
-        if framing is not Framing.LENGTH or length > PREFETCH_BYTES:
+        length = resp.length
+        if resp.framing is not Framing.LENGTH or length > PREFETCH_BYTES:
             return
         while len(up.buf) < length:
             try:
@@ -122,44 +128,19 @@ class Relay:
                 raise AttemptFailed(kind, status, detail) from exc
 
     def relay(
-        self, conn: Client, up: BufferedSocket, req: Head, resp: Head, label: str
+        self, conn: Client, up: BufferedSocket, req: Head, resp: heads.Outbound, label: str
     ) -> tuple[int, bool, bool]:
         """Send the response to the client; returns (status, keep client, keep upstream)."""
-        status = int(resp.start[1])
+        status = resp.status
         if status == 101:
-            return status, self._upgrade(conn, up, req, resp, label), False
-        try:
-            framing, length, reusable = http11.response_framing(resp, req.start[0])
-        except HttpError as exc:
-            self._report.bad_response(label, str(exc))
+            return status, self._upgrade(conn, up, req, resp.head, label), False
+        framing, length, reusable = resp.framing, resp.length, resp.reusable
+        if framing is None:
+            self._report.bad_response(label, resp.problem or "invalid framing")
             self._report.upstream_error(ERR_PROTOCOL)
             send_error(conn, 502, req.start[0] == "HEAD")
             return 502, False, False
-        keep = req.keep_alive() and not self.closing
-        chunked_out = False
-        lines = [f"HTTP/1.1 {status} {resp.start[2]}\r\n"]
-        lines += http11.forwarded_fields(resp)
-        if framing is Framing.LENGTH:
-            lines.append(f"Content-Length: {length}\r\n")
-        elif framing is Framing.NONE:
-            # HEAD and 304 describe the body they do not carry: keep that length.
-            try:
-                declared = http11.content_length(resp, 502)
-            except HttpError:
-                declared = None
-            if declared is not None and status != 204:
-                lines.append(f"Content-Length: {declared}\r\n")
-        elif req.minor >= 1:
-            lines.append("Transfer-Encoding: chunked\r\n")
-            chunked_out = True
-        else:
-            keep = False  # HTTP/1.0 client, unknown length: the close ends the body
-        if not keep:
-            lines.append("Connection: close\r\n")
-        elif req.minor == 0:
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head, keep, chunked_out = resp.client_head(req.minor, req.keep_alive() and not self.closing)
         client = conn.sock
         try:
             if framing is Framing.LENGTH and len(up.buf) >= length:

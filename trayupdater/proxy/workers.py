@@ -6,9 +6,8 @@ import logging
 import socket
 import time
 
-from trayupdater import http11
 from trayupdater.http11 import HttpError
-from trayupdater.proxy import zerocopy
+from trayupdater.proxy import heads, zerocopy
 from trayupdater.proxy.bodies import Bodies
 from trayupdater.proxy.clients import Client, Parker
 from trayupdater.proxy.forward import Forwarder, Slot
@@ -16,6 +15,7 @@ from trayupdater.proxy.observer import Reporter
 from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.sockets import (
     LINGER_NEXT_REQUEST,
+    SPIN_SECONDS,
     error_response,
     read_nowait,
     read_within,
@@ -125,7 +125,8 @@ class Workers:
         True if it did, False if it closed, None if it sent nothing (or no wait)."""
         if not self._parker.linger_ok():
             return None
-        return read_within(conn, LINGER_NEXT_REQUEST)
+        spin = SPIN_SECONDS if self._forwarder.idle() else 0.0
+        return read_within(conn, LINGER_NEXT_REQUEST, spin)
 
     def _forward(self, conn: Client, plan: Plan, slot: Slot) -> bool | None:
         """Forward ``plan`` once its body is in hand (None: parked until it is)."""
@@ -190,24 +191,11 @@ class Workers:
         """Serve one request whose head is ``raw``: keep the connection open (True), close
         it (False), or None when it was handed off (lingering, or parked for its body)."""
         started = time.monotonic()
-        head_request = False
         try:
-            req = http11.parse_request_head(raw)
-            head_request = req.start[0] == "HEAD"
-            framing, length = http11.request_framing(req)
-            hosts = req.index.get("host")
-            if hosts is None and req.minor >= 1:
-                raise HttpError(400, "HTTP/1.1 request without Host")
-            if hosts is not None and len(hosts) > 1:
-                raise HttpError(400, "more than one Host header")
-            if req.start[0] == "CONNECT":
-                raise HttpError(501, "CONNECT is not supported by a reverse proxy")
-            expect = req.get("expect")
-            if expect is not None and expect.strip().lower() != "100-continue":
-                raise HttpError(417, f"unsupported expectation {expect[:40]!r}")
+            request = heads.inbound(raw)
         except HttpError as exc:
             log.debug("proxy rejected a request from %s: %s", conn.ip, exc)
-            self._reject(conn, exc.status, head_request=head_request)
+            self._reject(conn, exc.status, head_request=raw.lstrip(b"\r\n").startswith(b"HEAD "))
             self._report.done(exc.status, started, None)
             return None
-        return self._forward(conn, self._forwarder.plan(conn, req, framing, length, started), slot)
+        return self._forward(conn, self._forwarder.plan(conn, request, started), slot)
