@@ -11,6 +11,8 @@ import json
 import logging
 import socket
 import struct
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -84,3 +86,29 @@ def test_any_other_handler_error_goes_to_the_log_with_its_traceback(
     assert SOCKETSERVER_TRACEBACK not in capfd.readouterr().err
     (record,) = _records(caplog)
     assert record.exc_info is not None and "a handler bug" in str(record.exc_info[1])
+
+
+# -- idle: no wake-ups on a timer --------------------------------------------------------
+
+
+class _CountingServer(ThreadingServer):
+    loops = 0
+
+    def service_actions(self) -> None:  # socketserver calls it once per loop
+        self.loops += 1
+
+
+def test_an_idle_server_does_not_wake_and_stops_at_once() -> None:
+    from http.server import BaseHTTPRequestHandler
+
+    server = _CountingServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    time.sleep(0.6)
+    assert server.loops == 0, "serve() must not poll while idle (serve_forever(0.1) did)"
+    started = time.monotonic()
+    server.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 1.0, "stop() wakes the loop, it does not wait for it"
+    server.server_close()

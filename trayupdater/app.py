@@ -137,11 +137,15 @@ class App:
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.start()
+        # Wake on a signal or when the worker stops after a QUIT command, never on a timer:
+        # on POSIX a signal interrupts the wait; on Windows Ctrl+C does not, so poll there.
+        threading.Thread(
+            target=lambda: (self.updater.wait(), stop.set()), name="quit-watch", daemon=True
+        ).start()
+        timeout = None if os.name == "posix" else 0.5
         try:
-            # Wake on a signal or when the worker stops after a QUIT command.
-            while not stop.wait(0.5):
-                if self.updater.wait(0):
-                    break
+            while not stop.wait(timeout):
+                pass
         finally:
             self.stop()
             for sig, handler in previous.items():

@@ -88,16 +88,14 @@ class ControlServer:
         return self.data_dir / CONTROL_FILE
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.1,), name="control", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve, name="control", daemon=True)
         self._thread.start()
         write_private(
             self.path, json.dumps({"port": self.port, "pid": os.getpid(), "token": self.token})
         )
 
     def close(self) -> None:
-        self._server.shutdown()
+        self._server.stop()
         self._server.server_close()
         try:
             info = json.loads(self.path.read_text())

@@ -90,14 +90,12 @@ class ReleaseFeed:
         return f"{self._scheme}://{self._public_host or host}:{port}"
 
     def start(self) -> ReleaseFeed:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="release-feed", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve, name="release-feed", daemon=True)
         self._thread.start()
         return self
 
     def close(self) -> None:
-        self._server.shutdown()
+        self._server.stop()
         self._server.server_close()
 
     def __enter__(self) -> ReleaseFeed:

@@ -200,8 +200,11 @@ class Parker:
         try:
             while not self._stopping:
                 now = time.monotonic()
-                wake = min(next_scan, self._held_wake, self._report.summary.due)
-                for key, _ in self._sel.select(max(0.0, wake - now)):
+                # Nothing parked (and accepting): no deadline to watch, so no wake-up to scan.
+                scan = next_scan if self._parked or self._paused_until else math.inf
+                wake = min(scan, self._held_wake, self._report.summary.due)
+                timeout = None if wake == math.inf else max(0.0, wake - now)
+                for key, _ in self._sel.select(timeout):
                     data = key.data
                     if data is self._LISTENER:
                         self._accept()

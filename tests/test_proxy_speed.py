@@ -1,9 +1,9 @@
-"""Heads parsed once and remembered (heads.py), and busy polling by a lone worker.
+"""The proxy's speed-ups, which must never change an answer, and its idle behaviour.
 
-Both are speed-ups that must never change an answer: a remembered head must not carry one
-client's address to another, a remembered response head must still get the Connection
-handling of each client's HTTP version, and polling must not start while other requests are
-in flight (it would take the GIL from them).
+Heads parsed once and remembered (heads.py): a remembered head must not carry one client's
+address to another, and a remembered response head must still get the Connection handling
+of each client's HTTP version. Busy polling by a lone worker must not start while other
+requests are in flight (it would take the GIL from them). Idle, the parker must not wake.
 """
 
 from __future__ import annotations
@@ -228,3 +228,29 @@ def test_only_a_lone_request_busy_polls(
     assert _get(proxy, "/version")[0] == 200
     assert spins == [], "with another request in flight nobody polls"
     slow.join(TIMEOUT)
+
+
+# -- idle ---------------------------------------------------------------------------------------
+
+
+def test_the_parker_sleeps_while_nothing_is_parked(proxy: ReverseProxy) -> None:
+    """No connection to watch: no scan, no wake-up (idle CPU of the app)."""
+    parker = proxy._parker
+    assert parker is not None
+    real = parker._sel.select
+    calls: list[float | None] = []
+
+    def counting(timeout=None):
+        calls.append(timeout)
+        return real(timeout)
+
+    parker._sel.select = counting  # type: ignore[method-assign]
+    time.sleep(0.3)
+    calls.clear()
+    time.sleep(proxy._scan_every * 2.5)
+    assert calls == [], "woke up with nothing parked"
+    sock = socket.create_connection(proxy.address, TIMEOUT)  # parked: now it scans
+    assert _get(proxy, "/version")[0] == 200
+    time.sleep(proxy._scan_every * 1.5)
+    assert calls and calls[-1] is not None
+    sock.close()
