@@ -299,6 +299,9 @@ class _ProgressPrinter:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from trayupdater.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before the app's threads start (see memory.py)
     try:
         config = config_from_args(args)
     except TrayUpdaterError as exc:
