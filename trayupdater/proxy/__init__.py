@@ -23,9 +23,7 @@ be there (non-blocking, or after readiness), so the short timeout never cuts any
 So threads serve requests, not sockets: a thousand idle keep-alive clients cost a selector
 entry each. A worker serving the only request in flight (a lone client) busy-polls for a
 moment (0.2 ms) before it sleeps on the backend's answer or the client's next request: on a
-VM, waking a thread on an idle core costs more than the request [sockets]. A small send
-(a request head, a small response) keeps the GIL: it cannot block, and handing the GIL to
-another worker and taking it back costs more than the send [quicksend].
+VM, waking a thread on an idle core costs more than the request [sockets].
 
 Heads [heads]. A request head is parsed, checked and turned into the upstream head once; a
 backend's response head into the client's head once per client HTTP version. Both are pure

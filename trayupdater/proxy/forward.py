@@ -7,7 +7,7 @@ import socket
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, Framing, SinkError, SourceError
-from trayupdater.proxy import heads, quicksend
+from trayupdater.proxy import heads
 from trayupdater.proxy.bodies import Bodies, TooSlow
 from trayupdater.proxy.clients import Client
 from trayupdater.proxy.holding import HoldRoom
@@ -183,7 +183,7 @@ class Forwarder:
         keep_upstream = False
         try:
             try:
-                quicksend.sendall(sock, payload)
+                sock.sendall(payload)
             except OSError as exc:
                 kind = ERR_STALE if reused else ERR_CLOSED
                 self._report.upstream_error(kind)

@@ -9,7 +9,7 @@ import socket
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, Framing, Head, HttpError, SinkError, SourceError
-from trayupdater.proxy import heads, quicksend, zerocopy
+from trayupdater.proxy import heads, zerocopy
 from trayupdater.proxy.clients import Client
 from trayupdater.proxy.observer import (
     ERR_BODY,
@@ -145,7 +145,7 @@ class Relay:
         try:
             if framing is Framing.LENGTH and len(up.buf) >= length:
                 # The common case: the whole small body is here, one write for everything.
-                quicksend.sendall(client, head + up.buf[:length])
+                client.sendall(head + up.buf[:length])
                 del up.buf[:length]
             elif framing is Framing.NONE:
                 client.sendall(head)
