@@ -18,7 +18,9 @@ from trayupdater import http11
 from trayupdater.http11 import Framing, Head, HttpError
 
 CACHE_HEAD_BYTES = 2048  # a browser's request head with a few cookies; bigger ones are rare
-CACHE_ENTRIES = 256  # at most 256 x 2 KiB = 512 KiB per cache
+REQUEST_ENTRIES = 256  # the heads of a page's resources; at most 256 x 2 KiB of keys
+# A response head is the same only until its Date changes: the last second's few are enough.
+RESPONSE_ENTRIES = 32
 
 # The proxy writes these itself in the upstream request.
 _REQUEST_DROP = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "expect"})
@@ -82,7 +84,7 @@ def _inbound(raw: bytes) -> Inbound:
     return Inbound(req, framing, length, before_ip, "".join(lines))
 
 
-_inbound_cached = lru_cache(maxsize=CACHE_ENTRIES)(_inbound)
+_inbound_cached = lru_cache(maxsize=REQUEST_ENTRIES)(_inbound)
 
 
 @dataclass(slots=True)
@@ -155,4 +157,4 @@ def _outbound(raw: bytes, head_request: bool) -> Outbound:
     return Outbound(resp, status, framing, length, reusable, None)
 
 
-_outbound_cached = lru_cache(maxsize=CACHE_ENTRIES)(_outbound)
+_outbound_cached = lru_cache(maxsize=RESPONSE_ENTRIES)(_outbound)
