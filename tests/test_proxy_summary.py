@@ -51,6 +51,23 @@ def test_many_events_make_one_line_when_the_second_is_over(summary, caplog):
     assert len(_lines(caplog)) == 1, "counted once"
 
 
+def test_the_owner_is_told_when_a_line_becomes_due_sooner(caplog):
+    """The proxy's selector thread sleeps while idle: it must learn of a new window."""
+    clock = Clock()
+    told: list[float] = []
+    log = LogSummary(logging.getLogger("test.summary"), clock=clock, on_due=lambda: told.append(1))
+    log.add(logging.WARNING, "{n} a", "x")
+    assert len(told) == 1, "a first window: due went from never to in a second"
+    clock.now += 0.2
+    log.add(logging.WARNING, "{n} a", "x")
+    log.add(logging.WARNING, "{n} b", "x")  # a second window ends later: due unchanged
+    assert len(told) == 1
+    clock.now = 102.0
+    log.flush()  # both windows over: due is never again
+    log.add(logging.WARNING, "{n} a", "x")
+    assert len(told) == 2
+
+
 def test_one_event_reads_as_singular_and_details_make_separate_lines(summary, caplog):
     log, clock = summary
     log.add(logging.INFO, "{n} request{s} held", "waiting for a backend")

@@ -161,7 +161,7 @@ class Parker:
         self._incoming.append(conn)
         if not self._wake_pending:
             self._wake_pending = True
-            self._wake()
+            self.wake()
 
     def parked_count(self) -> int:
         return len(self._parked) + len(self._incoming)
@@ -169,7 +169,7 @@ class Parker:
     def routing_changed(self) -> None:
         """Any thread: the current generation changed; give held requests back."""
         self._routing_changed = True
-        self._wake()
+        self.wake()
 
     def flush_held(self) -> None:
         """Closing: answer every held request (and any held later) with 503 now."""
@@ -178,16 +178,17 @@ class Parker:
 
     def stop_accepting(self) -> None:
         self._stop_accepting = True
-        self._wake()
+        self.wake()
         self._accept_stopped.wait(2.0)
 
     def stop(self, workers: int) -> None:
         self._stopping = True
-        self._wake()
+        self.wake()
         for _ in range(workers):
             self._queue.put(None)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Any thread: make the selector loop go round (e.g. a log summary became due)."""
         with contextlib.suppress(OSError):  # buffer full: a wake-up is pending anyway
             self._wake_w.send(b"\0")
 

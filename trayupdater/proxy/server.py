@@ -102,7 +102,8 @@ class ReverseProxy:
         self.header_timeout = float(header_timeout)
         self.max_header_bytes = max_header_bytes
         # Repeated events (backend errors, retries, holds) are logged once a second.
-        self._report = Reporter(observer or NullObserver(), LogSummary(logging.getLogger(LOGGER)))
+        summary = LogSummary(logging.getLogger(LOGGER), on_due=self._wake_parker)
+        self._report = Reporter(observer or NullObserver(), summary)
         self._router = Router(self.backend_timeout, max_idle=workers, on_change=self._changed)
         self._room = HoldRoom(float(hold_seconds), max_held, max_held_bytes)
         self._bodies = Bodies(
@@ -125,6 +126,12 @@ class ReverseProxy:
         self._scan_every = min(1.0, max(0.02, shortest / 4))
         self._address: tuple[str, int] | None = None
         self._closed = False
+
+    def _wake_parker(self) -> None:
+        """A log summary is due sooner: the parker (which flushes it) may be asleep."""
+        parker = self._parker
+        if parker is not None:
+            parker.wake()
 
     # -- public API ------------------------------------------------------------------------
 

@@ -6,8 +6,9 @@ and detail and writes one line when the second is over, such as::
 
     45 requests could not reach 1.6.1 in the last second (connection refused)
 
-The owner calls :meth:`LogSummary.flush` regularly (the proxy's selector thread does, at
-:attr:`LogSummary.due`); the clock is injectable for tests.
+The owner calls :meth:`LogSummary.flush` at :attr:`LogSummary.due` (the proxy's selector
+thread does); ``on_due`` tells it when an event made that time earlier, so an owner that
+sleeps while idle wakes for it. The clock is injectable for tests.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class LogSummary:
         *,
         period: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        on_due: Callable[[], None] | None = None,
     ) -> None:
         self._log = logger
+        self._on_due = on_due
         self._period = period
         self._clock = clock
         self._lock = threading.Lock()
@@ -57,14 +60,18 @@ class LogSummary:
     def add(self, level: int, message: str, detail: str = "") -> None:
         """Count one event (any thread; cheap: no formatting, no I/O)."""
         key = (message, detail)
+        sooner = False
         with self._lock:
             window = self._windows.get(key)
             if window is None:
                 now = self._clock()
                 window = self._windows[key] = _Window(level, now)
+                sooner = now + self._period < self._due
                 self._due = min(self._due, now + self._period)
             window.count += 1
             window.level = max(window.level, level)
+        if sooner and self._on_due is not None:
+            self._on_due()
 
     def flush(self, *, everything: bool = False) -> float:
         """Write the lines of the windows that are over (all of them with ``everything``);
