@@ -35,11 +35,9 @@ def backend() -> Iterator[RealBackend]:
 
 @pytest.fixture
 def proxy(backend: RealBackend) -> Iterator[ReverseProxy]:
-    proxy = ReverseProxy("127.0.0.1", 0)
-    proxy.start()
-    proxy.switch(backend.backend)
-    yield proxy
-    proxy.close()
+    with ReverseProxy("127.0.0.1", 0) as proxy:
+        proxy.switch(backend.backend)
+        yield proxy
 
 
 # -- the caches ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.relay import Relay, send_error
 from trayupdater.proxy.retry import AttemptFailed, RetryPolicy
 from trayupdater.proxy.routing import Generation, Router
-from trayupdater.proxy.sockets import reason
+from trayupdater.proxy.sockets import SPIN_SECONDS, reason
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,9 @@ class Forwarder:
                 if failed:
                     self._done(failed, plan.started, gen)
                     return False
-            alone = self._router.total_in_flight == 1  # only this request: it may spin
-            resp = self.relay.read_response(conn, up, req, reused, backend.label, alone)
+            # Only this request in flight: it may busy-poll for its answer.
+            spin = SPIN_SECONDS if self._router.total_in_flight == 1 else 0.0
+            resp = self.relay.read_response(conn, up, req, reused, backend.label, spin)
             if isinstance(resp, int):
                 self._done(resp, plan.started, gen)
                 return False

@@ -20,7 +20,7 @@ from trayupdater.proxy.observer import (
     Reporter,
 )
 from trayupdater.proxy.retry import AttemptFailed
-from trayupdater.proxy.sockets import SPIN_SECONDS, error_response, is_timeout, reason, spin_fill
+from trayupdater.proxy.sockets import error_response, is_timeout, reason, spin_fill
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +51,20 @@ class Relay:
         req: Head,
         reused: bool,
         label: str,
-        spin: bool = False,
+        spin: float = 0.0,
     ) -> heads.Outbound | int:
         """The final response, or the status of the error already sent to the client.
 
         Raises :class:`AttemptFailed` when the backend failed before anything was sent to
-        the client (the request may then be tried again). ``spin``: busy-poll for the answer
-        before sleeping on it (the only request in flight, see sockets.SPIN_SECONDS).
+        the client (the request may then be tried again). ``spin``: busy-poll this long for
+        the answer before sleeping on it (the only request in flight, sockets.SPIN_SECONDS).
         """
         head_request = req.start[0] == "HEAD"
         passed_on = False  # an interim response (103) went to the client: no retry now
         while True:
             try:
-                if spin and SPIN_SECONDS and not up.buf:
-                    spin_fill(up, SPIN_SECONDS)
+                if spin and not up.buf:
+                    spin_fill(up, spin)
                 raw = up.read_head(self.max_header_bytes, too_big=502)
                 if raw is None:
                     raise SourceError("closed")
