@@ -93,6 +93,9 @@ def _linger_read(conn: Client) -> bool:
     return bool(data)
 
 
+QUIET_SECONDS = 5.0  # this long without an event: the proxy is quiet (on_quiet)
+
+
 class Parker:
     """The selector thread: owns the listening socket and every idle connection.
 
@@ -120,6 +123,7 @@ class Parker:
         generation: Callable[[], Generation],
         reporter: Reporter,
         on_failure: Callable[[], None],
+        on_quiet: Callable[[], bool] = lambda: True,
     ) -> None:
         self._listener = listener
         self._bodies = bodies
@@ -134,6 +138,7 @@ class Parker:
         self._header_timeout = header_timeout
         self._scan_every = scan_every
         self._on_failure = on_failure
+        self._on_quiet = on_quiet
         self._queue: SimpleQueue[Client | None] = SimpleQueue()
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -198,14 +203,21 @@ class Parker:
         self._sel.register(self._listener, selectors.EVENT_READ, self._LISTENER)
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._WAKE)
         next_scan = time.monotonic() + self._scan_every
+        quiet_at = math.inf  # when to call on_quiet: QUIET_SECONDS after the last event
         try:
             while not self._stopping:
                 now = time.monotonic()
                 # Nothing parked (and accepting): no deadline to watch, so no wake-up to scan.
                 scan = next_scan if self._parked or self._paused_until else math.inf
-                wake = min(scan, self._held_wake, self._report.summary.due)
+                wake = min(scan, self._held_wake, self._report.summary.due, quiet_at)
                 timeout = None if wake == math.inf else max(0.0, wake - now)
-                for key, _ in self._sel.select(timeout):
+                events = self._sel.select(timeout)
+                if events:
+                    quiet_at = time.monotonic() + QUIET_SECONDS
+                elif time.monotonic() >= quiet_at:
+                    # Workers may be serving connections they kept: then try again later.
+                    quiet_at = math.inf if self._on_quiet() else quiet_at + QUIET_SECONDS
+                for key, _ in events:
                     data = key.data
                     if data is self._LISTENER:
                         self._accept()

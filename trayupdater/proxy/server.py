@@ -8,6 +8,7 @@ import threading
 import time
 
 from trayupdater.errors import ConfigError
+from trayupdater.memory import release_free_memory
 from trayupdater.proxy.bodies import Bodies
 from trayupdater.proxy.clients import Parker
 from trayupdater.proxy.forward import Forwarder, Slot
@@ -154,6 +155,7 @@ class ReverseProxy:
             generation=lambda: self._router.generation,
             reporter=self._report,
             on_failure=self._parker_failed,
+            on_quiet=self._quiet,
         )
         self._spawn("proxy-parker", parker.run)
         workers = Workers(
@@ -311,6 +313,14 @@ class ReverseProxy:
 
     def _parker_failed(self) -> None:
         self._forwarder.relay.closing = True
+
+    def _quiet(self) -> bool:
+        """The parker saw no event for a while: if no worker serves a connection either,
+        give the memory the last burst freed back to the OS (an idle app's RSS)."""
+        if any(slot.client is not None for slot in self._slots):
+            return False
+        release_free_memory()
+        return True
 
     def _changed(self) -> None:
         """The current generation changed: held requests go back to the workers."""
