@@ -606,6 +606,29 @@ def test_total_buffer_cap_streams_the_rest_and_frees_its_budget(make_backend, ma
     assert proxy.buffered_body_bytes == 0
 
 
+def test_a_body_arriving_with_its_head_cannot_take_the_total_past_its_cap() -> None:
+    """The cap counts the bytes of the body at hand: 6,000 buffered, 6,000 more arriving in
+    the same packet as their head would make 12,000 against a cap of 10,000: streamed."""
+    from trayupdater.http11 import Framing, parse_request_head
+    from trayupdater.proxy.bodies import Bodies
+    from trayupdater.proxy.clients import Client
+    from trayupdater.proxy.plan import Plan
+
+    bodies = Bodies(max_body=1 << 20, max_total=10_000, timeout=5.0, min_rate=500, max_trailer=1024)
+    head = parse_request_head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8000\r\n\r\n")
+    a, b = socket.socketpair()
+    with a, b:
+        first, second = Client(a, "127.0.0.1", 0.0), Client(b, "127.0.0.1", 0.0)
+        plans = [Plan(head, "", Framing.LENGTH, 8000, 0.0) for _ in range(2)]
+        first.buf += b"a" * 6000
+        assert not bodies.ready(first, plans[0])
+        bodies.begin_wait(first, plans[0])  # the dispatcher receives the rest
+        assert bodies.buffered_bytes == 6000
+        second.buf += b"b" * 6000
+        assert bodies.ready(second, plans[1]) and plans[1].stream
+        assert bodies.buffered_bytes == 6000
+
+
 def test_chunked_body_is_received_before_a_worker_takes_it(make_backend, make_proxy):
     proxy = make_proxy(make_backend("v1").backend, workers=1)
     sock = _raw(proxy)

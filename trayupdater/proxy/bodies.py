@@ -167,7 +167,10 @@ class Bodies:
             if done:
                 return True
             too_big = len(conn.buf) > self.max_body
-        if too_big or self._total >= self.max_total:
+        # The total as it would be with every byte of this body that is here counted: a body
+        # that arrived with its head must not take the total past the cap either.
+        total = self._total - plan.accounted + len(conn.buf)
+        if too_big or total > self.max_total:
             plan.stream = True
             return True
         return False
