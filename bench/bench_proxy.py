@@ -203,7 +203,7 @@ def measure(target: Target, load: Callable[..., Result], args: argparse.Namespac
     """Every scenario, ``args.rounds`` times, direct / ours / Go alternating."""
     load(target.ours, "/", 8, 1.0)  # warm up pools and caches
     for _ in range(args.rounds):
-        for name, path, conns in SCENARIOS:
+        for name, path, conns in args.scenarios:
             key = (name, conns)
             target.results.setdefault((*key, "direct"), []).append(
                 load(target.direct, path, conns, args.duration)
@@ -235,13 +235,26 @@ def main() -> None:
     parser.add_argument("--app-port", type=int, default=9180, help="the app's proxy port (9180)")
     parser.add_argument("--idle", type=int, default=2000, help="idle keep-alive clients (2000)")
     parser.add_argument("--backend", choices=("auto", "go", "python"), default="auto")
-    parser.add_argument("--workers", type=int, default=64, help="proxy worker threads (64)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=64,
+        help="the standalone proxy's workers: requests in flight and threads (64)",
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME:CONNS",
+        help="only these scenarios, e.g. small:32 or big:1 (repeatable; default: all four)",
+    )
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--serve-proxy", nargs=3, metavar=("PORT", "LABEL", "WORKERS"))
     args = parser.parse_args()
     if args.serve_proxy:
-        serve_proxy(int(args.serve_proxy[0]), args.serve_proxy[1], int(args.serve_proxy[2]))
+        port, label, workers = args.serve_proxy
+        serve_proxy(int(port), label, int(workers))
         return
+    args.scenarios = _chosen(args.scenario)
 
     use_wrk = args.load == "wrk" or (args.load == "auto" and shutil.which("wrk"))
     load = wrk if use_wrk else pyload
@@ -257,6 +270,21 @@ def main() -> None:
         print_table(target)
     print_ratios(targets)
     print(f"load average at the end: {' '.join(f'{n:.2f}' for n in os.getloadavg())}")
+
+
+def _chosen(wanted: list[str] | None) -> list[tuple[str, str, int]]:
+    if not wanted:
+        return SCENARIOS
+    names = {"small": "small", "big": "1 MiB", "1mib": "1 MiB"}
+    chosen = []
+    for item in wanted:
+        name, _, conns = item.partition(":")
+        key = (names.get(name.lower().replace(" ", ""), name), int(conns or 0))
+        found = [s for s in SCENARIOS if (s[0], s[2]) == key]
+        if not found:
+            raise SystemExit(f"no scenario {item!r}: use small:1, small:32, big:1 or big:32")
+        chosen += found
+    return chosen
 
 
 def standalone(load: Callable[..., Result], args: argparse.Namespace) -> Target:
@@ -370,6 +398,8 @@ def print_table(target: Target) -> None:
     print("-" * len(header))
     for name, _, conns in SCENARIOS:
         key = (name, conns)
+        if (*key, "ours") not in target.results:
+            continue  # not chosen (--scenario)
         runs = [r for what in ("direct", "ours") for r in target.results.get((*key, what), [])]
         failed = sum(r.failed for r in runs)
         cpu = _median(target.cpu_per_request.get(key, []))
@@ -398,6 +428,8 @@ def print_ratios(targets: list[Target]) -> None:
     print("|---|" + "---|" * len(columns))
     for name, _, conns in SCENARIOS:
         key = (name, conns)
+        if all((*key, "ours") not in t.results for t in columns):
+            continue
         cells = []
         for t in columns:
             ours, go = t.median(key, "ours", "rps"), t.median(key, "go", "rps")

@@ -18,7 +18,7 @@ import pytest
 from proxy_support import TIMEOUT, RealBackend
 
 from trayupdater import cli, memory
-from trayupdater.proxy import ReverseProxy, clients
+from trayupdater.proxy import ReverseProxy, dispatcher
 from trayupdater.proxy import server as proxy_server
 
 _THREADS_ALLOCATING = r"""
@@ -100,9 +100,9 @@ def test_release_free_memory_gives_a_heap_full_of_holes_back() -> None:
     assert released == "True"
 
 
-def test_a_quiet_proxy_releases_memory_but_not_while_a_worker_serves(monkeypatch) -> None:
+def test_a_quiet_proxy_releases_memory_but_not_while_a_request_is_served(monkeypatch) -> None:
     calls: list[float] = []
-    monkeypatch.setattr(clients, "QUIET_SECONDS", 0.2)
+    monkeypatch.setattr(dispatcher, "QUIET_SECONDS", 0.2)
     monkeypatch.setattr(proxy_server, "release_free_memory", lambda: calls.append(1.0) or True)
     backend = RealBackend("v1")
     proxy = ReverseProxy("127.0.0.1", 0)
@@ -110,7 +110,7 @@ def test_a_quiet_proxy_releases_memory_but_not_while_a_worker_serves(monkeypatch
     try:
         proxy.switch(backend.backend)
         client = http.client.HTTPConnection(*proxy.address, timeout=TIMEOUT)
-        # One slow request: a worker serves it for 1.5 s while the parker sees no event.
+        # One slow request: served for 1.5 s while the dispatcher sees no event.
         answered = threading.Event()
 
         def slow() -> None:

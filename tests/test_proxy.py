@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import socket
 import threading
 import time
@@ -25,7 +26,7 @@ from proxy_support import wait_until as _wait_until
 
 from trayupdater import http11
 from trayupdater.errors import ConfigError
-from trayupdater.proxy import Backend, ReverseProxy
+from trayupdater.proxy import Backend, ReverseProxy, poller, steps, zerocopy
 
 
 @pytest.fixture
@@ -44,6 +45,18 @@ def make_backend(backends: list[RealBackend]):
         return backend
 
     return make
+
+
+@pytest.fixture(autouse=True, params=["native", "portable"])
+def platform_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on this machine's fast paths (epoll, sends without blocking,
+    splice) and again on the portable ones macOS and Windows take: a selectors poller, every
+    send in a worker (no MSG_DONTWAIT on Windows), bodies copied rather than spliced."""
+    if request.param == "portable":
+        monkeypatch.setattr(poller, "KIND", "selectors")
+        monkeypatch.setattr(steps, "DONTWAIT", 0)
+        monkeypatch.setattr(zerocopy, "AVAILABLE", False)
+    return request.param
 
 
 @pytest.fixture
@@ -810,6 +823,85 @@ def test_close_lets_in_flight_requests_finish_and_stops_threads(make_backend):
     assert threading.active_count() <= before - 5, "selector and worker threads stopped"
     with pytest.raises(OSError):
         socket.create_connection(proxy.address, timeout=1).close()
+
+
+def _syn_sent_to(port: int) -> int:
+    """Connections of this machine still waiting for their SYN's answer, to ``port``."""
+    count = 0
+    with open("/proc/net/tcp") as table:
+        lines = table.read().splitlines()[1:]
+    for line in lines:
+        fields = line.split()
+        remote, state = fields[2], fields[3]
+        count += state == "02" and int(remote.split(":")[1], 16) == port
+    return count
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket table")
+def test_a_burst_of_requests_opens_a_few_connections_at_a_time(make_proxy):
+    """A backend whose accept queue is full drops further SYNs (each costs its client a
+    second or more): 40 requests at once on an empty pool are not 40 connects at once."""
+    from trayupdater.proxy.upstream import MAX_CONNECTING
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # and never accepts: past two, connects hang in SYN_SENT
+    port = listener.getsockname()[1]
+    proxy = make_proxy(Backend("127.0.0.1", port, "full"), workers=64, backend_timeout=3.0)
+    clients = [_raw(proxy) for _ in range(40)]
+    for sock in clients:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _wait_until(lambda: _syn_sent_to(port) >= 1)
+    time.sleep(0.3)  # every request had its chance to connect by now
+    assert 1 <= _syn_sent_to(port) <= MAX_CONNECTING
+    listener.close()
+    for sock in clients:
+        sock.close()
+
+
+def test_a_connection_waiting_its_turn_is_served_when_a_worker_closes_one(
+    make_backend, make_proxy
+):
+    """``workers`` requests in flight at most: a third waits in the backlog, and goes as
+    soon as one of them ends, even when that one ends in a worker with a close."""
+    proxy = make_proxy(make_backend("v1").backend, workers=2, max_buffered_body=1000)
+    streams = []
+    for _ in range(2):  # streamed bodies (workers), answered after 0.5 s, then closed
+        sock = _raw(proxy)
+        sock.sendall(
+            b"PUT /sleep?s=0.5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Length: 300000\r\n\r\n" + b"z" * 300_000
+        )
+        streams.append(sock)
+    time.sleep(0.2)  # both in flight
+    started = time.monotonic()
+    assert _get(proxy, "/version")[:2] == (200, b"v1")
+    assert time.monotonic() - started < 3.0
+    for sock in streams:
+        assert _read_all(sock).startswith(b"HTTP/1.1 200 ")
+        sock.close()
+
+
+def test_a_wakeup_tells_its_waiter_once_and_skips_one_that_gave_up() -> None:
+    from trayupdater.proxy.steps import Wakeup
+
+    told: list[int] = []
+    early = Wakeup()
+    assert early.fire()
+    assert early.on_fire(lambda: told.append(1))  # fired already: no call, go on at once
+    late = Wakeup()
+    assert not late.on_fire(lambda: told.append(2))
+    assert late.fire() and told == [2]
+    assert not late.fire()  # once
+    gave_up = Wakeup()
+    assert not gave_up.on_fire(lambda: told.append(3))
+    gave_up.cancel()
+    assert not gave_up.fire() and told == [2]  # the pool tells the next waiter instead
+    started = time.monotonic()
+    assert not Wakeup().wait(0.05) and time.monotonic() - started >= 0.05
+    fired = Wakeup()
+    threading.Timer(0.02, fired.fire).start()
+    assert fired.wait(TIMEOUT)
 
 
 def test_a_thousand_concurrent_connections_all_get_served(make_backend, make_proxy):

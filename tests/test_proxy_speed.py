@@ -3,7 +3,7 @@
 Heads parsed once and remembered (heads.py): a remembered head must not carry one client's
 address to another, and a remembered response head must still get the Connection handling
 of each client's HTTP version. Busy polling by a lone worker must not start while other
-requests are in flight (it would take the GIL from them). Idle, the parker must not wake.
+requests are in flight (it would take the GIL from them). Idle, the dispatcher must not wake.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 from proxy_support import TIMEOUT, RealBackend
 from proxy_support import get as _get
+from proxy_support import open_client as _client
 from proxy_support import read_all as _read_all
 
 from trayupdater.http11 import HttpError
@@ -201,48 +202,135 @@ def test_spin_recv_raises_a_reset() -> None:
     listener.close()
 
 
+def _drive_reading_while_waiting(gen, up_peer: socket.socket, parts: list[bytes]):
+    """Run a relay generator as a busy-polling worker does: at each wait the backend sends
+    the next part and the driver reads it into the buffer itself."""
+    try:
+        step = next(gen)
+        while True:
+            assert step is not None
+            up_peer.sendall(parts.pop(0))
+            time.sleep(0.05)
+            step.buf += step.sock.recv(65536)
+            step = gen.send(None)
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_an_answer_read_while_waiting_is_not_read_again() -> None:
+    """A worker that busy-polled a backend's answer into the buffer hands the generator an
+    answer that is complete: it must not block on a read for more (it stalled until the
+    backend timeout, 504, when a lone client's fast backend answered within the poll)."""
+    from trayupdater.http11 import BufferedSocket, parse_request_head
+    from trayupdater.proxy.clients import Client
+    from trayupdater.proxy.observer import NullObserver, Reporter
+    from trayupdater.proxy.retry import AttemptFailed
+    from trayupdater.proxy.summary import LogSummary
+
+    up, up_peer = socket.socketpair()
+    client, client_peer = socket.socketpair()
+    with up, up_peer, client, client_peer:
+        sockets.blocking_with_timeouts(up, 0.5)  # a read past the answer would time out
+        reporter = Reporter(NullObserver(), LogSummary(__import__("logging").getLogger("t")))
+        req = parse_request_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        gen = relay.Relay(reporter, 65536).read_response(
+            Client(client, "127.0.0.1", 0.0), BufferedSocket(up), req, False, "v1"
+        )
+        # The head and one body byte, then the last body byte: both waits are satisfied by
+        # the driver's own read.
+        parts = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no", b"k"]
+        try:
+            answer = _drive_reading_while_waiting(gen, up_peer, parts)
+        except AttemptFailed as exc:
+            pytest.fail(f"read again after the driver read the answer: {exc}")
+        assert not isinstance(answer, int) and answer.status == 200
+
+
+def _streamed_put(proxy: ReverseProxy) -> int:
+    """A request whose body is too large to buffer: a worker streams it, then waits for the
+    answer (which takes the backend a moment, so there is something to wait for)."""
+    conn = _client(proxy)
+    try:
+        conn.request("PUT", "/sleep?s=0.05", body=b"b" * 1_000_000)  # more than one read
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
 @pytest.mark.skipif(not sockets.SPIN_SECONDS, reason="no busy polling on this platform")
-def test_only_a_lone_request_busy_polls(
-    proxy: ReverseProxy, backend: RealBackend, monkeypatch
+def test_a_worker_busy_polls_only_for_the_only_request_in_flight(
+    backend: RealBackend, monkeypatch
 ) -> None:
+    from trayupdater.proxy import workers
+
     spins: list[str] = []
-    real = relay.spin_fill
+    real = workers.spin_fill
 
     def counting(conn, seconds):
         spins.append(threading.current_thread().name)
         real(conn, seconds)
 
-    monkeypatch.setattr(relay, "spin_fill", counting)
-    assert _get(proxy, "/version")[0] == 200
-    assert len(spins) == 1, "a lone request polls for its answer"
+    monkeypatch.setattr(workers, "spin_fill", counting)
+    with ReverseProxy("127.0.0.1", 0, max_buffered_body=1000) as proxy:
+        proxy.switch(backend.backend)
+        assert _streamed_put(proxy) == 200
+        assert spins, "a lone request polls for its answer"
 
-    spins.clear()
-    slow = threading.Thread(target=_get, args=(proxy, "/sleep?s=1.5"))
-    slow.start()
-    deadline = time.monotonic() + TIMEOUT
-    while backend.requests < 2 and time.monotonic() < deadline:  # the slow one is in flight
-        time.sleep(0.005)
-    spins.clear()  # the slow request itself may have polled: it was alone then
+        slow = threading.Thread(target=_get, args=(proxy, "/sleep?s=1.5"))
+        slow.start()
+        deadline = time.monotonic() + TIMEOUT
+        while backend.requests < 2 and time.monotonic() < deadline:  # the slow one's in flight
+            time.sleep(0.005)
+        spins.clear()
+        assert _streamed_put(proxy) == 200
+        assert spins == [], "with another request in flight nobody polls"
+        slow.join(TIMEOUT)
+
+
+@pytest.mark.skipif(not sockets.SPIN_SECONDS, reason="no busy polling on this platform")
+def test_the_dispatcher_busy_polls_only_while_no_worker_works(proxy: ReverseProxy) -> None:
+    """Polling holds the GIL a worker needs: the dispatcher polls only when none works."""
+    dispatcher = proxy._dispatcher
+    assert dispatcher is not None
+    spins: list[float | None] = []
+    real = dispatcher._spin
+
+    def counting(timeout):
+        spins.append(timeout)
+        return real(timeout)
+
+    dispatcher._spin = counting  # type: ignore[method-assign]
     assert _get(proxy, "/version")[0] == 200
-    assert spins == [], "with another request in flight nobody polls"
-    slow.join(TIMEOUT)
+    assert _get(proxy, "/version")[0] == 200
+    assert spins, "the dispatcher polls a moment before it sleeps"
+
+    stream = socket.create_connection(proxy.address, TIMEOUT)  # relayed by a worker
+    stream.sendall(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert stream.recv(65536)
+    spins.clear()
+    for _ in range(3):
+        assert _get(proxy, "/version")[0] == 200
+    assert spins == [], "polled while a worker relayed a stream"
+    stream.close()
 
 
 # -- idle ---------------------------------------------------------------------------------------
 
 
-def test_the_parker_sleeps_while_nothing_is_parked(proxy: ReverseProxy) -> None:
+def test_the_dispatcher_sleeps_while_nothing_is_parked(proxy: ReverseProxy) -> None:
     """No connection to watch: no scan, no wake-up (idle CPU of the app)."""
-    parker = proxy._parker
-    assert parker is not None
-    real = parker._sel.select
+    dispatcher = proxy._dispatcher
+    assert dispatcher is not None
+    real = dispatcher._poller.poll
     calls: list[float | None] = []
 
     def counting(timeout=None):
         calls.append(timeout)
         return real(timeout)
 
-    parker._sel.select = counting  # type: ignore[method-assign]
+    dispatcher._poller.poll = counting  # type: ignore[method-assign]
     time.sleep(0.3)
     calls.clear()
     time.sleep(proxy._scan_every * 2.5)

@@ -1,6 +1,7 @@
 """Large response bodies spliced socket -> pipe -> socket (Linux), or copied elsewhere:
-byte-exact either way, and a client or backend failing mid-body never leaks bytes into the
-next response."""
+byte-exact either way, a client or backend failing mid-body never leaks bytes into the next
+response, and a client that stops reading or a backend that pauses never stalls the others
+(the dispatcher splices without blocking)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
-from proxy_support import RealBackend
+from proxy_support import TIMEOUT, RealBackend
+from proxy_support import get as _get
 from proxy_support import open_client as _client
 from proxy_support import raw as _raw
 from proxy_support import wait_until as _wait_until
@@ -31,7 +34,7 @@ def backend() -> Iterator[RealBackend]:
 
 @pytest.fixture
 def proxy(backend: RealBackend) -> Iterator[ReverseProxy]:
-    # One worker: every response goes through the same thread, and so the same pipe.
+    # One worker: what a slow client hands over is finished by the same thread.
     with ReverseProxy("127.0.0.1", 0, workers=1) as proxy:
         proxy.switch(backend.backend)
         yield proxy
@@ -43,9 +46,9 @@ def spliced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = zerocopy.splice_length
 
-    def spy(src_fd: int, dst_fd: int, remaining: int) -> None:
+    def spy(src, dst, remaining, pipes):  # type: ignore[no-untyped-def]
         calls.append(remaining)
-        real(src_fd, dst_fd, remaining)
+        return real(src, dst, remaining, pipes)
 
     monkeypatch.setattr(zerocopy, "splice_length", spy)
     return calls
@@ -90,13 +93,13 @@ def test_a_client_vanishing_mid_body_leaves_nothing_for_the_next_response(
     proxy: ReverseProxy, backend: RealBackend, spliced: list[int], monkeypatch: pytest.MonkeyPatch
 ):
     dropped = threading.Event()
-    real_release = zerocopy.release
+    real_drop = zerocopy.Pipes.drop
 
-    def drop() -> None:
+    def drop(self: zerocopy.Pipes, pipe: zerocopy.Pipe) -> None:
         dropped.set()
-        real_release()
+        real_drop(self, pipe)
 
-    monkeypatch.setattr(zerocopy, "release", drop)
+    monkeypatch.setattr(zerocopy.Pipes, "drop", drop)
     sock = _raw(proxy)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     sock.sendall(b"GET /big?n=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -110,7 +113,7 @@ def test_a_client_vanishing_mid_body_leaves_nothing_for_the_next_response(
     assert _wait_until(lambda: backend.server.open_connections == 0)  # upstream closed too
     for size in (3 * 1024 * 1024, 200_000):
         body = os.urandom(size)
-        assert _echo(proxy, body) == body  # the same worker, a fresh pipe
+        assert _echo(proxy, body) == body  # a fresh pipe
     assert len(spliced) == 3
 
 
@@ -167,7 +170,7 @@ def _pipes() -> int:
 
 
 @linux_only
-def test_closing_the_proxy_closes_its_workers_pipes(backend: RealBackend) -> None:
+def test_closing_the_proxy_closes_its_pipes(backend: RealBackend) -> None:
     before = _pipes()
     with ReverseProxy("127.0.0.1", 0, workers=4) as proxy:
         proxy.switch(backend.backend)
@@ -178,5 +181,123 @@ def test_closing_the_proxy_closes_its_workers_pipes(backend: RealBackend) -> Non
             t.start()
         for t in threads:
             t.join(30)
-        assert _pipes() > before  # some workers spliced, each through its own pipe
+        assert _pipes() > before  # bodies were spliced; their pipes are kept for reuse
     assert _wait_until(lambda: _pipes() == before), f"{_pipes() - before} pipe fds left open"
+
+
+@linux_only
+def test_a_client_that_stops_reading_a_large_body_stalls_no_one(
+    backend: RealBackend, spliced: list[int]
+) -> None:
+    """The body that does not fit its socket at once goes on in a worker; the dispatcher
+    keeps serving everyone else. (Two workers: the other one opens the backend connection
+    the next client needs, the stuck one held the only pooled one.)"""
+    with ReverseProxy("127.0.0.1", 0, workers=2) as proxy:
+        proxy.switch(backend.backend)
+        stuck = _raw(proxy)
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        stuck.sendall(b"GET /big?n=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")  # never read
+        assert _wait_until(lambda: len(spliced) == 1)
+        for _ in range(5):
+            started = time.monotonic()
+            assert _get(proxy, "/version")[0] == 200
+            assert time.monotonic() - started < 1.0
+        stuck.close()
+
+
+class _PausingBackend:
+    """Sends a head promising ``length`` bytes, ``first`` of them, waits for ``resume``, then
+    sends the rest (or never, when ``resume`` is never set)."""
+
+    def __init__(self, length: int, first: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.backend = Backend("127.0.0.1", self.listener.getsockname()[1], "pausing")
+        self.body = os.urandom(length)
+        self.first = first
+        self.resume = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.body)
+            conn.sendall(head + self.body[: self.first])
+            if self.resume.wait(TIMEOUT):
+                conn.sendall(self.body[self.first :])
+                conn.recv(1)  # until the proxy closes or reuses it
+
+
+@linux_only
+def test_a_backend_pausing_mid_body_stalls_no_one(spliced: list[int]) -> None:
+    pausing = _PausingBackend(length=3_000_000, first=400_000)
+    other = RealBackend("other")
+    with ReverseProxy("127.0.0.1", 0, workers=2) as proxy:
+        proxy.switch(pausing.backend)
+        sock = _raw(proxy)
+        sock.settimeout(TIMEOUT)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while len(data) < 300_000:
+            data += sock.recv(1 << 20)
+        # Mid-body, the transfer waits in the dispatcher for the backend's next bytes, not
+        # in a worker thread; new requests (to another backend) are served meanwhile.
+        dispatcher = proxy._dispatcher
+        assert dispatcher is not None
+        assert _wait_until(lambda: len(dispatcher._waiting) == 1)
+        proxy.switch(other.backend)
+        for _ in range(3):
+            started = time.monotonic()
+            assert _get(proxy, "/version")[:2] == (200, b"other")
+            assert time.monotonic() - started < 1.0
+        pausing.resume.set()
+        _, _, body = data.partition(b"\r\n\r\n")
+        while len(body) < len(pausing.body):
+            body += sock.recv(1 << 20)
+        assert body == pausing.body
+        assert len(spliced) == 1
+        sock.close()
+    other.close()
+    pausing.listener.close()
+
+
+@linux_only
+def test_a_backend_stalling_mid_body_is_cut_off_after_the_backend_timeout() -> None:
+    stalling = _PausingBackend(length=3_000_000, first=400_000)  # never resumes
+    with ReverseProxy("127.0.0.1", 0, workers=1, backend_timeout=1.0) as proxy:
+        proxy.switch(stalling.backend)
+        sock = _raw(proxy)
+        sock.settimeout(TIMEOUT)
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+        took = time.monotonic() - started
+        _, _, body = data.partition(b"\r\n\r\n")
+        assert body == stalling.body[:400_000]  # truncated, then closed
+        assert 0.9 < took < 5.0
+        sock.close()
+    stalling.resume.set()
+    stalling.listener.close()
+
+
+@linux_only
+def test_after_a_spliced_body_both_sockets_block_again(backend: RealBackend) -> None:
+    """Splicing makes both sockets non-blocking for a while. The kept-alive backend
+    connection and client connection must block again afterwards: a worker's reads count on
+    it (a non-blocking read would look like a timeout, 504)."""
+    with ReverseProxy("127.0.0.1", 0, workers=2, max_buffered_body=1000) as proxy:
+        proxy.switch(backend.backend)
+        conn = _client(proxy)
+        for _ in range(3):
+            conn.request("GET", "/big?n=3000000")
+            assert len(conn.getresponse().read()) == 3_000_000
+            # A body too large to buffer is streamed by a worker, on the same connections.
+            body = os.urandom(50_000)
+            conn.request("PUT", "/echo", body=body)
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, body)
+        conn.close()

@@ -2,48 +2,58 @@
 
 How it works, in one place (each part lives in its own module, named in brackets):
 
-Parking [clients]. One selector thread, the *parker*, owns the listening socket and every
-client connection that is not being served: new connections, idle keep-alive connections
-between requests, and connections with a partial request head. It accepts, watches them, and
-puts a connection that became readable on the ready queue. It closes a connection whose
-deadline passed: ``header_timeout`` from a new connection or the first byte of a head (a
-slow-loris client gets 408), ``client_idle_timeout`` for an idle keep-alive one. A refused
-client is *lingered*: the proxy shuts its write side and reads what the client still sends
-for a moment, so the close never turns into an RST that destroys the error response.
+The dispatcher [dispatcher, poller]. One selector thread owns the listening socket and every
+client connection no worker is using: new connections, idle keep-alive connections between
+requests, connections with a partial request head or body. It accepts, and arms each socket
+it waits on for one readable event (EPOLLONESHOT on Linux: one system call per wait). It
+also *serves*: when an idle connection becomes readable it reads the request and forwards it
+on a pooled backend connection, and while the backend answers it arms that socket too and
+goes on with other connections; the answer is relayed when it is readable. So one thread
+serves every small request in flight, with no hand-off between threads (which, with the GIL,
+cost more than the request), and under load one poll returns many ready sockets. Before it
+sleeps it polls a moment (0.2 ms) when no worker needs the GIL: on a VM, waking a sleeping
+thread costs more than a small request, and a backend's answer or a lone client's next
+request usually comes within microseconds. At most ``workers`` requests are in flight;
+connections beyond that wait their turn in a backlog. The dispatcher closes a connection
+whose deadline passed: ``header_timeout`` from a new connection or the first byte of a head
+(a slow-loris client gets 408), ``client_idle_timeout`` for an idle keep-alive one. A
+refused client is *lingered*: the proxy shuts its write side and reads what the client still
+sends for a moment, so the close never turns into an RST that destroys the error response.
 
-Workers [workers]. A bounded pool of threads takes ready connections off the queue, reads what
-arrived without blocking, and serves every complete request the connection holds. A request
-head is parsed strictly [trayupdater.http11]: ambiguous framing (smuggling) is refused before
-anything reaches a backend. With no complete head the connection goes back to the parker:
-a worker never waits for a client. After a response the worker waits a moment (2 ms) for the
-next request when no other connection needs a worker (cheaper than a round trip through the
-parker), then parks the connection. That wait is one blocking recv() bounded by the client
-socket's SO_RCVTIMEO, set once at accept: every other read of a client is of bytes known to
-be there (non-blocking, or after readiness), so the short timeout never cuts anything else.
-So threads serve requests, not sockets: a thousand idle keep-alive clients cost a selector
-entry each. A worker serving the only request in flight (a lone client) busy-polls for a
-moment (0.2 ms) before it sleeps on the backend's answer or the client's next request: on a
-VM, waking a thread on an idle core costs more than the request [sockets].
+One request code, two drivers [steps, service]. The code that serves a connection is written
+once, as generators that yield where a blocking proxy would wait: for a backend's bytes, or
+BLOCK before something that may block. The dispatcher runs them while they never block; a
+task that would (a backend connection by host name, a streamed request body, a chunked or
+until-close response, a client that does not take a response at once, a retry that waits, a
+WebSocket) is handed to a worker [workers], a bounded pool of threads that runs the rest
+blocking, bounded by the sockets' kernel timeouts, and gives the connection back. A worker
+serving the only request in flight keeps its client and busy-polls (a lone client costs no
+hand-off per request). A request head is parsed strictly [trayupdater.http11]: ambiguous
+framing (smuggling) is refused before anything reaches a backend. With no complete head the
+connection is parked: nobody waits for a client. So threads serve the parts of requests that
+block, not sockets: a thousand idle keep-alive clients cost a poller entry each.
 
 Heads [heads]. A request head is parsed, checked and turned into the upstream head once; a
 backend's response head into the client's head once per client HTTP version. Both are pure
 functions of the bytes, so the answers for recent heads are remembered (a bounded LRU, heads
 up to 2 KiB): a busy client repeats its head, a backend its head until its Date changes.
 
-Request bodies [bodies]. A body that did not arrive with its head is received by the parker,
-without blocking, up to ``max_buffered_body`` bytes per request and ``max_buffered_total``
-across all connections; only a complete request is handed to a worker, so clients trickling
-a body hold no thread. Larger bodies are streamed by a worker. Either way the client must
-keep a minimum rate (``body_timeout``, ``body_min_rate``) or it gets 408.
+Request bodies [bodies]. A body that did not arrive with its head is received by the
+dispatcher, without blocking, up to ``max_buffered_body`` bytes per request and
+``max_buffered_total`` across all connections; only a complete request is forwarded, so
+clients trickling a body hold no thread. Larger bodies are streamed by a worker. Either way
+the client must keep a minimum rate (``body_timeout``, ``body_min_rate``) or it gets 408.
 
 Forwarding [forward, relay]. One request goes to the backend of the generation it entered,
-on a pooled keep-alive connection [upstream] or a new one; the response is relayed with the
+on a pooled keep-alive connection [upstream] or a new one (connected without blocking when
+the backend is an address); the response is relayed with the
 framing re-written by the proxy (hop-by-hop fields dropped, X-Forwarded-* added). A small
 response body is read whole before anything goes to the client, so a backend dying between
 its head and its body is still a failure the proxy can retry. A large body of known length
 goes out with its head in one send and then, on Linux, is spliced backend socket -> pipe ->
-client socket in the kernel [zerocopy] (one pipe per worker thread, dropped if an error may
-have left bytes in it); elsewhere it is copied through one reused buffer. A 101 answer turns
+client socket in the kernel, by the dispatcher as the bytes arrive [zerocopy] (pipes from a
+small pool, one dropped if an error may have left bytes in it); elsewhere it is copied
+through one reused buffer by a worker. A 101 answer turns
 the connection into a byte tunnel (WebSocket). A client that vanished mid-response closes the
 upstream connection too: it is mid-message and must never be reused.
 
@@ -68,10 +78,10 @@ backend's requests are held. Timeouts are not retried (504); a request whose bod
 streamed cannot be replayed (502); a response already under way is cut short.
 
 Holds [holding]. ``hold()`` (a child restarting or backing off) or a dead backend without a
-fallback makes requests wait instead of failing: each is parked in the parker with its
-request kept for replay, costing no worker, and handed back to the workers when the routing
-changes. Holds are bounded in time (``hold_seconds``, then 503 with Retry-After), count and
-bytes (beyond: 503 at once); a client that goes away while held is forgotten.
+fallback makes requests wait instead of failing: each is parked in the dispatcher with its
+request kept for replay, costing no worker, and served again when the routing changes. Holds
+are bounded in time (``hold_seconds``, then 503 with Retry-After), count and bytes (beyond:
+503 at once); a client that goes away while held is forgotten.
 
 Reporting [observer, summary]. Every request, upstream error, retry and hold goes to the
 observer (metrics; the app counts requests in per-thread counters folded when /metrics is

@@ -1,9 +1,9 @@
-"""Request bodies: received by the parker before a worker is spent on them, or streamed by a
+"""Request bodies: received by the dispatcher before a worker is spent on them, or streamed by a
 worker at a minimum rate.
 
 A client may send its body as slowly as TCP allows, and a worker blocked on it is lost to
 every other client (80 clients trickling ``Content-Length: 1000000`` took all 64 workers).
-So a body of up to ``max_body`` bytes is read by the parker, without blocking, until it is
+So a body of up to ``max_body`` bytes is read by the dispatcher, without blocking, until it is
 complete; only then does a worker take the request. A body in hand also makes the request
 replayable on another backend. A body past that cap, or one arriving while the bodies
 buffered across all connections pass ``max_total`` bytes, is streamed upstream by a worker.
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-# What the parker does with a connection after reading some of its body.
+# What the dispatcher does with a connection after reading some of its body.
 WAIT = "wait"  # not complete: keep it parked
 READY = "ready"  # complete, or to be streamed: hand it to a worker
 GONE = "gone"  # the client closed: it was closed and forgotten
@@ -93,7 +93,7 @@ class Bodies:
     # -- worker side -------------------------------------------------------------------
 
     def ready(self, conn: Client, plan: Plan) -> bool:
-        """Can a worker forward ``plan`` now? False: the parker should receive its body.
+        """Can a worker forward ``plan`` now? False: the dispatcher should receive its body.
 
         True either because the body is complete in ``conn.buf`` or because it is to be
         streamed (``plan.stream``). A worker calling this takes the body out of the budget.
@@ -102,11 +102,11 @@ class Bodies:
         return self._complete_or_stream(conn, plan)
 
     def begin_wait(self, conn: Client, plan: Plan) -> None:
-        """Before the body is left to the parker: ask for it, count it, set the deadline."""
+        """Before the body is left to the dispatcher: count it, set the deadline. (The caller
+        asked for it first: :meth:`wants_continue`.)"""
         now = time.monotonic()
         if not plan.body_started:
             plan.body_started = now
-        self.send_continue(conn, plan)  # OSError: the client is gone; the caller closes it
         self._account(plan, len(conn.buf))
         conn.deadline = self._deadline(plan, len(conn.buf), now)
 
@@ -118,13 +118,20 @@ class Bodies:
         src.buf = conn.buf  # shared: what follows the body stays for the next request
         return src
 
-    def send_continue(self, conn: Client, plan: Plan) -> None:
-        """Ask the client for its body ("100 Continue") if it waits for that, once."""
+    def wants_continue(self, conn: Client, plan: Plan) -> bool:
+        """Must the client be asked for its body ("100 Continue") now? True once: the caller
+        sends :data:`CONTINUE`."""
         if not plan.continue_sent and not conn.buf and _expects_continue(plan):
             plan.continue_sent = True
+            return True
+        return False
+
+    def send_continue(self, conn: Client, plan: Plan) -> None:
+        """Ask the client for its body if it waits for that, once (blocking)."""
+        if self.wants_continue(conn, plan):
             conn.sock.sendall(CONTINUE)
 
-    # -- parker side -------------------------------------------------------------------
+    # -- dispatcher side -------------------------------------------------------------------
 
     def receive(self, conn: Client) -> str:
         """Read what arrived of the body of ``conn.pending``: WAIT, READY or GONE."""

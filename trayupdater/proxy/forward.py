@@ -1,4 +1,9 @@
-"""Forwarding one request: attempts at the current backend, with retries and holds."""
+"""Forwarding one request: attempts at the current backend, with retries and holds.
+
+Generators (see :mod:`steps`): an attempt on a pooled connection with a small request never
+blocks; a new connection, a streamed request body and the retry policy (which may wait for
+the routing to change) ask to BLOCK first.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import socket
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, Framing, SinkError, SourceError
-from trayupdater.proxy import heads
+from trayupdater.proxy import heads, steps
 from trayupdater.proxy.bodies import Bodies, TooSlow
 from trayupdater.proxy.clients import Client
 from trayupdater.proxy.holding import HoldRoom
@@ -23,7 +28,8 @@ from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.relay import Relay, send_error
 from trayupdater.proxy.retry import AttemptFailed, RetryPolicy
 from trayupdater.proxy.routing import Generation, Router
-from trayupdater.proxy.sockets import SPIN_SECONDS, reason
+from trayupdater.proxy.sockets import reason
+from trayupdater.proxy.steps import BLOCK, Steps
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +86,13 @@ class Forwarder:
         head = request.upstream_head(conn.ip)
         return Plan(request.head, head, request.framing, request.length, started)
 
-    def forward(self, conn: Client, plan: Plan, slot: Slot) -> bool | None:
+    def forward(self, conn: Client, plan: Plan, slot: Slot) -> Steps[bool | None]:
         """Proxy one request: True if the client connection stays open, False to close it,
         None when the request is held (``conn.pending``; the caller parks the connection).
 
         The body is either complete in ``conn.buf`` or to be streamed (see :mod:`bodies`).
         """
-        if not plan.buffered and not plan.stream and not self._take_body(conn, plan):
+        if not plan.buffered and not plan.stream and not (yield from self._take_body(conn, plan)):
             return False
         conn.body_unread = not plan.buffered  # until streamed upstream
         if plan.failure is not None:  # back from a hold after a failed attempt: a retry
@@ -95,7 +101,7 @@ class Forwarder:
         while True:
             gen = self._router.enter()
             try:
-                keep = self._attempt(conn, plan, slot, gen)
+                keep = yield from self._attempt(conn, plan, slot, gen)
             except AttemptFailed as exc:
                 failure = exc
             else:
@@ -104,6 +110,7 @@ class Forwarder:
                 return keep
             finally:
                 self._router.exit(gen)
+            yield BLOCK  # the policy may wait a moment for the routing to change
             step = self._policy.decide(plan, gen, failure)
             label = gen.backend.label if gen.backend else "no backend"
             detail = failure.detail or _WORDS.get(failure.kind, failure.kind)
@@ -125,13 +132,13 @@ class Forwarder:
                 )
             elif gen.backend is not None and status in (502, 504):
                 self._report.could_not_reach(label, detail)
-            send_error(conn, status, plan.method == "HEAD")
+            yield from send_error(conn, status, plan.method == "HEAD")
             self._done(status, plan.started, gen)
             if plan.ever_held:
                 self._report.hold_finished(plan.held_seconds, False)
             return False
 
-    def _take_body(self, conn: Client, plan: Plan) -> bool:
+    def _take_body(self, conn: Client, plan: Plan) -> Steps[bool]:
         """Move a complete body from the client buffer into ``plan``; False if refused."""
         if plan.framing is Framing.LENGTH:
             plan.body = bytes(conn.buf[: plan.length])
@@ -145,7 +152,7 @@ class Forwarder:
             except (SourceError, OSError) as exc:
                 log.debug("proxy: bad chunked request body from %s: %s", conn.ip, exc)
                 conn.body_unread = True
-                send_error(conn, 400, False)
+                yield from send_error(conn, 400, False)
                 self._report.done(400, plan.started, None)
                 return False
             data = b"".join(parts)
@@ -153,7 +160,7 @@ class Forwarder:
         plan.buffered = True
         return True
 
-    def _attempt(self, conn: Client, plan: Plan, slot: Slot, gen: Generation) -> bool:
+    def _attempt(self, conn: Client, plan: Plan, slot: Slot, gen: Generation) -> Steps[bool]:
         """One try at one backend; AttemptFailed when nothing reached the client yet."""
         backend, pool, req = gen.backend, gen.pool, plan.req
         if backend is None or pool is None:
@@ -165,17 +172,14 @@ class Forwarder:
         payload = (head + "\r\n").encode("latin-1") + plan.body
         # A pooled connection that may be dead is fine when the request can be resent.
         resendable = plan.buffered and plan.idempotent and plan.retried_on is not gen
-        sock = pool.acquire(check=not resendable)
-        reused = sock is not None
-        if sock is None:
-            try:
-                sock = pool.connect()
-            except TimeoutError as exc:
-                self._report.upstream_error(ERR_TIMEOUT)
-                raise AttemptFailed(ERR_TIMEOUT, 504, "connect timed out") from exc
-            except OSError as exc:
-                self._report.upstream_error(ERR_CONNECT)
-                raise AttemptFailed(ERR_CONNECT, 502, reason(exc)) from exc
+        try:
+            sock, reused = yield from pool.get(check=not resendable)
+        except TimeoutError as exc:
+            self._report.upstream_error(ERR_TIMEOUT)
+            raise AttemptFailed(ERR_TIMEOUT, 504, "connect timed out") from exc
+        except OSError as exc:
+            self._report.upstream_error(ERR_CONNECT)
+            raise AttemptFailed(ERR_CONNECT, 502, reason(exc)) from exc
         slot.upstream = sock
         slot.responding = False
         slot.attempt = (sock, gen)
@@ -183,25 +187,24 @@ class Forwarder:
         keep_upstream = False
         try:
             try:
-                sock.sendall(payload)
+                yield from steps.send(sock, payload)
             except OSError as exc:
                 kind = ERR_STALE if reused else ERR_CLOSED
                 self._report.upstream_error(kind)
                 raise AttemptFailed(kind, 502, reason(exc)) from exc
             if not plan.buffered:
+                yield BLOCK
                 failed = self._send_request_body(conn, up, plan)
                 if failed:
                     self._done(failed, plan.started, gen)
                     return False
-            # Only this request in flight: it may busy-poll for its answer.
-            spin = SPIN_SECONDS if self._router.total_in_flight == 1 else 0.0
-            resp = self.relay.read_response(conn, up, req, reused, backend.label, spin)
+            resp = yield from self.relay.read_response(conn, up, req, reused, backend.label)
             if isinstance(resp, int):
                 self._done(resp, plan.started, gen)
                 return False
             slot.responding = True
             plan.answered = True
-            status, keep_client, keep_upstream = self.relay.relay(
+            status, keep_client, keep_upstream = yield from self.relay.relay(
                 conn, up, req, resp, backend.label
             )
             self._done(status, plan.started, gen)
@@ -236,11 +239,11 @@ class Forwarder:
             # still listens.
             log.debug("proxy: bad or incomplete request body from %s: %s", conn.ip, exc)
             status = 408 if isinstance(exc.__cause__, TooSlow) else 400
-            send_error(conn, status, False)
+            steps.finish(send_error(conn, status, False))
             return status
         except SinkError:
             self._report.upstream_error(ERR_CLOSED)
-            send_error(conn, 502, False)
+            steps.finish(send_error(conn, 502, False))
             return 502
         except OSError:  # the 100 Continue could not be sent: the client is gone
             return 400

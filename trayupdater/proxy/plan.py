@@ -17,8 +17,8 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 class Plan:
     """A parsed request as it will be sent upstream.
 
-    It lives on the client connection while the parker receives its body, and is what a
-    worker sends (again, for a retry) once the body is in hand.
+    It lives on the client connection while the dispatcher receives its body, and is what is
+    sent (again, for a retry) once the body is in hand.
     """
 
     req: Head

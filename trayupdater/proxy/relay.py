@@ -1,4 +1,9 @@
-"""The way back: reading the backend's response head, relaying the response, tunnelling."""
+"""The way back: reading the backend's response head, relaying the response, tunnelling.
+
+Written as generators (see :mod:`steps`): waiting for the backend's answer yields its socket,
+and anything past a small response that is already here (a large, chunked or streamed body,
+a tunnel) asks to BLOCK first.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import socket
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, Framing, Head, HttpError, SinkError, SourceError
-from trayupdater.proxy import heads, zerocopy
+from trayupdater.proxy import heads, steps, zerocopy
 from trayupdater.proxy.clients import Client
 from trayupdater.proxy.observer import (
     ERR_BODY,
@@ -20,7 +25,8 @@ from trayupdater.proxy.observer import (
     Reporter,
 )
 from trayupdater.proxy.retry import AttemptFailed
-from trayupdater.proxy.sockets import error_response, is_timeout, reason, spin_fill
+from trayupdater.proxy.sockets import error_response, is_timeout, reason
+from trayupdater.proxy.steps import BLOCK, Steps
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +35,11 @@ log = logging.getLogger(__name__)
 PREFETCH_BYTES = http11.RECV_SIZE
 
 
-def send_error(conn: Client, status: int, head_request: bool) -> None:
+def send_error(conn: Client, status: int, head_request: bool) -> Steps[None]:
     """Send a proxy-made error response, if the client still listens."""
     data = error_response(status, body=not head_request, retry_after=status == 503)
     with contextlib.suppress(OSError):  # the client may be gone already
-        conn.sock.sendall(data)
+        yield from steps.send(conn.sock, data)
 
 
 class Relay:
@@ -43,6 +49,7 @@ class Relay:
         self._report = reporter
         self.max_header_bytes = max_header_bytes
         self.closing = False  # set by ReverseProxy.close(): no more keep-alive, end tunnels
+        self.pipes = zerocopy.Pipes()  # for splicing large bodies
 
     def read_response(
         self,
@@ -51,21 +58,17 @@ class Relay:
         req: Head,
         reused: bool,
         label: str,
-        spin: float = 0.0,
-    ) -> heads.Outbound | int:
+    ) -> Steps[heads.Outbound | int]:
         """The final response, or the status of the error already sent to the client.
 
         Raises :class:`AttemptFailed` when the backend failed before anything was sent to
-        the client (the request may then be tried again). ``spin``: busy-poll this long for
-        the answer before sleeping on it (the only request in flight, sockets.SPIN_SECONDS).
+        the client (the request may then be tried again).
         """
         head_request = req.start[0] == "HEAD"
         passed_on = False  # an interim response (103) went to the client: no retry now
         while True:
             try:
-                if spin and not up.buf:
-                    spin_fill(up, spin)
-                raw = up.read_head(self.max_header_bytes, too_big=502)
+                raw = yield from _read_head(up, self.max_header_bytes)
                 if raw is None:
                     raise SourceError("closed")
                 resp = heads.outbound(raw, head_request)
@@ -82,28 +85,28 @@ class Relay:
                 if not passed_on:
                     raise AttemptFailed(kind, status, detail) from exc
                 self._report.could_not_reach(label, detail)
-                send_error(conn, status, head_request)
+                yield from send_error(conn, status, head_request)
                 return status
             except HttpError as exc:
                 self._report.bad_response(label, str(exc))
                 self._report.upstream_error(ERR_PROTOCOL)
-                send_error(conn, 502, head_request)
+                yield from send_error(conn, 502, head_request)
                 return 502
             status = resp.status
             if status >= 200 or status == 101:
                 if not passed_on:
-                    self._prefetch_body(up, resp)
+                    yield from self._prefetch_body(up, resp)
                 return resp
             if status != 100 and req.minor >= 1:  # e.g. 103 Early Hints: pass it on
                 lines = [f"HTTP/1.1 {status} {resp.head.start[2]}\r\n"]
                 lines += http11.forwarded_fields(resp.head)
                 passed_on = True
                 try:
-                    conn.sock.sendall(("".join(lines) + "\r\n").encode("latin-1"))
+                    yield from steps.send(conn.sock, ("".join(lines) + "\r\n").encode("latin-1"))
                 except OSError:
                     return status
 
-    def _prefetch_body(self, up: BufferedSocket, resp: heads.Outbound) -> None:
+    def _prefetch_body(self, up: BufferedSocket, resp: heads.Outbound) -> Steps[None]:
         """Read a small body whole before anything goes to the client.
 
         A backend that dies between its head and its body then fails an attempt that can
@@ -114,7 +117,7 @@ class Relay:
             return
         while len(up.buf) < length:
             try:
-                if not up.fill():
+                if not (yield from _wait_and_fill(up)):
                     raise SourceError("connection closed before the end of the body")
             except (OSError, SourceError) as exc:
                 if is_timeout(exc):
@@ -129,29 +132,33 @@ class Relay:
 
     def relay(
         self, conn: Client, up: BufferedSocket, req: Head, resp: heads.Outbound, label: str
-    ) -> tuple[int, bool, bool]:
+    ) -> Steps[tuple[int, bool, bool]]:
         """Send the response to the client; returns (status, keep client, keep upstream)."""
         status = resp.status
         if status == 101:
+            yield BLOCK
             return status, self._upgrade(conn, up, req, resp.head, label), False
         framing, length, reusable = resp.framing, resp.length, resp.reusable
         if framing is None:
             self._report.bad_response(label, resp.problem or "invalid framing")
             self._report.upstream_error(ERR_PROTOCOL)
-            send_error(conn, 502, req.start[0] == "HEAD")
+            yield from send_error(conn, 502, req.start[0] == "HEAD")
             return 502, False, False
         head, keep, chunked_out = resp.client_head(req.minor, req.keep_alive() and not self.closing)
         client = conn.sock
         try:
             if framing is Framing.LENGTH and len(up.buf) >= length:
                 # The common case: the whole small body is here, one write for everything.
-                client.sendall(head + up.buf[:length])
+                yield from steps.send(client, head + up.buf[:length])
                 del up.buf[:length]
-            elif framing is Framing.NONE:
-                client.sendall(head)
-            elif framing is Framing.LENGTH:  # a large body: spliced on Linux (zerocopy.py)
-                zerocopy.relay_length(up, length, head, client.sendall, client.fileno())
+                return status, keep, reusable
+            if framing is Framing.NONE:
+                yield from steps.send(client, head)
+                return status, keep, reusable
+            if framing is Framing.LENGTH:  # a large body: spliced on Linux (zerocopy.py)
+                yield from zerocopy.relay_length(up, length, head, client, self.pipes)
             else:
+                yield BLOCK  # a chunked or streamed body: copied by a worker as it arrives
                 client.sendall(head)
                 if chunked_out:
                     write = _chunk_writer(client)
@@ -213,6 +220,36 @@ class Relay:
                         data = b""
                     if not data:
                         return
+
+
+def _read_head(up: BufferedSocket, limit: int) -> Steps[bytes | None]:
+    """The next message head from ``up`` (see ``BufferedSocket.read_head``), yielding the
+    socket before each read that has to wait for it."""
+    start = 0
+    while True:
+        end = up.buf.find(b"\r\n\r\n", start)
+        if end >= 0:
+            if end + 4 > limit:
+                raise HttpError(502, f"message head larger than {limit} bytes")
+            head = bytes(up.buf[: end + 4])
+            del up.buf[: end + 4]
+            return head
+        if len(up.buf) > limit:
+            raise HttpError(502, f"message head larger than {limit} bytes")
+        start = max(0, len(up.buf) - 3)
+        had = bool(up.buf)
+        if not (yield from _wait_and_fill(up)):
+            if had:
+                raise SourceError("connection closed in the middle of a message head")
+            return None
+
+
+def _wait_and_fill(up: BufferedSocket) -> Steps[bool]:
+    """Yield ``up`` to the driver (which may read into it while it waits, see steps.py), then
+    read what came unless the driver did; False at EOF."""
+    had = len(up.buf)
+    yield up
+    return len(up.buf) > had or up.fill()
 
 
 def _chunk_writer(client: socket.socket) -> http11.Write:

@@ -10,15 +10,15 @@ import time
 from trayupdater.errors import ConfigError
 from trayupdater.memory import release_free_memory
 from trayupdater.proxy.bodies import Bodies
-from trayupdater.proxy.clients import Parker
-from trayupdater.proxy.forward import Forwarder, Slot
+from trayupdater.proxy.dispatcher import Dispatcher
+from trayupdater.proxy.forward import Forwarder
 from trayupdater.proxy.holding import HoldRoom
 from trayupdater.proxy.observer import NullObserver, ProxyObserver, Reporter
 from trayupdater.proxy.routing import Generation, Router
+from trayupdater.proxy.service import Service
 from trayupdater.proxy.sockets import shutdown
 from trayupdater.proxy.summary import LogSummary
 from trayupdater.proxy.upstream import Backend
-from trayupdater.proxy.workers import Workers
 
 log = logging.getLogger(__name__)
 LOGGER = "trayupdater.proxy"
@@ -31,7 +31,9 @@ class ReverseProxy:
     """HTTP/1.1 reverse proxy with atomic backend switch and drain. See the package doc.
 
     ``sock``: an already listening socket (handed over by a predecessor) instead of binding
-    ``bind``:``port``; the caller keeps ownership of it. ``workers``: request threads.
+    ``bind``:``port``; the caller keeps ownership of it. ``workers``: how many requests are
+    served at once (the backend sees no more), and the threads for the parts of them that
+    may block (see the package doc: streamed bodies, slow clients, retries, WebSockets).
     ``backend_timeout``: connect and per-read/write limit towards the backend (then 504).
     ``client_idle_timeout``: how long a keep-alive connection may stay silent, and the
     per-read/write limit towards a client mid-request. ``header_timeout``: from a new
@@ -39,7 +41,7 @@ class ReverseProxy:
     larger heads get 431. ``observer``: metrics hook, see :class:`ProxyObserver`.
 
     Request bodies (see :mod:`trayupdater.proxy.bodies`): up to ``max_buffered_body`` bytes
-    are received by the parker before a worker takes the request, while the bodies buffered
+    are received by the dispatcher before a worker takes the request, while the bodies buffered
     across all connections stay under ``max_buffered_total`` bytes; larger ones are streamed.
     A client must not pause longer than ``body_timeout`` within a body and must keep
     ``body_min_rate`` bytes/s on average after that grace, else 408.
@@ -103,7 +105,7 @@ class ReverseProxy:
         self.header_timeout = float(header_timeout)
         self.max_header_bytes = max_header_bytes
         # Repeated events (backend errors, retries, holds) are logged once a second.
-        summary = LogSummary(logging.getLogger(LOGGER), on_due=self._wake_parker)
+        summary = LogSummary(logging.getLogger(LOGGER), on_due=self._wake_dispatcher)
         self._report = Reporter(observer or NullObserver(), summary)
         self._router = Router(self.backend_timeout, max_idle=workers, on_change=self._changed)
         self._room = HoldRoom(float(hold_seconds), max_held, max_held_bytes)
@@ -117,49 +119,7 @@ class ReverseProxy:
         self._forwarder = Forwarder(
             self._router, self._report, self._bodies, self._room, max_header_bytes
         )
-
-        self._slots: list[Slot] = []
-        self._threads: list[threading.Thread] = []
-        self._listener: socket.socket | None = None
-        self._parker: Parker | None = None
-        # How often deadlines (header_timeout, idle keep-alive, bodies) are checked.
-        shortest = min(self.header_timeout, self.client_idle_timeout, self._bodies.timeout)
-        self._scan_every = min(1.0, max(0.02, shortest / 4))
-        self._address: tuple[str, int] | None = None
-        self._closed = False
-
-    def _wake_parker(self) -> None:
-        """A log summary is due sooner: the parker (which flushes it) may be asleep."""
-        parker = self._parker
-        if parker is not None:
-            parker.wake()
-
-    # -- public API ------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Listen (unless a listening socket was given) and start the threads."""
-        if self._parker is not None:
-            raise RuntimeError("proxy already started")
-        listener = self._given_sock if self._given_sock is not None else self._listen()
-        listener.setblocking(False)
-        self._listener = listener
-        host, port = listener.getsockname()[:2]
-        self._address = (str(host), int(port))
-        self._parker = parker = Parker(
-            listener,
-            idle_timeout=self.client_idle_timeout,
-            header_timeout=self.header_timeout,
-            scan_every=self._scan_every,
-            bodies=self._bodies,
-            room=self._room,
-            generation=lambda: self._router.generation,
-            reporter=self._report,
-            on_failure=self._parker_failed,
-            on_quiet=self._quiet,
-        )
-        self._spawn("proxy-parker", parker.run)
-        workers = Workers(
-            parker,
+        self._service = Service(
             self._forwarder,
             self._bodies,
             self._report,
@@ -167,10 +127,57 @@ class ReverseProxy:
             header_timeout=self.header_timeout,
             idle_timeout=self.client_idle_timeout,
         )
+
+        self._threads: list[threading.Thread] = []
+        self._listener: socket.socket | None = None
+        self._dispatcher: Dispatcher | None = None
+        # How often deadlines (header_timeout, idle keep-alive, bodies, answers) are checked.
+        shortest = min(
+            self.header_timeout,
+            self.client_idle_timeout,
+            self._bodies.timeout,
+            self.backend_timeout,
+        )
+        self._scan_every = min(1.0, max(0.02, shortest / 4))
+        self._address: tuple[str, int] | None = None
+        self._closed = False
+
+    def _wake_dispatcher(self) -> None:
+        """A log summary is due sooner: the dispatcher (which flushes it) may be asleep."""
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            dispatcher.wake()
+
+    # -- public API ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Listen (unless a listening socket was given) and start the threads."""
+        if self._dispatcher is not None:
+            raise RuntimeError("proxy already started")
+        listener = self._given_sock if self._given_sock is not None else self._listen()
+        listener.setblocking(False)
+        self._listener = listener
+        host, port = listener.getsockname()[:2]
+        self._address = (str(host), int(port))
+        self._dispatcher = dispatcher = Dispatcher(
+            listener,
+            idle_timeout=self.client_idle_timeout,
+            header_timeout=self.header_timeout,
+            backend_timeout=self.backend_timeout,
+            scan_every=self._scan_every,
+            max_in_flight=self._workers,
+            service=self._service,
+            forwarder=self._forwarder,
+            bodies=self._bodies,
+            room=self._room,
+            generation=lambda: self._router.generation,
+            reporter=self._report,
+            on_failure=self._dispatcher_failed,
+            on_quiet=self._quiet,
+        )
+        self._spawn("proxy-dispatcher", dispatcher.run)
         for i in range(self._workers):
-            slot = Slot()
-            self._slots.append(slot)
-            self._spawn(f"proxy-worker-{i}", lambda slot=slot: workers.run(slot))
+            self._spawn(f"proxy-worker-{i}", dispatcher.workers.run)
         log.info("proxy listening on %s:%d", *self._address)
 
     @property
@@ -201,7 +208,7 @@ class ReverseProxy:
 
     @property
     def buffered_body_bytes(self) -> int:
-        """Bytes of request bodies the parker is receiving, across all connections."""
+        """Bytes of request bodies the dispatcher is receiving, across all connections."""
         return self._bodies.buffered_bytes
 
     def switch(self, backend: Backend | None, *, fallback: Backend | None = None) -> Generation:
@@ -232,7 +239,7 @@ class ReverseProxy:
         if not isinstance(backend, Backend):
             raise TypeError(f"backend_down() takes a Backend, not {type(backend).__name__}")
         changed = self._router.backend_down(backend)
-        for slot in self._slots:
+        for slot in list(self._service.serving):
             attempt = slot.attempt
             if attempt is not None and attempt[1].backend == backend and not slot.responding:
                 shutdown(attempt[0])
@@ -255,25 +262,26 @@ class ReverseProxy:
             return
         self._closed = True
         self._forwarder.relay.closing = True
-        parker = self._parker
-        if parker is None:
+        dispatcher = self._dispatcher
+        if dispatcher is None:
             return
-        parker.flush_held()
-        parker.stop_accepting()
+        dispatcher.flush_held()
+        dispatcher.stop_accepting()
         if self._given_sock is None and self._listener is not None:
             self._listener.close()  # a socket we were given belongs to the caller
         # Kept-alive connections get the grace too (parked, or held by a worker waiting for
         # their next request): that request is answered with "Connection: close" instead of
         # racing a close of the connection.
         self._router.wait_idle(self._has_clients, time.monotonic() + CLOSE_GRACE)
-        parker.stop(len(self._slots))
-        for slot in self._slots:
+        dispatcher.stop(self._workers)
+        for slot in list(self._service.serving):
             shutdown(slot.client)
             shutdown(slot.upstream)
         for thread in self._threads:
             thread.join(timeout=5.0)
             if thread.is_alive():
                 log.warning("proxy thread %s did not stop", thread.name)
+        self._forwarder.relay.pipes.close()
         self._router.close()
 
     def __enter__(self) -> ReverseProxy:
@@ -311,25 +319,24 @@ class ReverseProxy:
         thread.start()
         self._threads.append(thread)
 
-    def _parker_failed(self) -> None:
+    def _dispatcher_failed(self) -> None:
         self._forwarder.relay.closing = True
 
     def _quiet(self) -> bool:
-        """The parker saw no event for a while: if no worker serves a connection either,
+        """The dispatcher saw no event for a while: if no connection is being served either,
         give the memory the last burst freed back to the OS (an idle app's RSS)."""
-        if any(slot.client is not None for slot in self._slots):
+        if self._service.serving:
             return False
         release_free_memory()
         return True
 
     def _changed(self) -> None:
         """The current generation changed: held requests go back to the workers."""
-        parker = self._parker
-        if parker is not None:
-            parker.routing_changed()
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            dispatcher.routing_changed()
 
     def _has_clients(self) -> bool:
-        parker = self._parker
-        held = any(slot.client is not None for slot in self._slots)
-        parked = parker is not None and parker.parked_count() > 0
-        return self._router.total_in_flight > 0 or held or parked
+        dispatcher = self._dispatcher
+        parked = dispatcher is not None and dispatcher.parked_count() > 0
+        return self._router.total_in_flight > 0 or bool(self._service.serving) or parked

@@ -24,9 +24,9 @@ _REASONS = {
     505: "HTTP Version Not Supported",
 }
 
-# After a response, wait this long for the next request before parking (only while no other
-# connection waits for a worker): a hand-off to the parker and back costs more CPU than a
-# short wait for a busy client.
+# After a response, a worker serving the only request in flight waits this long for the
+# client's next request before it gives the connection back: a hand-off to the dispatcher
+# and back costs more CPU than a short wait for a busy lone client.
 LINGER_NEXT_REQUEST = 0.002
 # The receive timeout of client sockets: that wait, as a kernel timeout (see read_within).
 # Windows: a recv that timed out leaves the socket undefined; it reads after readiness only.
@@ -80,6 +80,16 @@ def wait_readable(sock: socket.socket, timeout: float) -> bool:
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(timeout * 1000))
     return bool(select.select([sock], [], [], timeout)[0])
+
+
+def wait_writable(sock: socket.socket, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``sock`` to become writable (a connect done)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(timeout * 1000))
+    _, writable, failed = select.select([], [sock], [sock], timeout)
+    return bool(writable or failed)
 
 
 if hasattr(socket, "MSG_DONTWAIT"):
@@ -150,8 +160,8 @@ else:
     def read_within(conn: http11.BufferedSocket, seconds: float, spin: float = 0.0) -> bool | None:
         """Wait up to ``seconds`` for data: True if some was read, False on EOF, None if none.
 
-        One blocking recv() bounded by the socket's SO_RCVTIMEO, which the parker set to
-        ``seconds`` for every client (see ``Parker._new_client``): half the system calls of
+        One blocking recv() bounded by the socket's SO_RCVTIMEO, which the dispatcher set to
+        ``seconds`` for every client (see ``Dispatcher._new_client``): half the system calls of
         poll() then recv(), on the path of every kept-alive request. ``spin``: busy-poll
         this long first (SPIN_SECONDS).
         """

@@ -1,89 +1,129 @@
 """Large response bodies of known length, socket to socket without Python copies.
 
 On Linux, ``os.splice`` moves the bytes backend socket -> pipe -> client socket inside the
-kernel: no ``bytes`` objects, no copy into and out of the process. Each worker thread keeps
-one pipe for this (two descriptors per worker). The sockets' kernel timeouts (SO_RCVTIMEO,
-SO_SNDTIMEO) bound each splice as they bound recv and send. Elsewhere, and for bodies too
-small to be worth it, :func:`trayupdater.http11.copy_length` copies through one reused
-buffer per thread.
+kernel: no ``bytes`` objects, no copy into and out of the process. The dispatcher does it
+itself, without blocking (see :mod:`steps`): both sockets are non-blocking while it splices,
+it waits for the backend's next bytes like any other readable socket, and only when the
+client does not take what arrived at once does the rest go to a worker, which goes on
+blocking, bounded by the sockets' kernel timeouts (SO_RCVTIMEO, SO_SNDTIMEO). Pipes come
+from a small pool; one left with bytes in it after an error is closed, never reused.
+
+Elsewhere, and for bodies too small to be worth it, a worker copies the body through one
+reused buffer per thread (:func:`trayupdater.http11.copy_length`).
 
 Errors are those of the copy functions in :mod:`trayupdater.http11`: :class:`SourceError`
 when the backend fails (closed early, reset, timed out), :class:`SinkError` when the client
-does. A pipe left with bytes in it after an error is closed, never reused.
+does.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import socket
 import sys
-import threading
 
-from trayupdater.http11 import (
-    BufferedSocket,
-    SinkError,
-    SourceError,
-    Write,
-    copy_length,
-    write_to_sink,
-)
+from trayupdater.http11 import BufferedSocket, SinkError, SourceError, copy_length
+from trayupdater.proxy import steps
+from trayupdater.proxy.steps import BLOCK, Steps
 
 # Below this many bytes still to come, splicing's extra system calls cost more than copying.
 SPLICE_MIN = 128 * 1024
 PIPE_SIZE = 1024 * 1024  # a larger pipe moves more per call (capped by pipe-max-size)
 AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "splice")
+IDLE_PIPES = 32  # pipes kept for the next bodies (two descriptors each)
 
-_local = threading.local()
+Pipe = tuple[int, int]
 
 
-def _pipe() -> tuple[int, int]:
-    pipe: tuple[int, int] | None = getattr(_local, "pipe", None)
-    if pipe is None:
+class Pipes:
+    """Empty pipes for splicing, kept for reuse (any thread)."""
+
+    def __init__(self) -> None:
+        self._idle: collections.deque[Pipe] = collections.deque()
+
+    def take(self) -> Pipe:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
         pipe = os.pipe()
         with contextlib.suppress(OSError, AttributeError):  # best effort: 64 KiB otherwise
             import fcntl
 
             fcntl.fcntl(pipe[1], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        _local.pipe = pipe
-    return pipe
+        return pipe
+
+    def give(self, pipe: Pipe) -> None:
+        """Back for reuse: only a pipe known to be empty."""
+        if len(self._idle) < IDLE_PIPES:
+            self._idle.append(pipe)
+        else:
+            _close(pipe)
+
+    def drop(self, pipe: Pipe) -> None:
+        """A pipe that may hold bytes of a body: never splice them into another."""
+        _close(pipe)
+
+    def idle(self) -> int:
+        return len(self._idle)
+
+    def close(self) -> None:
+        while self._idle:
+            _close(self._idle.pop())
 
 
-def release() -> None:
-    """Close the calling thread's pipe, if it has one: after an error that may have left
-    bytes in it, and when a worker thread ends (thread-locals are not closed for us, and
-    each pipe is two descriptors)."""
-    pipe = getattr(_local, "pipe", None)
-    _local.pipe = None
-    if pipe is not None:
-        for fd in pipe:
-            os.close(fd)
+def _close(pipe: Pipe) -> None:
+    for fd in pipe:
+        os.close(fd)
 
 
-def relay_length(src: BufferedSocket, length: int, head: bytes, client: Write, dst_fd: int) -> None:
-    """Send ``head`` and exactly ``length`` body bytes from ``src`` to the client.
+def relay_length(
+    src: BufferedSocket, length: int, head: bytes, client: socket.socket, pipes: Pipes
+) -> Steps[None]:
+    """Send ``head`` and exactly ``length`` body bytes from ``src`` to ``client``.
 
     The head goes out with the body bytes already read, in one send; the rest is spliced,
-    or copied when splicing is not available or not worth it. ``client`` is the client
-    socket's ``sendall`` and ``dst_fd`` its descriptor.
+    or copied (in a worker) when splicing is not available or not worth it.
     """
     take = min(length, len(src.buf))
-    write_to_sink(client, head + src.buf[:take])
+    try:
+        yield from steps.send(client, head + src.buf[:take])
+    except OSError as exc:
+        raise SinkError(str(exc)) from exc
     del src.buf[:take]
     remaining = length - take
     if not AVAILABLE or remaining < SPLICE_MIN:
-        copy_length(src, remaining, client)
+        yield BLOCK
+        copy_length(src, remaining, client.sendall)
     else:
-        splice_length(src.sock.fileno(), dst_fd, remaining)
+        yield from splice_length(src.sock, client, remaining, pipes)
 
 
-def splice_length(src_fd: int, dst_fd: int, remaining: int) -> None:
-    """Move ``remaining`` bytes from socket ``src_fd`` to socket ``dst_fd`` via this thread's
-    pipe. SourceError / SinkError as the copy functions raise them."""
-    read_end, write_end = _pipe()
+def splice_length(
+    src: socket.socket, dst: socket.socket, remaining: int, pipes: Pipes
+) -> Steps[None]:
+    """Move ``remaining`` bytes from socket ``src`` to socket ``dst`` through a pipe."""
+    pipe = pipes.take()
+    read_end, write_end = pipe
+    src_fd, dst_fd = src.fileno(), dst.fileno()
+    waiting = True  # non-blocking: wait for readiness; False once it may block (a worker)
+    clean = False
+    os.set_blocking(src_fd, False)
+    os.set_blocking(dst_fd, False)
     try:
         while remaining:
             try:
                 n = os.splice(src_fd, write_end, min(remaining, PIPE_SIZE))
+            except BlockingIOError as exc:
+                if not waiting:  # SO_RCVTIMEO expired
+                    raise SourceError("timed out in the middle of its answer") from exc
+                try:
+                    yield src  # its next bytes
+                except TimeoutError as timeout:
+                    raise SourceError("timed out in the middle of its answer") from timeout
+                continue
             except OSError as exc:
                 raise SourceError(f"reading a body: {exc}") from exc
             if not n:
@@ -91,10 +131,24 @@ def splice_length(src_fd: int, dst_fd: int, remaining: int) -> None:
             remaining -= n
             while n:
                 try:
-                    sent = os.splice(read_end, dst_fd, n)
+                    n -= os.splice(read_end, dst_fd, n)
+                except BlockingIOError as exc:
+                    if not waiting:  # SO_SNDTIMEO expired
+                        raise SinkError("timed out sending a body") from exc
+                    # The client does not take it all at once: go on blocking, in a worker.
+                    waiting = False
+                    os.set_blocking(src_fd, True)
+                    os.set_blocking(dst_fd, True)
+                    yield BLOCK
                 except OSError as exc:
                     raise SinkError(str(exc)) from exc
-                n -= sent
-    except BaseException:
-        release()  # it may hold bytes of this body: never splice them into another
-        raise
+        clean = True
+    finally:
+        if waiting:  # both back to blocking, as every other user of them expects
+            for fd in (src_fd, dst_fd):
+                with contextlib.suppress(OSError):
+                    os.set_blocking(fd, True)
+        if clean:
+            pipes.give(pipe)
+        else:
+            pipes.drop(pipe)

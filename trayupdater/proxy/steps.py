@@ -1,0 +1,138 @@
+"""One request code, two drivers: what serving a connection may ask of whoever runs it.
+
+Serving a connection (:mod:`service`, :mod:`forward`, :mod:`relay`) is written once, as
+generators that *yield* where a blocking proxy would wait. Two drivers run them:
+
+- the **dispatcher** (the one selector thread, :mod:`dispatcher`) runs a request as long as
+  it never has to block: a waited-for socket is armed in its poller and the generator is
+  resumed when it is readable, so one thread serves every small request in flight with no
+  hand-off to another thread;
+- a **worker** (:mod:`workers`) runs it where it may block: it ignores the waits (its reads
+  block, bounded by the sockets' kernel timeouts) and lingers for a kept-alive client.
+
+What a generator yields:
+
+- a :class:`~trayupdater.http11.BufferedSocket` (a backend connection): "I am about to read
+  it: wait until it is readable". The dispatcher resumes the generator when it is, or throws
+  ``TimeoutError`` into it after the backend timeout; a worker resumes at once (its read
+  blocks), after a moment of busy polling when it serves the only request in flight.
+- a ``socket.socket``: "wait until it is readable" (a non-blocking splice, zerocopy.py). The
+  dispatcher as above; a worker waits for it with poll(), up to the backend timeout.
+- a :class:`Writable`: "wait until this socket is writable" (a non-blocking connect): the
+  same, for writing.
+- a :class:`Wakeup`: "wait until someone fires this" (a backend connection to become free,
+  upstream.py). The dispatcher resumes the generator when it fires, or throws
+  ``TimeoutError`` after the backend timeout; a worker waits for it the same way.
+- :data:`BLOCK`: "from here on I may block" (a connect, a large or streamed body, a tunnel,
+  a retry that waits, a send that did not fit). The dispatcher hands the generator to a
+  worker; a worker goes on.
+- :data:`LINGER`: "the response is out; is the client's next request coming?" The driver
+  sends back what :func:`sockets.read_within` returns: True (bytes arrived), False (closed)
+  or None (nothing: park the connection). A worker serving the only request in flight waits
+  a moment for it (a lone client stays with its worker); otherwise, and in the dispatcher
+  (whose loop busy-polls a moment before it sleeps), the connection is parked.
+
+Sends to a client or a backend try without blocking first (:func:`send`); only what does not
+fit at once costs a BLOCK. So a client that stops reading never stalls the dispatcher.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+from trayupdater.proxy.sockets import DONTWAIT
+
+T = TypeVar("T")
+Steps = Generator[Any, Any, T]  # a generator of the yields above, returning T
+
+BLOCK = "block"
+LINGER = "linger"
+
+
+class Wakeup:
+    """Fired once, from any thread, for whoever waits on it (see the module doc).
+
+    The waiter says how it wants to hear of it with :meth:`on_fire`; one that gave up
+    (:meth:`cancel`) is not told, and :meth:`fire` then returns False so that the news can go
+    to another waiter.
+    """
+
+    __slots__ = ("_done", "_lock", "_notify")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = False  # fired or cancelled
+        self._notify: Callable[[], None] | None = None
+
+    def fire(self) -> bool:
+        """True if a waiter was (or will be) told; False if it had given up."""
+        with self._lock:
+            if self._done:
+                return False
+            self._done = True
+            notify = self._notify
+        if notify is not None:
+            notify()
+        return True
+
+    def on_fire(self, notify: Callable[[], None]) -> bool:
+        """Call ``notify`` when fired; True (and no call) if it fired already."""
+        with self._lock:
+            if self._done:
+                return True
+            self._notify = notify
+            return False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._done = True
+            self._notify = None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until fired (a worker); False after ``timeout`` (it is then cancelled)."""
+        fired = threading.Event()
+        if self.on_fire(fired.set) or fired.wait(timeout):
+            return True
+        self.cancel()
+        return fired.is_set()
+
+
+class Writable:
+    """Wait until ``sock`` is writable (see the module doc)."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+
+def send(sock: socket.socket, data: bytes | bytearray | memoryview) -> Steps[None]:
+    """Send all of ``data``: at once if it fits, else BLOCK and finish with ``sendall``.
+
+    Errors are those of ``sendall`` (OSError). Without MSG_DONTWAIT (Windows) every send
+    asks to BLOCK first: correct, but the dispatcher then serves nothing itself.
+    """
+    if DONTWAIT:
+        try:
+            sent = sock.send(data, DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = memoryview(data)[sent:]
+    yield BLOCK
+    sock.sendall(data)
+
+
+def finish(gen: Steps[T]) -> T:
+    """Run ``gen`` to its end where blocking is allowed (a worker): waits are the blocking
+    reads that follow them. For generators that never LINGER."""
+    try:
+        while True:
+            if next(gen) is LINGER:
+                raise RuntimeError("finish() cannot linger")
+    except StopIteration as stop:
+        return stop.value
