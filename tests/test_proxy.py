@@ -859,9 +859,7 @@ def test_a_burst_of_requests_opens_a_few_connections_at_a_time(make_proxy):
         sock.close()
 
 
-def test_a_connection_waiting_its_turn_is_served_when_a_worker_closes_one(
-    make_backend, make_proxy
-):
+def test_a_connection_waiting_its_turn_is_served_when_a_worker_closes_one(make_backend, make_proxy):
     """``workers`` requests in flight at most: a third waits in the backlog, and goes as
     soon as one of them ends, even when that one ends in a worker with a close."""
     proxy = make_proxy(make_backend("v1").backend, workers=2, max_buffered_body=1000)

@@ -1,7 +1,6 @@
 """Large response bodies spliced socket -> pipe -> socket (Linux), or copied elsewhere:
 byte-exact either way, a client or backend failing mid-body never leaks bytes into the next
-response, and a client that stops reading or a backend that pauses never stalls the others
-(the dispatcher splices without blocking)."""
+response, and a client that stops reading or a backend that pauses never stalls the others."""
 
 from __future__ import annotations
 
@@ -189,9 +188,8 @@ def test_closing_the_proxy_closes_its_pipes(backend: RealBackend) -> None:
 def test_a_client_that_stops_reading_a_large_body_stalls_no_one(
     backend: RealBackend, spliced: list[int]
 ) -> None:
-    """The body that does not fit its socket at once goes on in a worker; the dispatcher
-    keeps serving everyone else. (Two workers: the other one opens the backend connection
-    the next client needs, the stuck one held the only pooled one.)"""
+    """A large body is relayed by a worker: one client that stops reading holds that
+    worker, and the dispatcher keeps serving everyone else."""
     with ReverseProxy("127.0.0.1", 0, workers=2) as proxy:
         proxy.switch(backend.backend)
         stuck = _raw(proxy)
@@ -225,9 +223,11 @@ class _PausingBackend:
                 data += conn.recv(65536)
             head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.body)
             conn.sendall(head + self.body[: self.first])
+            # The proxy may have given up on it by then (the stall test): a broken pipe.
             if self.resume.wait(TIMEOUT):
-                conn.sendall(self.body[self.first :])
-                conn.recv(1)  # until the proxy closes or reuses it
+                with contextlib.suppress(OSError):
+                    conn.sendall(self.body[self.first :])
+                    conn.recv(1)  # until the proxy closes or reuses it
 
 
 @linux_only
@@ -242,11 +242,8 @@ def test_a_backend_pausing_mid_body_stalls_no_one(spliced: list[int]) -> None:
         data = b""
         while len(data) < 300_000:
             data += sock.recv(1 << 20)
-        # Mid-body, the transfer waits in the dispatcher for the backend's next bytes, not
-        # in a worker thread; new requests (to another backend) are served meanwhile.
-        dispatcher = proxy._dispatcher
-        assert dispatcher is not None
-        assert _wait_until(lambda: len(dispatcher._waiting) == 1)
+        # Mid-body, the transfer waits in a worker for the backend's next bytes; new
+        # requests (to another backend) are served meanwhile.
         proxy.switch(other.backend)
         for _ in range(3):
             started = time.monotonic()
@@ -282,22 +279,3 @@ def test_a_backend_stalling_mid_body_is_cut_off_after_the_backend_timeout() -> N
         sock.close()
     stalling.resume.set()
     stalling.listener.close()
-
-
-@linux_only
-def test_after_a_spliced_body_both_sockets_block_again(backend: RealBackend) -> None:
-    """Splicing makes both sockets non-blocking for a while. The kept-alive backend
-    connection and client connection must block again afterwards: a worker's reads count on
-    it (a non-blocking read would look like a timeout, 504)."""
-    with ReverseProxy("127.0.0.1", 0, workers=2, max_buffered_body=1000) as proxy:
-        proxy.switch(backend.backend)
-        conn = _client(proxy)
-        for _ in range(3):
-            conn.request("GET", "/big?n=3000000")
-            assert len(conn.getresponse().read()) == 3_000_000
-            # A body too large to buffer is streamed by a worker, on the same connections.
-            body = os.urandom(50_000)
-            conn.request("PUT", "/echo", body=body)
-            response = conn.getresponse()
-            assert (response.status, response.read()) == (200, body)
-        conn.close()

@@ -111,4 +111,3 @@ def test_a_redirect_off_loopback_is_refused_before_it_is_sent() -> None:
         with pytest.raises(exceptions.DownloadError) as caught:
             read_all(fetcher, server.url("/metadata/timestamp.json"))
         assert isinstance(caught.value.__cause__, HttpRefused)
-

@@ -181,8 +181,13 @@ def test_a_key_that_is_not_the_roles_key_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("7d", timedelta(days=7)), ("12h", timedelta(hours=12)), ("30s", timedelta(seconds=30)),
-     ("90m", timedelta(minutes=90)), (" 2D ", timedelta(days=2))],
+    [
+        ("7d", timedelta(days=7)),
+        ("12h", timedelta(hours=12)),
+        ("30s", timedelta(seconds=30)),
+        ("90m", timedelta(minutes=90)),
+        (" 2D ", timedelta(days=2)),
+    ],
 )
 def test_durations(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
@@ -344,4 +349,3 @@ def test_adding_again_finishes_a_publish_that_stopped_half_way(tmp_path: Path) -
     snapshot = load(publisher.metadata / "2.snapshot.json").signed
     assert snapshot.meta["targets.json"].version == 2
     assert FolderRepository(publisher.dir, KeyStore(publisher.keys)).verify() == []
-

@@ -372,10 +372,7 @@ def test_a_redirect_to_a_plain_http_host_is_not_followed(
 def test_too_many_requests_pauses_checks_without_asking(
     tmp_path: Path, publisher: Publisher
 ) -> None:
-    extra = (
-        "location = /metadata/timestamp.json "
-        "{ add_header Retry-After 120 always; return 429; }"
-    )
+    extra = "location = /metadata/timestamp.json { add_header Retry-After 120 always; return 429; }"
     with StaticServer(publisher.dir, tmp_path / "server", extra=extra) as server:
         source = source_for(server, publisher, tmp_path / "cache")
         with pytest.raises(RateLimitedError) as caught:

@@ -104,9 +104,7 @@ class Publisher:
         (past if role == "timestamp" else now).do_timestamp(force=True)
 
 
-def tuf_config(
-    server_url: str, publisher: Publisher, data_dir: Path, **overrides: Any
-) -> Config:
+def tuf_config(server_url: str, publisher: Publisher, data_dir: Path, **overrides: Any) -> Config:
     none = data_dir.parent / "none.toml"
     none.parent.mkdir(parents=True, exist_ok=True)
     none.write_text("")

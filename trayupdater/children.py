@@ -54,7 +54,6 @@ _LINUX = sys.platform.startswith("linux")
 _LOG_TAIL_LINES = 20
 
 
-
 # --- small helpers ---------------------------------------------------------------------------
 
 
@@ -511,5 +510,3 @@ def adopt(
         logger.info("not adopting pid %d: %s", pid, exc)
         return None
     return child
-
-

@@ -476,9 +476,7 @@ def load_config(
 def _check_source(config: Config) -> None:
     """Settings that only make sense together."""
     if config.kind == "tuf" and not config.url and not (config.metadata_url and config.targets_url):
-        raise ConfigError(
-            '[source] kind = "tuf" needs url (or both metadata_url and targets_url)'
-        )
+        raise ConfigError('[source] kind = "tuf" needs url (or both metadata_url and targets_url)')
 
 
 def describe(config: Config) -> dict[str, Any]:

@@ -137,8 +137,10 @@ class ReleasePipeline:
         release = choice.release
         newest = next((r for r in channel if not r.recalled), None) if result.releases else None
         held = choice.held
-        if held is not None and state.active and version_key(held.release.version_text) <= (
-            version_key(state.active)
+        if (
+            held is not None
+            and state.active
+            and version_key(held.release.version_text) <= (version_key(state.active))
         ):
             held = None  # it runs that version already (a user took it early): no news
         plan = Plan(

@@ -275,9 +275,9 @@ class FolderRepository(Repository):
             raise PublishError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         old_root = self._signer(Root.type)  # the current root key must sign the change
         # Every key the re-signing below needs is loaded before anything changes.
-        self._load_keys(*{"targets": ("snapshot", "timestamp"), "snapshot": ("timestamp",)}.get(
-            role, ()
-        ))
+        self._load_keys(
+            *{"targets": ("snapshot", "timestamp"), "snapshot": ("timestamp",)}.get(role, ())
+        )
         new_signer, new_path = self.keys.generate(role, suffix=".new")
         self._signers[role] = new_signer
         if role == Root.type:

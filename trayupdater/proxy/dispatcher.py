@@ -388,7 +388,7 @@ class Dispatcher:
                 self._waiting.add(task)
                 return
             else:  # wait for a backend's bytes (or its connect)
-                sock = step if type(step) is socket.socket else step.sock
+                sock = step.sock  # a BufferedSocket to read, or a Writable
                 write = type(step) is Writable
                 if not self._poller.arm(sock.fileno(), sock, task, write):
                     exc = OSError("upstream connection closed")

@@ -16,10 +16,9 @@ What a generator yields:
   it: wait until it is readable". The dispatcher resumes the generator when it is, or throws
   ``TimeoutError`` into it after the backend timeout; a worker resumes at once (its read
   blocks), after a moment of busy polling when it serves the only request in flight.
-- a ``socket.socket``: "wait until it is readable" (a non-blocking splice, zerocopy.py). The
-  dispatcher as above; a worker waits for it with poll(), up to the backend timeout.
 - a :class:`Writable`: "wait until this socket is writable" (a non-blocking connect): the
-  same, for writing.
+  dispatcher as above, for writing; a worker waits for it with poll(), up to the backend
+  timeout.
 - a :class:`Wakeup`: "wait until someone fires this" (a backend connection to become free,
   upstream.py). The dispatcher resumes the generator when it fires, or throws
   ``TimeoutError`` after the backend timeout; a worker waits for it the same way.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from queue import SimpleQueue
 
@@ -15,7 +14,6 @@ from trayupdater.proxy.sockets import (
     SPIN_SECONDS,
     read_within,
     spin_fill,
-    wait_readable,
     wait_writable,
 )
 from trayupdater.proxy.steps import LINGER, Wakeup, Writable
@@ -82,10 +80,6 @@ class Workers:
             while True:
                 step = gen.send(value) if exc is None else gen.throw(exc)
                 value = exc = None
-                if type(step) is socket.socket:  # non-blocking: wait here for readiness
-                    if not wait_readable(step, self._backend_timeout):
-                        exc = TimeoutError("timed out")
-                    continue
                 if type(step) is Writable:  # a connect under way
                     if not wait_writable(step.sock, self._backend_timeout):
                         exc = TimeoutError("timed out")

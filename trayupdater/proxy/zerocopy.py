@@ -1,12 +1,13 @@
 """Large response bodies of known length, socket to socket without Python copies.
 
-On Linux, ``os.splice`` moves the bytes backend socket -> pipe -> client socket inside the
-kernel: no ``bytes`` objects, no copy into and out of the process. The dispatcher does it
-itself, without blocking (see :mod:`steps`): both sockets are non-blocking while it splices,
-it waits for the backend's next bytes like any other readable socket, and only when the
-client does not take what arrived at once does the rest go to a worker, which goes on
-blocking, bounded by the sockets' kernel timeouts (SO_RCVTIMEO, SO_SNDTIMEO). Pipes come
-from a small pool; one left with bytes in it after an error is closed, never reused.
+The head goes out with the body bytes already read, in one send, from wherever the request
+is; the rest is relayed by a worker. On Linux ``os.splice`` moves the bytes backend socket
+-> pipe -> client socket inside the kernel: no ``bytes`` objects, no copy into and out of
+the process, and no GIL held while it works, so bodies for several clients move on several
+cores at once. The sockets' kernel timeouts (SO_RCVTIMEO, SO_SNDTIMEO) bound each splice as
+they bound recv and send. Pipes come from a small pool per proxy; one left with bytes in it
+after an error is closed, never reused. (Splicing in the dispatcher, without blocking, was
+measured and lost: its one thread then did all of the kernel's work in turn.)
 
 Elsewhere, and for bodies too small to be worth it, a worker copies the body through one
 reused buffer per thread (:func:`trayupdater.http11.copy_length`).
@@ -94,36 +95,25 @@ def relay_length(
         raise SinkError(str(exc)) from exc
     del src.buf[:take]
     remaining = length - take
+    # The rest in a worker: the kernel's work, most of a large body's cost, then runs beside
+    # the dispatcher's instead of in turn with it (measured: bench/RESULTS.md).
+    yield BLOCK
     if not AVAILABLE or remaining < SPLICE_MIN:
-        yield BLOCK
         copy_length(src, remaining, client.sendall)
     else:
-        yield from splice_length(src.sock, client, remaining, pipes)
+        splice_length(src.sock, client, remaining, pipes)
 
 
-def splice_length(
-    src: socket.socket, dst: socket.socket, remaining: int, pipes: Pipes
-) -> Steps[None]:
-    """Move ``remaining`` bytes from socket ``src`` to socket ``dst`` through a pipe."""
+def splice_length(src: socket.socket, dst: socket.socket, remaining: int, pipes: Pipes) -> None:
+    """Move ``remaining`` bytes from socket ``src`` to socket ``dst`` through a pipe
+    (blocking, bounded by the sockets' kernel timeouts)."""
     pipe = pipes.take()
     read_end, write_end = pipe
     src_fd, dst_fd = src.fileno(), dst.fileno()
-    waiting = True  # non-blocking: wait for readiness; False once it may block (a worker)
-    clean = False
-    os.set_blocking(src_fd, False)
-    os.set_blocking(dst_fd, False)
     try:
         while remaining:
             try:
                 n = os.splice(src_fd, write_end, min(remaining, PIPE_SIZE))
-            except BlockingIOError as exc:
-                if not waiting:  # SO_RCVTIMEO expired
-                    raise SourceError("timed out in the middle of its answer") from exc
-                try:
-                    yield src  # its next bytes
-                except TimeoutError as timeout:
-                    raise SourceError("timed out in the middle of its answer") from timeout
-                continue
             except OSError as exc:
                 raise SourceError(f"reading a body: {exc}") from exc
             if not n:
@@ -132,23 +122,9 @@ def splice_length(
             while n:
                 try:
                     n -= os.splice(read_end, dst_fd, n)
-                except BlockingIOError as exc:
-                    if not waiting:  # SO_SNDTIMEO expired
-                        raise SinkError("timed out sending a body") from exc
-                    # The client does not take it all at once: go on blocking, in a worker.
-                    waiting = False
-                    os.set_blocking(src_fd, True)
-                    os.set_blocking(dst_fd, True)
-                    yield BLOCK
                 except OSError as exc:
                     raise SinkError(str(exc)) from exc
-        clean = True
-    finally:
-        if waiting:  # both back to blocking, as every other user of them expects
-            for fd in (src_fd, dst_fd):
-                with contextlib.suppress(OSError):
-                    os.set_blocking(fd, True)
-        if clean:
-            pipes.give(pipe)
-        else:
-            pipes.drop(pipe)
+    except BaseException:
+        pipes.drop(pipe)  # it may hold bytes of this body: never splice them into another
+        raise
+    pipes.give(pipe)

@@ -320,7 +320,6 @@ class GitHubSource:
         except MalformedRelease as exc:
             raise SourceError(f"{self.api_url} answered {exc}") from None
 
-
     def _note_rate_limit(self, response: requests.Response) -> None:
         """Turn rate-limit headers into blocked_until; raise on a rate-limited answer."""
         h = response.headers
