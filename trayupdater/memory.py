@@ -9,29 +9,40 @@ load ran at the same requests/s.
 
 ``MALLOC_ARENA_MAX=1`` in the environment does the same, but a user double-clicks the app:
 nobody sets it. So the app sets it on itself with ``mallopt`` before its threads start.
-Elsewhere (macOS, Windows, musl) this does nothing.
+And once the proxy is quiet, the heap's free pages go back to the OS (``malloc_trim``):
+free() returns only the top of the heap. Elsewhere (macOS, Windows, musl) this does nothing.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 M_ARENA_MAX = -8  # glibc's <malloc.h>
 
 
-def limit_malloc_arenas(count: int = 1) -> bool:
-    """Cap glibc's malloc arenas at ``count``; True if it took effect."""
+def _glibc(name: str, *argtypes: Any) -> Callable[..., int] | None:
+    """The C library function ``name`` (returning int), or None where there is none."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         import ctypes
 
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt(M_ARENA_MAX, count) == 1
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+    function.argtypes = list(argtypes)
+    function.restype = ctypes.c_int
+    return function
+
+
+def limit_malloc_arenas(count: int = 1) -> bool:
+    """Cap glibc's malloc arenas at ``count``; True if it took effect."""
+    import ctypes
+
+    mallopt = _glibc("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and mallopt(M_ARENA_MAX, count) == 1
 
 
 def release_free_memory() -> bool:
@@ -39,15 +50,9 @@ def release_free_memory() -> bool:
 
     free() returns memory to the OS only from the top of the heap; pages freed in its middle
     stay resident until this is called. Meant for a quiet moment: it walks the whole heap.
+    The proxy calls it when it has been quiet for a few seconds (dispatcher.QUIET_SECONDS).
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
+    import ctypes
 
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    malloc_trim.argtypes = [ctypes.c_size_t]
-    malloc_trim.restype = ctypes.c_int
-    return malloc_trim(0) == 1
+    malloc_trim = _glibc("malloc_trim", ctypes.c_size_t)
+    return malloc_trim is not None and malloc_trim(0) == 1
