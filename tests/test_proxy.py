@@ -880,6 +880,30 @@ def test_a_connection_waiting_its_turn_is_served_when_a_worker_closes_one(make_b
         sock.close()
 
 
+def test_a_failure_handling_one_connection_closes_it_and_spares_the_rest(
+    make_backend, make_proxy, monkeypatch
+):
+    """A bug met while the dispatcher handles one connection (here: receiving a request
+    body) closes that connection; the dispatcher, and the proxy, go on serving."""
+    from trayupdater.proxy import bodies as bodies_module
+
+    def failing(self, conn):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")  # only this test's one request body comes here
+
+    monkeypatch.setattr(bodies_module.Bodies, "receive", failing)
+    proxy = make_proxy(make_backend("v1").backend)
+    sock = _raw(proxy)
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+    time.sleep(0.2)  # parked for its body
+    sock.sendall(b"boom")
+    try:  # closed; with the client's bytes unread the close may arrive as a reset
+        assert _read_all(sock) == b"", "the connection the failure was about is closed"
+    except ConnectionResetError:
+        pass
+    for _ in range(3):
+        assert _get(proxy, "/version")[:2] == (200, b"v1")
+
+
 def test_a_wakeup_tells_its_waiter_once_and_skips_one_that_gave_up() -> None:
     from trayupdater.proxy.steps import Wakeup
 

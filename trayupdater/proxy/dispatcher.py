@@ -175,14 +175,18 @@ class Dispatcher:
                     # Workers may be serving connections they kept: then try again later.
                     quiet_at = math.inf if self._on_quiet() else quiet_at + QUIET_SECONDS
                 for data in ready:
-                    if type(data) is Task:
-                        self._resume(data)
-                    elif type(data) is Client:
-                        self._readable(data)
-                    elif data is self._LISTENER:
-                        self._accept()
-                    else:
-                        self._drain_wake()
+                    try:
+                        if type(data) is Task:
+                            self._resume(data)
+                        elif type(data) is Client:
+                            self._readable(data)
+                        elif data is self._LISTENER:
+                            self._accept()
+                        else:
+                            self._drain_wake()
+                    except Exception:  # a bug met by one connection must not stop the proxy
+                        log.exception("proxy: handling a connection failed; closing it")
+                        self._drop(data)
                 self._wake_pending = False
                 while self._incoming:
                     self._register(self._incoming.popleft())
@@ -215,6 +219,17 @@ class Dispatcher:
         finally:
             self._accept_stopped.set()
             self._close_all()
+
+    def _drop(self, data: object) -> None:
+        """Close the connection an event that failed was about."""
+        conn = data.conn if type(data) is Task else data
+        if type(conn) is Client:
+            self._parked.pop(conn.fd, None)
+            conn.sock.close()
+        if type(data) is Task:
+            self._waiting.discard(data)
+            data.gen.close()
+            self._service.done(data)
 
     def _may_spin(self) -> bool:
         """Busy-poll before sleeping? Not while a worker works: it needs the GIL."""
