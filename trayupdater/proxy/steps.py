@@ -8,7 +8,7 @@ generators that *yield* where a blocking proxy would wait. Two drivers run them:
   resumed when it is readable, so one thread serves every small request in flight with no
   hand-off to another thread;
 - a **worker** (:mod:`workers`) runs it where it may block: it ignores the waits (its reads
-  block, bounded by the sockets' kernel timeouts) and lingers for a kept-alive client.
+  block, bounded by the sockets' kernel timeouts) and lingers for a lone kept-alive client.
 
 What a generator yields:
 
@@ -22,9 +22,9 @@ What a generator yields:
 - a :class:`Wakeup`: "wait until someone fires this" (a backend connection to become free,
   upstream.py). The dispatcher resumes the generator when it fires, or throws
   ``TimeoutError`` after the backend timeout; a worker waits for it the same way.
-- :data:`BLOCK`: "from here on I may block" (a connect, a large or streamed body, a tunnel,
-  a retry that waits, a send that did not fit). The dispatcher hands the generator to a
-  worker; a worker goes on.
+- :data:`BLOCK`: "from here on I may block" (a connect to a host name, a large or streamed
+  body, a tunnel, a retry that waits, a send that did not fit). The dispatcher hands the
+  generator to a worker; a worker goes on.
 - :data:`LINGER`: "the response is out; is the client's next request coming?" The driver
   sends back what :func:`sockets.read_within` returns: True (bytes arrived), False (closed)
   or None (nothing: park the connection). A worker serving the only request in flight waits

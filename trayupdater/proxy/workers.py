@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class Workers:
-    """What every worker thread runs (see the package doc, "Workers").
+    """What every worker thread runs (see the package doc, "One request code, two drivers").
 
     A task comes with its generator part-way (see :mod:`steps`): the worker runs it to its
     end, blocking where it has to, and gives the connection back to the dispatcher. Only
