@@ -859,6 +859,32 @@ def test_a_burst_of_requests_opens_a_few_connections_at_a_time(make_proxy):
         sock.close()
 
 
+def test_a_request_waiting_for_a_turn_to_connect_times_out_with_504(make_proxy):
+    """Connects that never finish hold every turn: the requests waiting for one get 504
+    after the backend timeout, like a connect that timed out, instead of waiting forever."""
+    from trayupdater.proxy.upstream import MAX_CONNECTING
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # never accepts: past two, connects hang in SYN_SENT
+    port = listener.getsockname()[1]
+    proxy = make_proxy(Backend("127.0.0.1", port, "full"), backend_timeout=1.0)
+    clients = [_raw(proxy) for _ in range(MAX_CONNECTING + 6)]
+    started = time.monotonic()
+    for sock in clients:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    statuses = []
+    for sock in clients:
+        answer = _read_all(sock)
+        statuses.append(int(answer.split(b" ", 2)[1]) if answer else None)
+        sock.close()
+    # About one backend timeout (plus the deadline scan's step), not one to connect after
+    # another that timed out first (2 s and more).
+    assert time.monotonic() - started < 1.8
+    assert set(statuses) == {504}, statuses
+    listener.close()
+
+
 def test_a_connection_waiting_its_turn_is_served_when_a_worker_closes_one(make_backend, make_proxy):
     """``workers`` requests in flight at most: a third waits in the backlog, and goes as
     soon as one of them ends, even when that one ends in a worker with a close."""
