@@ -271,6 +271,9 @@ class ChildBackend:
         return sent
 
     def close(self) -> None:
+        # Killed by the test's cleanup, not "dying": nobody is told (the proxy it would tell
+        # may be closed, and its log lines would land after the test's log capture ended).
+        self._on_exit = None
         if self.proc.poll() is None:
             self.kill()
         self.proc.wait(TIMEOUT)
