@@ -124,14 +124,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif route == "/big":
             self._send(200, b"x" * int(query.get("n", 1 << 20)))
         elif route == "/chunked":
-            self.send_response(200)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Trailer", "X-Checksum")
-            self.end_headers()
+            # Piece by piece, or (?whole) head and body in one write, as Go's server sends
+            # a small chunked answer.
+            whole = "whole" in query
+            head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+            out = [head]
             for i in range(int(query.get("n", 3))):
                 part = f"part{i};".encode()
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-            self.wfile.write(b"0\r\nX-Checksum: abc\r\n\r\n")
+                out.append(b"%x\r\n%s\r\n" % (len(part), part))
+            out.append(b"0\r\nX-Checksum: abc\r\n\r\n")
+            for data in [b"".join(out)] if whole else out:
+                self.wfile.write(data)
         elif route == "/until-close":
             self.send_response(200)
             self.send_header("Connection", "close")

@@ -119,6 +119,64 @@ def test_chunked_request_and_chunked_response_with_trailers(make_backend, make_p
     assert body.endswith(b"0\r\nX-Checksum: abc\r\n\r\n"), "trailers are passed on"
 
 
+@pytest.mark.parametrize("query", ["n=3&whole=1", "n=3"], ids=["in-one-write", "piece-by-piece"])
+def test_chunked_response_reaches_http11_and_http10_clients(make_backend, make_proxy, query):
+    """All in hand at once (relayed without a worker) or arriving in pieces (a worker)."""
+    proxy = make_proxy(make_backend().backend)
+    conn = _client(proxy)
+    for _ in range(2):
+        conn.request("GET", f"/chunked?{query}")
+        response = conn.getresponse()
+        assert response.getheader("Transfer-Encoding") == "chunked"
+        assert response.read() == b"part0;part1;part2;"
+    sock = conn.sock
+    assert sock is not None, "the client connection was kept alive"
+    conn.close()
+
+    sock = _raw(proxy)
+    sock.sendall(f"GET /chunked?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    head, _, body = _read_all(sock).partition(b"\r\n\r\n")
+    assert body.endswith(b"0\r\nX-Checksum: abc\r\n\r\n"), "trailers are passed on"
+
+    sock = _raw(proxy)
+    sock.sendall(f"GET /chunked?{query} HTTP/1.0\r\n\r\n".encode())
+    head, _, body = _read_all(sock).partition(b"\r\n\r\n")
+    assert b"chunked" not in head.lower() and b"connection: close" in head.lower()
+    assert body == b"part0;part1;part2;", "the bare data for a client that cannot take chunks"
+
+
+def test_malformed_chunked_answer_in_one_write_is_cut_short_like_a_streamed_one(make_proxy):
+    """Bytes all in hand that fail decoding take the streaming path: the client gets the
+    head and the good chunks, then a close without the last chunk, and the proxy goes on."""
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nBad Trailer Name: x\r\n\r\n"
+    )
+    listener = socket.create_server(("127.0.0.1", 0))
+    served = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while not served.is_set():
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+                    conn.recv(65536)  # until the proxy closes it
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        proxy = make_proxy(Backend("127.0.0.1", listener.getsockname()[1], "raw"))
+        sock = _raw(proxy)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = _read_all(sock).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"hello" in body and not body.endswith(b"0\r\n\r\n"), "cut short, not completed"
+    finally:
+        served.set()
+        listener.close()
+
+
 def test_response_without_length_is_rechunked_for_http11_and_close_delimited_for_10(
     make_backend, make_proxy
 ):

@@ -21,7 +21,7 @@ from proxy_support import open_client as _client
 from proxy_support import read_all as _read_all
 
 from trayupdater.http11 import HttpError
-from trayupdater.proxy import Backend, ReverseProxy, heads, relay, sockets
+from trayupdater.proxy import Backend, ReverseProxy, heads, relay, sockets, steps
 
 REQUEST = b"GET /headers HTTP/1.1\r\nHost: example.test\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Kept: yes\r\n\r\n"
@@ -314,6 +314,28 @@ def test_the_dispatcher_busy_polls_only_while_no_worker_works(proxy: ReverseProx
         assert _get(proxy, "/version")[0] == 200
     assert spins == [], "polled while a worker relayed a stream"
     stream.close()
+
+
+@pytest.mark.skipif(not steps.DONTWAIT, reason="every send goes to a worker on this platform")
+def test_a_small_chunked_answer_crosses_no_thread(proxy: ReverseProxy) -> None:
+    """A chunked answer that is all here is relayed by the dispatcher, like a small one
+    with a length: handing it to a worker costs two thread crossings."""
+    dispatcher = proxy._dispatcher
+    assert dispatcher is not None
+    handed: list[object] = []
+    real = dispatcher.workers.hand
+
+    def counting(task):
+        handed.append(task)
+        real(task)
+
+    dispatcher.workers.hand = counting  # type: ignore[method-assign]
+    conn = _client(proxy)
+    for _ in range(3):
+        conn.request("GET", "/chunked?n=3&whole=1")
+        assert conn.getresponse().read() == b"part0;part1;part2;"
+    conn.close()
+    assert handed == []
 
 
 # -- idle ---------------------------------------------------------------------------------------

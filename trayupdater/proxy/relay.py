@@ -1,8 +1,8 @@
 """The way back: reading the backend's response head, relaying the response, tunnelling.
 
 Written as generators (see :mod:`steps`): waiting for the backend's answer yields its socket,
-and anything past a small response that is already here (a large, chunked or streamed body,
-a tunnel) asks to BLOCK first.
+and anything past a small response that is already here (a large body, a chunked one still
+arriving, a streamed body, a tunnel) asks to BLOCK first.
 """
 
 from __future__ import annotations
@@ -155,6 +155,11 @@ class Relay:
             if framing is Framing.NONE:
                 yield from steps.send(client, head)
                 return status, keep, reusable
+            if framing is Framing.CHUNKED:
+                body = _chunked_in_hand(up, chunked_out, self.max_header_bytes)
+                if body is not None:  # all here (a small chunked answer): no worker needed
+                    yield from steps.send(client, head + body)
+                    return status, keep, reusable
             if framing is Framing.LENGTH:  # a large body: spliced on Linux (zerocopy.py)
                 yield from zerocopy.relay_length(up, length, head, client, self.pipes)
             else:
@@ -250,6 +255,41 @@ def _wait_and_fill(up: BufferedSocket) -> Steps[bool]:
     had = len(up.buf)
     yield up
     return len(up.buf) > had or up.fill()
+
+
+class _NothingMore:
+    """The socket of a probe decoding only bytes already in hand."""
+
+    def recv(self, *_: object) -> bytes:
+        raise OSError("more bytes needed than are in hand")
+
+    recv_into = recv
+
+
+_NOTHING_MORE = _NothingMore()
+
+
+def _chunked_in_hand(up: BufferedSocket, chunked_out: bool, max_trailer_bytes: int) -> bytes | None:
+    """The client's bytes for a chunked body that is all in ``up.buf`` already (one chunk
+    and the last chunk, or the bare data for a client that cannot take chunks); None when
+    more must come or it is malformed: the worker's relay then streams it, or reports it,
+    as for any chunked body."""
+    try:
+        if not http11.scan_chunked(up.buf, 0, max_trailer_bytes)[1]:
+            return None
+        # Decoded from a copy that cannot read more: a refusal consumes nothing, and a
+        # disagreement with the scan can never block the dispatcher on the socket.
+        probe = BufferedSocket(_NOTHING_MORE)  # type: ignore[arg-type]
+        probe.buf = bytearray(up.buf)
+        parts: list[bytes] = []
+        trailers = http11.copy_chunked(probe, lambda d: parts.append(bytes(d)), max_trailer_bytes)
+    except SourceError:
+        return None
+    del up.buf[: len(up.buf) - len(probe.buf)]
+    data = b"".join(parts)
+    if not chunked_out:
+        return data
+    return (http11.chunk(data) if data else b"") + http11.last_chunk(trailers)
 
 
 def _chunk_writer(client: socket.socket) -> http11.Write:
