@@ -56,6 +56,10 @@ func main() {
 	mux.HandleFunc("/version", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, label)
 	})
+	mux.HandleFunc("/chunked", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Transfer-Encoding", "chunked") // the small body, chunked, in one write
+		w.Write(small)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(small)))
 		w.Write(small)
@@ -142,6 +146,8 @@ def serve_python(port: int, label: str) -> None:
     responses = {
         b"/big": _response(b"x" * BIG),
         b"/version": _response(label.encode()),
+        b"/chunked": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(SMALL_BODY), SMALL_BODY),
     }
     small = _response(SMALL_BODY)
     listener = socket.socket()

@@ -8,7 +8,8 @@ through-proxy runs alternate in the same invocation so machine noise hits both a
     python bench/bench_proxy.py                  # full run, about 1.5 minutes
     python bench/bench_proxy.py --duration 2 --rounds 1 --swaps 10   # quick look
 
-Scenarios: small responses and 1 MiB bodies, at 1 and 32 connections. Then a swap test:
+Scenarios: small responses and 1 MiB bodies, at 1 and 32 connections, and small chunked
+responses (no length) at 32. Then a swap test:
 32 keep-alive connections while the proxy switches N times to a freshly started backend,
 drains the old generation and kills the old backend, counting every failed request.
 
@@ -178,6 +179,7 @@ SCENARIOS = [
     ("small", "/", 32),
     ("1 MiB", "/big", 1),
     ("1 MiB", "/big", 32),
+    ("chunked", "/chunked", 32),  # small, without a length: as many servers answer
 ]
 Key = tuple[str, int]  # (scenario name, connections)
 
@@ -245,7 +247,7 @@ def main() -> None:
         "--scenario",
         action="append",
         metavar="NAME:CONNS",
-        help="only these scenarios, e.g. small:32 or big:1 (repeatable; default: all four)",
+        help="only these scenarios, e.g. small:32 or big:1 (repeatable; default: all five)",
     )
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--serve-proxy", nargs=3, metavar=("PORT", "LABEL", "WORKERS"))
@@ -275,14 +277,16 @@ def main() -> None:
 def _chosen(wanted: list[str] | None) -> list[tuple[str, str, int]]:
     if not wanted:
         return SCENARIOS
-    names = {"small": "small", "big": "1 MiB", "1mib": "1 MiB"}
+    names = {"small": "small", "big": "1 MiB", "1mib": "1 MiB", "chunked": "chunked"}
     chosen = []
     for item in wanted:
         name, _, conns = item.partition(":")
         key = (names.get(name.lower().replace(" ", ""), name), int(conns or 0))
         found = [s for s in SCENARIOS if (s[0], s[2]) == key]
         if not found:
-            raise SystemExit(f"no scenario {item!r}: use small:1, small:32, big:1 or big:32")
+            raise SystemExit(
+                f"no scenario {item!r}: use small:1, small:32, big:1, big:32 or chunked:32"
+            )
         chosen += found
     return chosen
 
