@@ -23,13 +23,14 @@ sends for a moment, so the close never turns into an RST that destroys the error
 One request code, two drivers [steps, service]. The code that serves a connection is written
 once, as generators that yield where a blocking proxy would wait: for a backend's bytes, or
 BLOCK before something that may block. The dispatcher runs them while they never block; a
-task that would (a backend connection by host name, a streamed request body, a chunked or
-until-close response, a client that does not take a response at once, a retry that waits, a
-WebSocket) is handed to a worker [workers], a bounded pool of threads that runs the rest
-blocking, bounded by the sockets' kernel timeouts, and gives the connection back. A worker
-serving the only request in flight keeps its client and busy-polls (a lone client costs no
-hand-off per request). A request head is parsed strictly [trayupdater.http11]: ambiguous
-framing (smuggling) is refused before anything reaches a backend. With no complete head the
+task that would (a backend connection by host name, a streamed request body, a chunked
+response still arriving or an until-close one, a large body, a client that does not take a
+response at once, a retry that waits, a WebSocket) is handed to a worker [workers], a
+bounded pool of threads that runs the rest blocking, bounded by the sockets' kernel
+timeouts, and gives the connection back. A worker serving the only request in flight keeps
+its client and busy-polls (a lone client costs no hand-off per request). A request head is
+parsed strictly [trayupdater.http11]: ambiguous framing (smuggling) is refused before
+anything reaches a backend. With no complete head the
 connection is parked: nobody waits for a client. So threads serve the parts of requests that
 block, not sockets: a thousand idle keep-alive clients cost a poller entry each.
 
