@@ -30,9 +30,9 @@ bounded pool of threads that runs the rest blocking, bounded by the sockets' ker
 timeouts, and gives the connection back. A worker serving the only request in flight keeps
 its client and busy-polls (a lone client costs no hand-off per request). A request head is
 parsed strictly [trayupdater.http11]: ambiguous framing (smuggling) is refused before
-anything reaches a backend. With no complete head the
-connection is parked: nobody waits for a client. So threads serve the parts of requests that
-block, not sockets: a thousand idle keep-alive clients cost a poller entry each.
+anything reaches a backend. With no complete head the connection is parked: nobody waits
+for a client. So threads serve the parts of requests that block, not sockets: a thousand
+idle keep-alive clients cost a poller entry each.
 
 Heads [heads]. A request head is parsed, checked and turned into the upstream head once; a
 backend's response head into the client's head once per client HTTP version. Both are pure
