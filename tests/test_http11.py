@@ -121,3 +121,16 @@ def test_framing_conflicts_are_refused():
             framing(fields)
     assert framing(b"Content-Length:  7 \r\n") == (http11.Framing.LENGTH, 7)
     assert framing(b"Transfer-Encoding: chunked\r\n") == (http11.Framing.CHUNKED, 0)
+
+
+def test_scanning_a_chunked_body_stops_at_its_chunk_budget_and_resumes() -> None:
+    """The dispatcher walks a bounded number of chunks per body (a megabyte of one-byte
+    chunks is 170,000 of them); the scan says how many it walked and resumes where it
+    stopped."""
+    body = bytearray(b"1\r\nx\r\n" * 10 + b"0\r\nX-T: 1\r\n\r\n")
+    pos, done, walked = http11.scan_chunked(body, 0, 8192, 4)
+    assert (pos, done, walked) == (4 * 6, False, 4)
+    pos, done, walked = http11.scan_chunked(body, pos, 8192, 100)
+    assert (done, walked) == (True, 6)
+    assert body[pos:].startswith(b"0\r\n"), "resumes from the last chunk"
+    assert http11.scan_chunked(body[:-2], 0, 8192, 100)[1:] == (False, 10), "trailers unfinished"

@@ -334,8 +334,14 @@ def test_a_small_chunked_answer_crosses_no_thread(proxy: ReverseProxy) -> None:
     for _ in range(3):
         conn.request("GET", "/chunked?n=3&whole=1")
         assert conn.getresponse().read() == b"part0;part1;part2;"
-    conn.close()
     assert handed == []
+
+    # More chunks than the dispatcher walks (each costs Python time): a worker's, in full.
+    many = steps.DISPATCHER_CHUNKS + 1
+    conn.request("GET", f"/chunked?n={many}&whole=1")
+    assert conn.getresponse().read() == b"".join(f"part{i};".encode() for i in range(many))
+    assert len(handed) == 1
+    conn.close()
 
 
 # -- idle ---------------------------------------------------------------------------------------

@@ -391,19 +391,25 @@ def chunk_size(line: bytes) -> int:
     return int(size_text, 16)
 
 
-def scan_chunked(buf: bytearray, pos: int, max_trailer_bytes: int) -> tuple[int, bool]:
+def scan_chunked(
+    buf: bytearray, pos: int, max_trailer_bytes: int, max_chunks: int
+) -> tuple[int, bool, int]:
     """Walk the complete chunks of a chunked body in ``buf`` from offset ``pos``, reading
-    nothing: returns (offset to resume from, whether the whole body is there).
+    nothing: returns (offset to resume from, whether the whole body is there, chunks
+    walked). It stops after ``max_chunks`` chunks, body complete or not.
 
     For a body received piece by piece without a thread waiting on it; the decoding itself
     is :func:`copy_chunked`'s, once this says the body is complete. SourceError if malformed.
+    The bound is the caller's budget: every chunk costs a few microseconds of Python, and a
+    megabyte of one-byte chunks is 170,000 of them.
     """
-    while True:
+    walked = 0
+    while walked < max_chunks:
         end = buf.find(b"\r\n", pos)
         if end < 0:
             if len(buf) - pos > MAX_CHUNK_LINE:
                 raise SourceError(f"chunk line longer than {MAX_CHUNK_LINE} bytes")
-            return pos, False
+            return pos, False, walked
         size = chunk_size(bytes(buf[pos:end]))
         if size == 0:
             # Trailer lines up to an empty one; rescanned from the last chunk until complete.
@@ -413,16 +419,18 @@ def scan_chunked(buf: bytearray, pos: int, max_trailer_bytes: int) -> tuple[int,
                 if line_end < 0:
                     if len(buf) - end > max_trailer_bytes:
                         raise SourceError("oversized trailer section")
-                    return pos, False
+                    return pos, False, walked
                 if line_end == start:
-                    return pos, True  # resuming from the last chunk finds the end again
+                    return pos, True, walked  # resuming from the last chunk finds the end
                 start = line_end + 2
         data_end = end + 2 + size
         if len(buf) < data_end + 2:
-            return pos, False
+            return pos, False, walked
         if buf[data_end : data_end + 2] != b"\r\n":
             raise SourceError("chunk data not followed by CRLF")
         pos = data_end + 2
+        walked += 1
+    return pos, False, walked
 
 
 def copy_chunked(src: BufferedSocket, write_data: Write, max_trailer_bytes: int) -> list[str]:

@@ -5,8 +5,11 @@ A client may send its body as slowly as TCP allows, and a worker blocked on it i
 every other client (80 clients trickling ``Content-Length: 1000000`` took all 64 workers).
 So a body of up to ``max_body`` bytes is read by the dispatcher, without blocking, until it is
 complete; only then does a worker take the request. A body in hand also makes the request
-replayable on another backend. A body past that cap, or one arriving while the bodies
-buffered across all connections pass ``max_total`` bytes, is streamed upstream by a worker.
+replayable on another backend. A body past that cap, one arriving while the bodies
+buffered across all connections pass ``max_total`` bytes, or a chunked one of more chunks
+than the dispatcher walks (``steps.DISPATCHER_CHUNKS``: a client sending a megabyte of
+one-byte chunks stalled every other client for most of a second) is streamed upstream by a
+worker.
 
 Either way the client is held to one rule (as Apache's mod_reqtimeout ``body=T,MinRate=R``):
 no pause longer than ``timeout`` between two reads, and on average ``min_rate`` bytes/s after
@@ -23,6 +26,7 @@ from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, Framing, SourceError
 from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.sockets import read_nowait, wait_readable
+from trayupdater.proxy.steps import DISPATCHER_CHUNKS
 
 if TYPE_CHECKING:
     from trayupdater.proxy.clients import Client
@@ -165,15 +169,18 @@ class Bodies:
                 return True
             too_big = plan.length > self.max_body
         else:
+            budget = DISPATCHER_CHUNKS - plan.chunks
             try:
-                plan.chunk_scan, done = http11.scan_chunked(
-                    conn.buf, plan.chunk_scan, self._max_trailer
+                plan.chunk_scan, done, walked = http11.scan_chunked(
+                    conn.buf, plan.chunk_scan, self._max_trailer, budget
                 )
             except SourceError:
                 done = True  # malformed: the decoder refuses it with 400 at once
             if done:
                 return True
-            too_big = len(conn.buf) > self.max_body
+            plan.chunks += walked
+            # Too many chunks to walk here: a worker decodes them as it streams the body.
+            too_big = len(conn.buf) > self.max_body or walked >= budget
         # The total as it would be with every byte of this body that is here counted: a body
         # that arrived with its head must not take the total past the cap either.
         total = self._total - plan.accounted + len(conn.buf)

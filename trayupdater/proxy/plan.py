@@ -33,6 +33,7 @@ class Plan:
     body_started: float = 0.0  # when the proxy began waiting for the body
     accounted: int = 0  # bytes of it counted in the buffered-bodies budget
     chunk_scan: int = 0  # chunked: offset in the client buffer of the next chunk line
+    chunks: int = 0  # chunked: complete chunks walked so far (steps.DISPATCHER_CHUNKS)
     # Retries and holds (see retry.py and holding.py).
     deadline: float = 0.0  # no retry or hold past this (set at the first failure or hold)
     retried_on: Generation | None = None  # the generation it was already resent to once

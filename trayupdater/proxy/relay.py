@@ -275,8 +275,8 @@ def _chunked_in_hand(up: BufferedSocket, chunked_out: bool, max_trailer_bytes: i
     more must come or it is malformed: the worker's relay then streams it, or reports it,
     as for any chunked body."""
     try:
-        if not http11.scan_chunked(up.buf, 0, max_trailer_bytes)[1]:
-            return None
+        if not http11.scan_chunked(up.buf, 0, max_trailer_bytes, steps.DISPATCHER_CHUNKS)[1]:
+            return None  # not all here, or more chunks than the dispatcher walks
         # Decoded from a copy that cannot read more: a refusal consumes nothing, and a
         # disagreement with the scan can never block the dispatcher on the socket.
         probe = BufferedSocket(_NOTHING_MORE)  # type: ignore[arg-type]

@@ -33,6 +33,9 @@ What a generator yields:
 
 Sends to a client or a backend try without blocking first (:func:`send`); only what does not
 fit at once costs a BLOCK. So a client that stops reading never stalls the dispatcher.
+Neither may a message that is cheap to send and dear to parse: the dispatcher walks at most
+:data:`DISPATCHER_CHUNKS` chunks of one chunked body; one with more is a worker's (one
+megabyte of one-byte chunks is 170,000 of them, a second of Python).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ Steps = Generator[Any, Any, T]  # a generator of the yields above, returning T
 
 BLOCK = "block"
 LINGER = "linger"
+DISPATCHER_CHUNKS = 256  # at a few microseconds each: about a millisecond of the dispatcher
 
 
 class Wakeup:
