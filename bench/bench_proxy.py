@@ -439,11 +439,21 @@ def print_ratios(targets: list[Target]) -> None:
             ours, go = t.median(key, "ours", "rps"), t.median(key, "go", "rps")
             ratio = ours / go if go else 0.0
             cell = f"{ours:,.0f} / {go:,.0f} = {ratio:.2f}"
+            rounds = _round_ratios(t, key)
+            if len(rounds) > 1:  # this VM's noise, in plain sight
+                cell += f" [rounds {min(rounds):.2f}-{max(rounds):.2f}]"
             p99 = t.median(key, "ours", "p99_ms"), t.median(key, "go", "p99_ms")
             cell += f" (p99 {p99[0]:.1f} vs {p99[1]:.1f} ms"
             cell += f", {_median(t.cpu_per_request.get(key, [])):.0f} us CPU/req)"
             cells.append(cell)
         print(f"| {name}, {conns} conn | " + " | ".join(cells) + " |")
+
+
+def _round_ratios(target: Target, key: Key) -> list[float]:
+    """Ours / Go of each round (the two were measured back to back in it)."""
+    ours = target.results.get((*key, "ours"), [])
+    go = target.results.get((*key, "go"), [])
+    return [o.rps / g.rps for o, g in zip(ours, go, strict=False) if g.rps]
 
 
 def swap_test(proxy: ProxyProcess, load, args: argparse.Namespace, backend) -> None:
