@@ -51,9 +51,11 @@ def app(feed: ReleaseFeed, tmp_path: Path) -> Iterator[App]:
     application.stop()
 
 
-def good_release(feed: ReleaseFeed, tag: str = "v1.1.0") -> dict:
-    """A well-formed release JSON object the app would install."""
-    name, data = child_archive(tag.lstrip("v"))
+def good_release(
+    feed: ReleaseFeed, tag: str = "v1.1.0", archive: tuple[str, bytes] | None = None
+) -> dict:
+    """A well-formed release JSON object the app would install (listing ``archive``)."""
+    name, data = archive or child_archive(tag.lstrip("v"))
     feed.publish("other/repo", tag, {name: data})
     return feed.latest_json("other/repo")
 
@@ -147,7 +149,8 @@ def test_token_is_not_sent_to_an_asset_url_on_another_origin(
     """A release whose asset API URL names another host must not collect the token."""
     name, data = child_archive("1.1.0")
     with FileServer({"/asset": data}, host=second_loopback_host()) as elsewhere:
-        body = good_release(feed)
+        # The same bytes the release lists: two archives built a second apart differ in size.
+        body = good_release(feed, archive=(name, data))
         for asset in body["assets"]:
             asset["url"] = elsewhere.url("/asset")
         feed.publish_raw("acme/app", body)
