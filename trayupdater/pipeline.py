@@ -140,7 +140,7 @@ class ReleasePipeline:
         if (
             held is not None
             and state.active
-            and version_key(held.release.version_text) <= (version_key(state.active))
+            and version_key(held.release.version_text) <= version_key(state.active)
         ):
             held = None  # it runs that version already (a user took it early): no news
         plan = Plan(
