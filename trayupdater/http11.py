@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -297,21 +297,6 @@ class BufferedSocket:
                     raise SourceError("connection closed in the middle of a message head")
                 return None
 
-    def read_line(self, limit: int) -> bytes:
-        """One CRLF-terminated line without the CRLF (chunk sizes, trailers)."""
-        start = 0
-        while True:
-            end = self.buf.find(b"\r\n", start)
-            if end >= 0:
-                line = bytes(self.buf[:end])
-                del self.buf[: end + 2]
-                return line
-            if len(self.buf) > limit:
-                raise SourceError(f"line longer than {limit} bytes in chunked body")
-            start = max(0, len(self.buf) - 1)
-            if not self.fill():
-                raise SourceError("connection closed inside a chunked body")
-
 
 Write = Callable[[bytes], None]
 
@@ -336,7 +321,8 @@ def write_to_sink(write: Write, data: bytes | bytearray | memoryview) -> None:
 _local = threading.local()
 
 
-def _scratch() -> memoryview:
+def scratch() -> memoryview:
+    """This thread's reused 64 KiB read buffer."""
     view: memoryview | None = getattr(_local, "scratch", None)
     if view is None:
         # 64 KiB: what one recv on loopback gives anyway, and little RSS kept per thread.
@@ -357,7 +343,7 @@ def copy_length(src: BufferedSocket, length: int, write: Write) -> None:
         return
     # Straight from the socket into this thread's scratch buffer: no bytes object per read,
     # and no new buffer per body. (Every ``write`` here sends or copies the bytes at once.)
-    view = _scratch()
+    view = scratch()
     while remaining:
         try:
             n = src.sock.recv_into(view[: min(remaining, len(view))])
@@ -433,33 +419,43 @@ def scan_chunked(
     return pos, False, walked
 
 
-def copy_chunked(src: BufferedSocket, write_data: Write, max_trailer_bytes: int) -> list[str]:
-    """Decode a chunked body from ``src``, passing chunk data on; returns the trailer lines.
+# What decode_chunked yields: a piece of chunk data, or None when it needs more bytes.
+Pieces = Generator[bytes | None, None, list[str]]
 
-    The caller re-frames (or not) what it writes, so a malformed chunk stream never reaches
-    the other side verbatim.
+
+def decode_chunked(src: BufferedSocket, max_trailer_bytes: int) -> Pieces:
+    """Decode a chunked body from ``src.buf`` as it arrives: yields each piece of chunk
+    data, and None whenever it needs more bytes in ``src.buf`` (the caller reads them, and
+    stops if there are none: the body is cut short); returns the trailer lines.
+
+    Reads nothing itself, so the caller decides how to wait for the bytes (blocking:
+    :func:`copy_chunked`; as steps, without a thread: ``proxy.streams``). The caller
+    re-frames (or not) what it passes on, so a malformed chunk stream never reaches the
+    other side verbatim. SourceError if malformed.
     """
     while True:
-        try:
-            line = src.read_line(MAX_CHUNK_LINE)
-        except OSError as exc:
-            raise SourceError(f"reading a chunked body: {exc}") from exc
-        size = chunk_size(line)
+        size = chunk_size((yield from _line(src, MAX_CHUNK_LINE)))
         if size == 0:
             break
-        copy_length(src, size, write_data)
+        while size:
+            buf = src.buf
+            if not buf:
+                yield None
+                continue
+            take = min(size, len(buf))
+            piece = bytes(buf[:take])
+            del buf[:take]
+            size -= take
+            yield piece
         while len(src.buf) < 2:
-            _fill_or_fail(src, "a chunk")
+            yield None
         if src.buf[:2] != b"\r\n":
             raise SourceError("chunk data not followed by CRLF")
         del src.buf[:2]
     trailers: list[str] = []
     total = 0
     while True:
-        try:
-            line = src.read_line(max_trailer_bytes)
-        except OSError as exc:
-            raise SourceError(f"reading chunked trailers: {exc}") from exc
+        line = yield from _line(src, max_trailer_bytes)
         if not line:
             return trailers
         total += len(line) + 2
@@ -467,6 +463,38 @@ def copy_chunked(src: BufferedSocket, write_data: Write, max_trailer_bytes: int)
         if total > max_trailer_bytes or text[0] in _OWS or not _FIELD_LINE.fullmatch(text):
             raise SourceError("malformed or oversized trailer section")
         trailers.append(text)
+
+
+def _line(src: BufferedSocket, limit: int) -> Generator[None, None, bytes]:
+    """One CRLF-terminated line of a chunked body without the CRLF (a chunk size, a trailer),
+    yielding None while more bytes are needed."""
+    start = 0
+    while True:
+        buf = src.buf
+        end = buf.find(b"\r\n", start)
+        if end >= 0:
+            line = bytes(buf[:end])
+            del buf[: end + 2]
+            return line
+        if len(buf) > limit:
+            raise SourceError(f"line longer than {limit} bytes in chunked body")
+        start = max(0, len(buf) - 1)
+        yield None
+
+
+def copy_chunked(src: BufferedSocket, write_data: Write, max_trailer_bytes: int) -> list[str]:
+    """Decode a chunked body from ``src`` (blocking reads), passing chunk data on; returns
+    the trailer lines. See :func:`decode_chunked`."""
+    pieces = decode_chunked(src, max_trailer_bytes)
+    while True:
+        try:
+            piece = next(pieces)
+        except StopIteration as end:
+            return end.value
+        if piece is None:
+            _fill_or_fail(src, "a chunked body")
+        else:
+            write_to_sink(write_data, piece)
 
 
 def chunk(data: bytes | bytearray | memoryview) -> bytes:
