@@ -167,6 +167,27 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 self.server.write_failed.set()
                 self.close_connection = True
+        elif route == "/events":
+            # An event stream: ``n`` events (default: until the client goes), one every
+            # ``every`` seconds, chunked; ``hang``: then silence, the connection left open.
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+            count, every = int(query.get("n", 1 << 30)), float(query.get("every", 0.05))
+            try:
+                for i in range(count):
+                    event = f"data: {i}\n\n".encode()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                    self.wfile.flush()
+                    time.sleep(every)
+                if "hang" in query:
+                    time.sleep(TIMEOUT)
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass
+            self.close_connection = True
         elif route == "/status":
             self._send_status(int(query["code"]))
         elif route == "/ws":

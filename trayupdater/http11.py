@@ -355,20 +355,6 @@ def copy_length(src: BufferedSocket, length: int, write: Write) -> None:
         write_to_sink(write, view[:n])
 
 
-def copy_until_close(src: BufferedSocket, write: Write) -> None:
-    """Copy everything until the peer closes (responses without a length)."""
-    while True:
-        if src.buf:
-            data = bytes(src.buf)
-            src.buf.clear()
-            write_to_sink(write, data)
-        try:
-            if not src.fill():
-                return
-        except OSError as exc:
-            raise SourceError(f"reading a close-delimited body: {exc}") from exc
-
-
 def chunk_size(line: bytes) -> int:
     """The size on a chunk-size line (extensions ignored); SourceError if it is not hex."""
     size_text = line.split(b";", 1)[0].strip(b" \t").decode("latin-1")

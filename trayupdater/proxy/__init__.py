@@ -21,18 +21,22 @@ refused client is *lingered*: the proxy shuts its write side and reads what the 
 sends for a moment, so the close never turns into an RST that destroys the error response.
 
 One request code, two drivers [steps, service]. The code that serves a connection is written
-once, as generators that yield where a blocking proxy would wait: for a backend's bytes, or
-BLOCK before something that may block. The dispatcher runs them while they never block; a
-task that would (a backend connection by host name, a streamed request body, a chunked
-response still arriving or an until-close one, a large body, a client that does not take a
-response at once, a retry that waits, a WebSocket) is handed to a worker [workers], a
-bounded pool of threads that runs the rest blocking, bounded by the sockets' kernel
-timeouts, and gives the connection back. A worker serving the only request in flight keeps
-its client and busy-polls (a lone client costs no hand-off per request). A request head is
-parsed strictly [trayupdater.http11]: ambiguous framing (smuggling) is refused before
-anything reaches a backend. With no complete head the connection is parked: nobody waits
-for a client. So threads serve the parts of requests that block, not sockets: a thousand
-idle keep-alive clients cost a poller entry each.
+once, as generators that yield where a blocking proxy would wait: for a backend's bytes, for
+a socket to be ready (a Wait), or BLOCK before something that may block. The dispatcher runs
+them while they never block; a task that would (a backend connection by host name, a
+streamed request body, a chunked response still arriving or an until-close one, a large
+body, a retry that waits, a WebSocket) is handed to a worker [workers], a bounded pool of
+threads that runs the rest blocking, bounded by the sockets' kernel timeouts, and gives the
+connection back. Waiting is not work: a Wait that lasts (a client that takes a response
+slowly or not at all, an event stream between events) goes back to the dispatcher, which
+waits for the socket without a thread [streams], and such a task does not count against the
+requests in flight. Client sockets are non-blocking (where sends take MSG_DONTWAIT), so no
+call on one holds a thread; only an open WebSocket tunnel keeps its worker. A worker serving
+the only request in flight keeps its client and busy-polls (a lone client costs no hand-off
+per request). A request head is parsed strictly [trayupdater.http11]: ambiguous framing
+(smuggling) is refused before anything reaches a backend. With no complete head the
+connection is parked: nobody waits for a client. So threads serve the parts of requests that
+block, not sockets: a thousand idle keep-alive clients cost a poller entry each.
 
 Heads [heads]. A request head is parsed, checked and turned into the upstream head once; a
 backend's response head into the client's head once per client HTTP version. Both are pure
@@ -52,9 +56,9 @@ framing re-written by the proxy (hop-by-hop fields dropped, X-Forwarded-* added)
 response body is read whole before anything goes to the client, so a backend dying between
 its head and its body is still a failure the proxy can retry. A large body of known length
 goes out with its head in one send and then, on Linux, is spliced backend socket -> pipe ->
-client socket in the kernel, by the dispatcher as the bytes arrive [zerocopy] (pipes from a
-small pool, one dropped if an error may have left bytes in it); elsewhere it is copied
-through one reused buffer by a worker. A 101 answer turns
+client socket in the kernel, by a worker [zerocopy] (pipes from a small pool, one dropped
+if an error may have left bytes in it); elsewhere it is copied through one reused buffer.
+A body still arriving is relayed as it comes [streams]. A 101 answer turns
 the connection into a byte tunnel (WebSocket). A client that vanished mid-response closes the
 upstream connection too: it is mid-message and must never be reused.
 

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, Framing, SourceError
+from trayupdater.proxy import steps
 from trayupdater.proxy.plan import Plan
-from trayupdater.proxy.sockets import read_nowait, wait_readable
-from trayupdater.proxy.steps import DISPATCHER_CHUNKS
+from trayupdater.proxy.sockets import read_nowait, wait_ready
+from trayupdater.proxy.steps import DISPATCHER_CHUNKS, Steps
 
 if TYPE_CHECKING:
     from trayupdater.proxy.clients import Client
@@ -55,7 +56,7 @@ class _PacedReader:
     def _wait(self) -> None:
         limit = min(self._rules.timeout, self._rules.allowance(self._received) - self._waited)
         started = time.monotonic()
-        if limit <= 0 or not wait_readable(self._sock, limit):
+        if limit <= 0 or not wait_ready(self._sock, limit):
             raise TooSlow(f"request body slower than {self._rules.min_rate:g} bytes/s")
         self._waited += time.monotonic() - started
 
@@ -130,10 +131,10 @@ class Bodies:
             return True
         return False
 
-    def send_continue(self, conn: Client, plan: Plan) -> None:
-        """Ask the client for its body if it waits for that, once (blocking)."""
+    def send_continue(self, conn: Client, plan: Plan) -> Steps[None]:
+        """Ask the client for its body if it waits for that, once."""
         if self.wants_continue(conn, plan):
-            conn.sock.sendall(CONTINUE)
+            yield from steps.send(conn.sock, CONTINUE)
 
     # -- dispatcher side -------------------------------------------------------------------
 

@@ -13,7 +13,10 @@ poller returns many ready sockets.
 
 At most ``max_in_flight`` requests are served at once (in the dispatcher and the workers
 together), as a backend expects of a proxy: connections that become readable beyond that
-wait in a backlog, in order, until a request ends.
+wait in a backlog, in order, until a request ends. A response under way that waits for its
+client to take more, or for the backend's next bytes (a stream between events), is not
+counted: it waits here, costing no thread (a worker gives such a task back, see
+:mod:`steps`), so slow readers and open event streams cannot lock everyone else out.
 
 It also enforces deadlines (``header_timeout``, idle keep-alive, bodies, the backend's answer),
 receives request bodies (:mod:`bodies`), watches held requests (:mod:`holding`), and lingers
@@ -39,8 +42,8 @@ from trayupdater.proxy.holding import HeldRequests, HoldRoom
 from trayupdater.proxy.observer import Reporter
 from trayupdater.proxy.routing import Generation
 from trayupdater.proxy.service import Service, Task
-from trayupdater.proxy.sockets import CLIENT_RECV_SECONDS, SPIN_SECONDS, blocking_with_timeouts
-from trayupdater.proxy.steps import BLOCK, LINGER, Wakeup, Writable
+from trayupdater.proxy.sockets import SPIN_SECONDS, client_mode
+from trayupdater.proxy.steps import BLOCK, LINGER, Wait, Wakeup
 from trayupdater.proxy.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,9 @@ class Dispatcher:
         self._max_in_flight = max_in_flight
         self._backlog: collections.deque[Client] = collections.deque()  # readable, to serve
         self._poller = poller.make()
-        self.workers = Workers(service, self.park, backend_timeout, self._request_ended)
+        self.workers = Workers(
+            service, self.park, self.give_back, backend_timeout, self._request_ended
+        )
         self._held = HeldRequests(room, self._poller, generation, reporter, self._start)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -98,6 +103,9 @@ class Dispatcher:
         self._incoming: collections.deque[Client] = collections.deque()
         self._parked: dict[int, Client] = {}  # armed client connections, by descriptor
         self._waiting: set[Task] = set()  # tasks waiting for a socket or a Wakeup
+        self._paused: set[Task] = set()  # of those, the ones not counted in flight
+        self._returned: collections.deque[tuple[Task, Wait]] = collections.deque()
+        self._closed = False
         self._woken: collections.deque[Task] = collections.deque()  # their Wakeup fired
         self._stop_accepting = False
         self._accepting = True
@@ -113,6 +121,14 @@ class Dispatcher:
         self._incoming.append(conn)
         if not self._wake_pending:
             self._wake_pending = True
+            self.wake()
+
+    def give_back(self, task: Task, wait: Wait) -> None:
+        """A worker's task waits for ``wait``, which may take long: wait for it here."""
+        self._returned.append((task, wait))
+        if self._closed:  # the loop is gone: end it here (each entry is popped once)
+            self._close_returned()
+        else:
             self.wake()
 
     def _request_ended(self) -> None:
@@ -190,9 +206,11 @@ class Dispatcher:
                 self._wake_pending = False
                 while self._incoming:
                     self._register(self._incoming.popleft())
+                while self._returned:
+                    self._returned_task(*self._returned.popleft())
                 while self._woken:
                     self._woken_up(self._woken.popleft())
-                while self._backlog and len(self._service.serving) < self._max_in_flight:
+                while self._backlog and self._in_flight() < self._max_in_flight:
                     self._run(self._service.task(self._backlog.popleft()))
                 if self._routing_changed:
                     self._routing_changed = False
@@ -228,8 +246,12 @@ class Dispatcher:
             conn.sock.close()
         if type(data) is Task:
             self._waiting.discard(data)
+            self._paused.discard(data)
             data.gen.close()
             self._service.done(data)
+
+    def _in_flight(self) -> int:
+        return len(self._service.serving) - len(self._paused)
 
     def _may_spin(self) -> bool:
         """Busy-poll before sleeping? Not while a worker works: it needs the GIL."""
@@ -265,6 +287,7 @@ class Dispatcher:
             elif waited is not None:
                 self._poller.disarm(waited.fileno(), waited)
             self._waiting.discard(task)
+            self._paused.discard(task)
             task.waiting = None
             self._run(task, TimeoutError("timed out"))
 
@@ -276,17 +299,31 @@ class Dispatcher:
         for conn in self._parked.values():
             conn.sock.close()
         self._parked.clear()
+        self._closed = True
         for task in self._waiting:
-            task.gen.close()  # its finally blocks give back what it holds
-            self._service.done(task)
-            task.conn.sock.close()
+            self._end(task)
         self._waiting.clear()
+        self._paused.clear()
+        self._close_returned()
         self._held.stopping = True
         self._held.close()
         self._report.summary.flush(everything=True)
         self._poller.close()
         self._wake_r.close()
         self._wake_w.close()
+
+    def _end(self, task: Task) -> None:
+        task.gen.close()  # its finally blocks give back what it holds
+        self._service.done(task)
+        task.conn.sock.close()
+
+    def _close_returned(self) -> None:
+        while True:
+            try:
+                task, _ = self._returned.popleft()
+            except IndexError:
+                return
+            self._end(task)
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -311,9 +348,7 @@ class Dispatcher:
     def _new_client(self, sock: socket.socket, addr: tuple) -> Client | None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # A blocking read of a client only ever waits for a kept-alive client's next
-            # request (read_within); every other read is of data known to be there.
-            blocking_with_timeouts(sock, self._idle_timeout, CLIENT_RECV_SECONDS)
+            client_mode(sock, self._idle_timeout)
         except OSError:
             sock.close()
             return None
@@ -353,7 +388,7 @@ class Dispatcher:
 
     def _start(self, conn: Client) -> None:
         """Serve ``conn``: it is readable, or holds a request to forward (``pending``)."""
-        if self._backlog or len(self._service.serving) >= self._max_in_flight:
+        if self._backlog or self._in_flight() >= self._max_in_flight:
             self._backlog.append(conn)  # served when a request ends, in order
             return
         self._run(self._service.task(conn))
@@ -361,6 +396,7 @@ class Dispatcher:
     def _resume(self, task: Task) -> None:
         """The socket ``task`` waited for is readable."""
         self._waiting.discard(task)
+        self._paused.discard(task)
         task.waiting = None
         self._run(task)
 
@@ -368,6 +404,14 @@ class Dispatcher:
         """Any thread: the Wakeup ``task`` waits for fired."""
         self._woken.append(task)
         self.wake()
+
+    def _returned_task(self, task: Task, wait: Wait) -> None:
+        if self._stopping:
+            self._end(task)
+            return
+        exc = self._await(task, wait)
+        if exc is not None:
+            self._run(task, exc)
 
     def _woken_up(self, task: Task) -> None:
         if task in self._waiting and type(task.waiting) is Wakeup:
@@ -402,13 +446,26 @@ class Dispatcher:
                 task.deadline = time.monotonic() + self._backend_timeout
                 self._waiting.add(task)
                 return
-            else:  # wait for a backend's bytes (or its connect)
-                sock = step.sock  # a BufferedSocket to read, or a Writable
-                write = type(step) is Writable
-                if not self._poller.arm(sock.fileno(), sock, task, write):
-                    exc = OSError("upstream connection closed")
-                    continue
-                task.waiting = sock
-                task.deadline = time.monotonic() + self._backend_timeout
-                self._waiting.add(task)
-                return
+            else:  # wait for a backend's answer, or a Wait
+                exc = self._await(task, step)
+                if exc is None:
+                    return
+
+    def _await(self, task: Task, step: object) -> OSError | None:
+        """Arm the socket ``step`` waits for (a BufferedSocket to read, or a Wait); the error
+        to throw into the task if it cannot be armed."""
+        if type(step) is Wait:
+            sock, write = step.sock, step.write
+            client = sock is task.conn.sock
+            timeout = self._idle_timeout if client else self._backend_timeout
+            paused = client or task.slot.responding  # the peer's pace, not work: not counted
+        else:
+            sock, write, timeout, paused = step.sock, False, self._backend_timeout, False
+        if not self._poller.arm(sock.fileno(), sock, task, write):
+            return OSError("connection closed")
+        task.waiting = sock
+        task.deadline = time.monotonic() + timeout
+        self._waiting.add(task)
+        if paused:
+            self._paused.add(task)
+        return None

@@ -66,13 +66,15 @@ class Forwarder:
         bodies: Bodies,
         room: HoldRoom,
         max_header_bytes: int,
+        *,
+        client_timeout: float,
     ) -> None:
         self._router = router
         self._report = reporter
         self._bodies = bodies
         self._room = room
         self._policy = RetryPolicy(router, room)
-        self.relay = Relay(reporter, max_header_bytes)
+        self.relay = Relay(reporter, max_header_bytes, client_timeout)
         self.max_header_bytes = max_header_bytes
 
     def idle(self) -> bool:
@@ -194,7 +196,7 @@ class Forwarder:
                 raise AttemptFailed(kind, 502, reason(exc)) from exc
             if not plan.buffered:
                 yield BLOCK
-                failed = self._send_request_body(conn, up, plan)
+                failed = yield from self._send_request_body(conn, up, plan)
                 if failed:
                     self._done(failed, plan.started, gen)
                     return False
@@ -217,11 +219,13 @@ class Forwarder:
             else:
                 sock.close()
 
-    def _send_request_body(self, conn: Client, up: BufferedSocket, plan: Plan) -> int:
-        """Stream the request body upstream: 0, or the status of the error already sent."""
+    def _send_request_body(self, conn: Client, up: BufferedSocket, plan: Plan) -> Steps[int]:
+        """Stream the request body upstream (a worker's: the reads block): 0, or the status
+        of the error already sent."""
         plan.consumed = True
         try:
-            self._bodies.send_continue(conn, plan)  # the upstream head is out: ask for the body
+            yield from self._bodies.send_continue(conn, plan)  # the head is out: ask for it
+            yield BLOCK  # a wait for that send may have moved us; the body's reads block
             src = self._bodies.source(conn, plan)
             send = up.sock.sendall
             if plan.framing is Framing.LENGTH:
@@ -239,11 +243,11 @@ class Forwarder:
             # still listens.
             log.debug("proxy: bad or incomplete request body from %s: %s", conn.ip, exc)
             status = 408 if isinstance(exc.__cause__, TooSlow) else 400
-            steps.finish(send_error(conn, status, False))
+            yield from send_error(conn, status, False)
             return status
         except SinkError:
             self._report.upstream_error(ERR_CLOSED)
-            steps.finish(send_error(conn, 502, False))
+            yield from send_error(conn, 502, False)
             return 502
         except OSError:  # the 100 Continue could not be sent: the client is gone
             return 400

@@ -14,7 +14,7 @@ import socket
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, Framing, Head, HttpError, SinkError, SourceError
-from trayupdater.proxy import heads, steps, zerocopy
+from trayupdater.proxy import heads, steps, streams, zerocopy
 from trayupdater.proxy.clients import Client
 from trayupdater.proxy.observer import (
     ERR_BODY,
@@ -25,7 +25,7 @@ from trayupdater.proxy.observer import (
     Reporter,
 )
 from trayupdater.proxy.retry import AttemptFailed
-from trayupdater.proxy.sockets import error_response, is_timeout, reason
+from trayupdater.proxy.sockets import error_response, is_timeout, reason, wait_ready
 from trayupdater.proxy.steps import BLOCK, Steps
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,11 @@ def send_error(conn: Client, status: int, head_request: bool) -> Steps[None]:
 class Relay:
     """Relays responses from a backend connection to a client connection."""
 
-    def __init__(self, reporter: Reporter, max_header_bytes: int) -> None:
+    def __init__(self, reporter: Reporter, max_header_bytes: int, client_timeout: float) -> None:
         self._report = reporter
         self.max_header_bytes = max_header_bytes
         self.closing = False  # set by ReverseProxy.close(): no more keep-alive, end tunnels
+        self._client_timeout = client_timeout  # how long a tunnel's client may take nothing
         self.pipes = zerocopy.Pipes()  # for splicing large bodies
 
     def read_response(
@@ -137,7 +138,7 @@ class Relay:
         status = resp.status
         if status == 101:
             yield BLOCK
-            return status, self._upgrade(conn, up, req, resp.head, label), False
+            return status, (yield from self._upgrade(conn, up, req, resp.head, label)), False
         framing, length, reusable = resp.framing, resp.length, resp.reusable
         if framing is None:
             self._report.bad_response(label, resp.problem or "invalid framing")
@@ -163,20 +164,12 @@ class Relay:
             if framing is Framing.LENGTH:  # a large body: spliced on Linux (zerocopy.py)
                 yield from zerocopy.relay_length(up, length, head, client, self.pipes)
             else:
-                yield BLOCK  # a chunked or streamed body: copied by a worker as it arrives
-                client.sendall(head)
-                if chunked_out:
-                    write = _chunk_writer(client)
-                    if framing is Framing.CHUNKED:
-                        trailers = http11.copy_chunked(up, write, self.max_header_bytes)
-                    else:
-                        trailers = []
-                        http11.copy_until_close(up, write)
-                    client.sendall(http11.last_chunk(trailers))
-                elif framing is Framing.CHUNKED:
-                    http11.copy_chunked(up, client.sendall, self.max_header_bytes)
+                yield BLOCK  # a chunked or streamed body: relayed as it arrives (streams.py)
+                yield from streams.to_client(client, head)
+                if framing is Framing.CHUNKED:
+                    yield from streams.relay_chunked(up, client, chunked_out, self.max_header_bytes)
                 else:
-                    http11.copy_until_close(up, client.sendall)
+                    yield from streams.relay_until_close(up, client, chunked_out)
         except (OSError, SinkError):
             # The client went away mid-response: the upstream socket is mid-message, close it.
             return status, False, False
@@ -186,29 +179,32 @@ class Relay:
             return status, False, False  # the client sees a truncated body, not a wrong one
         return status, keep, reusable
 
-    def _upgrade(self, conn: Client, up: BufferedSocket, req: Head, resp: Head, label: str) -> bool:
-        """Relay a 101 and tunnel bytes both ways until either side closes."""
+    def _upgrade(
+        self, conn: Client, up: BufferedSocket, req: Head, resp: Head, label: str
+    ) -> Steps[bool]:
+        """Relay a 101 and tunnel bytes both ways until either side closes (a worker's)."""
         upgrade = req.get("upgrade")
         if upgrade is None or "upgrade" not in req.connection_tokens():
             self._report.bad_response(label, "101 to a request that asked for no upgrade")
             self._report.upstream_error(ERR_PROTOCOL)
-            send_error(conn, 502, False)
+            yield from send_error(conn, 502, False)
             return False
         lines = [f"HTTP/1.1 101 {resp.start[2]}\r\n"]
         lines += http11.forwarded_fields(resp)
         lines.append(f"Connection: Upgrade\r\nUpgrade: {resp.get('upgrade') or upgrade}\r\n\r\n")
         try:
-            conn.sock.sendall("".join(lines).encode("latin-1") + bytes(up.buf))
+            yield from streams.to_client(conn.sock, "".join(lines).encode("latin-1") + up.buf)
             up.buf.clear()
             if conn.buf:
                 up.sock.sendall(bytes(conn.buf))
                 conn.buf.clear()
-        except OSError:
+        except (OSError, SinkError):
             return False
         self._tunnel(conn.sock, up.sock)
         return False
 
     def _tunnel(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Bytes both ways until either side closes or the proxy does (a worker's)."""
         peers = {client: upstream, upstream: client}
         with selectors.DefaultSelector() as sel:
             sel.register(client, selectors.EVENT_READ)
@@ -220,11 +216,23 @@ class Relay:
                     try:
                         data = src.recv(http11.RECV_SIZE)
                         if data:
-                            peers[src].sendall(data)
+                            _send_within(peers[src], data, self._client_timeout)
                     except OSError:
                         data = b""
                     if not data:
                         return
+
+
+def _send_within(sock: socket.socket, data: bytes, timeout: float) -> None:
+    """``sendall`` that also works on a non-blocking socket (a client, sockets.client_mode):
+    TimeoutError if it takes nothing for ``timeout`` seconds."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            if not wait_ready(sock, timeout, write=True):
+                raise TimeoutError("the peer took nothing for too long") from None
 
 
 def _read_head(up: BufferedSocket, limit: int) -> Steps[bytes | None]:
@@ -290,10 +298,3 @@ def _chunked_in_hand(up: BufferedSocket, chunked_out: bool, max_trailer_bytes: i
     if not chunked_out:
         return data
     return (http11.chunk(data) if data else b"") + http11.last_chunk(trailers)
-
-
-def _chunk_writer(client: socket.socket) -> http11.Write:
-    def write(data: bytes | bytearray | memoryview) -> None:
-        client.sendall(http11.chunk(data))
-
-    return write

@@ -28,9 +28,6 @@ _REASONS = {
 # client's next request before it gives the connection back: a hand-off to the dispatcher
 # and back costs more CPU than a short wait for a busy lone client.
 LINGER_NEXT_REQUEST = 0.002
-# The receive timeout of client sockets: that wait, as a kernel timeout (see read_within).
-# Windows: a recv that timed out leaves the socket undefined; it reads after readiness only.
-CLIENT_RECV_SECONDS = None if sys.platform == "win32" else LINGER_NEXT_REQUEST
 
 DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # Windows lacks it; readiness is exact there
 # Busy polling: a worker that is about to sleep in recv() while it serves the only request in
@@ -66,6 +63,17 @@ def blocking_with_timeouts(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
+def client_mode(sock: socket.socket, timeout: float) -> None:
+    """Non-blocking where sends take MSG_DONTWAIT: every wait for a client is then explicit
+    (a poll in a worker, or the dispatcher's, see steps.Wait), and a splice into a client
+    that reads slowly returns instead of holding its thread. Elsewhere (Windows): blocking,
+    each call bounded by ``timeout``."""
+    if DONTWAIT:
+        sock.setblocking(False)
+    else:
+        blocking_with_timeouts(sock, timeout)
+
+
 def is_timeout(exc: BaseException) -> bool:
     """Did a socket call fail because a kernel timeout (or a Python one) expired?"""
     return isinstance(exc, TimeoutError) or (
@@ -73,23 +81,16 @@ def is_timeout(exc: BaseException) -> bool:
     )
 
 
-def wait_readable(sock: socket.socket, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for ``sock`` to become readable."""
+def wait_ready(sock: socket.socket, timeout: float, *, write: bool = False) -> bool:
+    """Wait up to ``timeout`` seconds for ``sock`` to become readable (``write``: writable)."""
     if hasattr(select, "poll"):  # select() cannot take descriptors >= FD_SETSIZE
         poller = select.poll()
-        poller.register(sock, select.POLLIN)
+        poller.register(sock, select.POLLOUT if write else select.POLLIN)
         return bool(poller.poll(timeout * 1000))
+    if write:
+        _, writable, failed = select.select([], [sock], [sock], timeout)
+        return bool(writable or failed)
     return bool(select.select([sock], [], [], timeout)[0])
-
-
-def wait_writable(sock: socket.socket, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for ``sock`` to become writable (a connect done)."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        return bool(poller.poll(timeout * 1000))
-    _, writable, failed = select.select([], [sock], [sock], timeout)
-    return bool(writable or failed)
 
 
 if hasattr(socket, "MSG_DONTWAIT"):
@@ -108,7 +109,7 @@ else:  # Windows
 
     def readable_now(sock: socket.socket) -> bool:
         """Is ``sock`` readable without waiting? For an idle pooled connection: EOF or junk."""
-        return wait_readable(sock, 0)
+        return wait_ready(sock, 0)
 
 
 def read_nowait(conn: http11.BufferedSocket) -> bool | None:
@@ -147,32 +148,21 @@ def spin_fill(conn: http11.BufferedSocket, seconds: float) -> None:
         conn.buf += data
 
 
-if sys.platform == "win32":  # no sub-10 ms SO_RCVTIMEO to count on: wait, then read
-
-    def read_within(conn: http11.BufferedSocket, seconds: float, spin: float = 0.0) -> bool | None:
-        """Wait up to ``seconds`` for data: True if some was read, False on EOF, None if none."""
-        if not wait_readable(conn.sock, seconds):
-            return None
-        return read_nowait(conn)
-
-else:
-
-    def read_within(conn: http11.BufferedSocket, seconds: float, spin: float = 0.0) -> bool | None:
-        """Wait up to ``seconds`` for data: True if some was read, False on EOF, None if none.
-
-        One blocking recv() bounded by the socket's SO_RCVTIMEO, which the dispatcher set to
-        ``seconds`` for every client (see ``Dispatcher._new_client``): half the system calls of
-        poll() then recv(), on the path of every kept-alive request. ``spin``: busy-poll
-        this long first (SPIN_SECONDS).
-        """
+def read_within(conn: http11.BufferedSocket, seconds: float, spin: float = 0.0) -> bool | None:
+    """Wait up to ``seconds`` for data: True if some was read, False on EOF, None if none.
+    ``spin``: busy-poll this long first (SPIN_SECONDS): a busy client's next request usually
+    comes within it, and then no thread sleeps."""
+    if spin:
         try:
-            data = spin_recv(conn.sock, spin) if spin else None
-            if data is None:
-                data = conn.sock.recv(http11.RECV_SIZE)
-        except OSError as exc:
-            return None if is_timeout(exc) else False
-        conn.buf += data
-        return bool(data)
+            data = spin_recv(conn.sock, spin)
+        except OSError:
+            return False
+        if data is not None:
+            conn.buf += data
+            return bool(data)
+    if not wait_ready(conn.sock, seconds):
+        return None
+    return read_nowait(conn)
 
 
 def reason(exc: BaseException) -> str:

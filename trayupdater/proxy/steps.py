@@ -16,23 +16,30 @@ What a generator yields:
   it: wait until it is readable". The dispatcher resumes the generator when it is, or throws
   ``TimeoutError`` into it after the backend timeout; a worker resumes at once (its read
   blocks), after a moment of busy polling when it serves the only request in flight.
-- a :class:`Writable`: "wait until this socket is writable" (a non-blocking connect): the
-  dispatcher as above, for writing; a worker waits for it with poll(), up to the backend
-  timeout.
+- a :class:`Wait`: "wait until this socket is readable (or writable), however long it
+  takes": a non-blocking connect, a client that has not taken what was sent yet, a stream's
+  next bytes. The dispatcher arms the socket and resumes the generator when it is ready,
+  or throws ``TimeoutError`` into it after the peer's timeout (``client_idle_timeout`` for
+  the client, ``backend_timeout`` for a backend). A worker waits a moment for it
+  (:data:`STALL_SECONDS`) and then gives the task back to the dispatcher: a client reading
+  slowly, or an event stream between events, holds no thread. Waits for a client, and for a
+  backend whose response is under way, do not count against the requests in flight.
 - a :class:`Wakeup`: "wait until someone fires this" (a backend connection to become free,
   upstream.py). The dispatcher resumes the generator when it fires, or throws
   ``TimeoutError`` after the backend timeout; a worker waits for it the same way.
 - :data:`BLOCK`: "from here on I may block" (a connect to a host name, a large or streamed
-  body, a tunnel, a retry that waits, a send that did not fit). The dispatcher hands the
-  generator to a worker; a worker goes on.
+  body, a tunnel, a retry that waits). The dispatcher hands the generator to a worker; a
+  worker goes on. Code that may block asks again after any Wait: the wait may have moved
+  it to the dispatcher.
 - :data:`LINGER`: "the response is out; is the client's next request coming?" The driver
   sends back what :func:`sockets.read_within` returns: True (bytes arrived), False (closed)
   or None (nothing: park the connection). A worker serving the only request in flight waits
   a moment for it (a lone client stays with its worker); otherwise, and in the dispatcher
   (whose loop busy-polls a moment before it sleeps), the connection is parked.
 
-Sends to a client or a backend try without blocking first (:func:`send`); only what does not
-fit at once costs a BLOCK. So a client that stops reading never stalls the dispatcher.
+Sends to a client or a backend try without blocking first (:func:`send`); what does not fit
+at once is sent when the socket is writable again (a Wait). So a client that stops reading
+never stalls the dispatcher, and never holds a worker either.
 Neither may a message that is cheap to send and dear to parse: the dispatcher walks at most
 :data:`DISPATCHER_CHUNKS` chunks of one chunked body; one with more is a worker's (one
 megabyte of one-byte chunks is 170,000 of them, a second of Python).
@@ -53,6 +60,10 @@ Steps = Generator[Any, Any, T]  # a generator of the yields above, returning T
 BLOCK = "block"
 LINGER = "linger"
 DISPATCHER_CHUNKS = 256  # at a few microseconds each: about a millisecond of the dispatcher
+# How long a worker waits for a Wait before it gives the task back to the dispatcher: a
+# client on loopback that reads at all takes the next bytes well within it, so a fast
+# transfer stays in its worker; a slow one costs a hand-off per wait, not a thread.
+STALL_SECONDS = 0.005
 
 
 class Wakeup:
@@ -103,39 +114,43 @@ class Wakeup:
         return fired.is_set()
 
 
-class Writable:
-    """Wait until ``sock`` is writable (see the module doc)."""
+class Wait:
+    """Wait until ``sock`` is readable, or writable (``write``), as long as the peer's
+    timeout allows (see the module doc)."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("sock", "write")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, write: bool = False) -> None:
         self.sock = sock
+        self.write = write
 
 
-def send(sock: socket.socket, data: bytes | bytearray | memoryview) -> Steps[None]:
-    """Send all of ``data``: at once if it fits, else BLOCK and finish with ``sendall``.
+def send(sock: socket.socket, data: bytes | bytearray | memoryview) -> Steps[bool]:
+    """Send all of ``data``: at once if it fits, else as the socket takes it (Wait for it to
+    be writable in between). True if it had to wait. ``data`` is not used after a wait (a
+    copy of what is left is), so it may be a buffer its thread reuses.
 
-    Errors are those of ``sendall`` (OSError). Without MSG_DONTWAIT (Windows) every send
-    asks to BLOCK first: correct, but the dispatcher then serves nothing itself.
+    Errors are those of ``send`` (OSError; TimeoutError when the peer took nothing for its
+    whole timeout). Without MSG_DONTWAIT (Windows) it BLOCKs and finishes with ``sendall``:
+    correct, but the dispatcher then serves nothing itself.
     """
-    if DONTWAIT:
-        try:
-            sent = sock.send(data, DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
-        data = memoryview(data)[sent:]
-    yield BLOCK
-    sock.sendall(data)
-
-
-def finish(gen: Steps[T]) -> T:
-    """Run ``gen`` to its end where blocking is allowed (a worker): waits are the blocking
-    reads that follow them. For generators that never LINGER."""
+    if not DONTWAIT:
+        yield BLOCK
+        sock.sendall(data)
+        return False
     try:
-        while True:
-            if next(gen) is LINGER:
-                raise RuntimeError("finish() cannot linger")
-    except StopIteration as stop:
-        return stop.value
+        sent = sock.send(data, DONTWAIT)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(data):
+        return False
+    rest = memoryview(bytes(memoryview(data)[sent:]))
+    while True:
+        yield Wait(sock, write=True)
+        try:
+            sent = sock.send(rest, DONTWAIT)
+        except BlockingIOError:
+            continue
+        if sent == len(rest):
+            return True
+        rest = rest[sent:]

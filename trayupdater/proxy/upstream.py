@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from trayupdater.proxy.sockets import blocking_with_timeouts, readable_now
-from trayupdater.proxy.steps import BLOCK, Steps, Wakeup, Writable
+from trayupdater.proxy.steps import BLOCK, Steps, Wait, Wakeup
 
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, 10035})
 
@@ -137,7 +137,7 @@ class UpstreamPool:
             sock.setblocking(False)
             err = sock.connect_ex((self.backend.host, self.backend.port))
             if err in _IN_PROGRESS:
-                yield Writable(sock)
+                yield Wait(sock, write=True)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))  # ConnectionRefusedError for a refusal

@@ -14,9 +14,9 @@ from trayupdater.proxy.sockets import (
     SPIN_SECONDS,
     read_within,
     spin_fill,
-    wait_writable,
+    wait_ready,
 )
-from trayupdater.proxy.steps import LINGER, Wakeup, Writable
+from trayupdater.proxy.steps import LINGER, STALL_SECONDS, Wait, Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +29,22 @@ class Workers:
     while it serves the only task in flight does it wait for the client's next request
     (LINGER) and busy-poll for a backend's answer: a lone client then stays with its worker,
     with no hand-off per request. Under concurrency the next request goes to the dispatcher,
-    so a worker is free again as soon as the part that needed a thread is done.
+    so a worker is free again as soon as the part that needed a thread is done. A Wait that
+    lasts longer than a moment (a slow client, a stream between events) gives the task back
+    to the dispatcher, which runs it on when the socket is ready.
     """
 
     def __init__(
         self,
         service: Service,
         park: Callable[[Client], None],
+        give_back: Callable[[Task, Wait], None],
         backend_timeout: float,
         on_done: Callable[[], None],
     ) -> None:
         self._service = service
         self._park = park
+        self._give_back = give_back
         self._backend_timeout = backend_timeout
         self._on_done = on_done  # a request ended: connections waiting their turn may go
         self._queue: SimpleQueue[Task | None] = SimpleQueue()
@@ -59,31 +63,38 @@ class Workers:
             task = self._queue.get()
             if task is None:
                 return
-            park = False
+            outcome: bool | Wait = False
             try:
-                park = self._finish(task)
+                outcome = self._finish(task)
             except Exception:
                 log.exception("proxy worker failed; closing that connection")
                 task.conn.sock.close()
-            finally:
-                self._service.done(task)
-            if park:
+            if type(outcome) is Wait:  # the dispatcher runs it on: not ours to touch any more
+                self._give_back(task, outcome)
+                continue
+            self._service.done(task)
+            if outcome:
                 self._park(task.conn)
             else:
                 self._on_done()
 
-    def _finish(self, task: Task) -> bool:
-        """Run the task's generator to its end; True: park the connection. A backend to wait
-        for is read by the blocking read that follows, and BLOCK is what a worker is for."""
+    def _finish(self, task: Task) -> bool | Wait:
+        """Run the task's generator to its end; True: park the connection, or the Wait to
+        give back to the dispatcher. A backend to wait for is read by the blocking read that
+        follows, and BLOCK is what a worker is for."""
         gen, value, exc, serving = task.gen, None, None, self._service.serving
         try:
             while True:
                 step = gen.send(value) if exc is None else gen.throw(exc)
                 value = exc = None
-                if type(step) is Writable:  # a connect under way
-                    if not wait_writable(step.sock, self._backend_timeout):
-                        exc = TimeoutError("timed out")
-                    continue
+                if type(step) is Wait:  # a moment here, then the dispatcher's (see steps.py)
+                    try:
+                        if wait_ready(step.sock, STALL_SECONDS, write=step.write):
+                            continue
+                    except (OSError, ValueError):  # closed meanwhile (ValueError: fd -1)
+                        exc = OSError("connection closed")
+                        continue
+                    return step
                 if type(step) is Wakeup:  # a turn to connect
                     if not step.wait(self._backend_timeout):
                         exc = TimeoutError("timed out")

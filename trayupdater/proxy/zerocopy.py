@@ -4,13 +4,16 @@ The head goes out with the body bytes already read, in one send, from wherever t
 is; the rest is relayed by a worker. On Linux ``os.splice`` moves the bytes backend socket
 -> pipe -> client socket inside the kernel: no ``bytes`` objects, no copy into and out of
 the process, and no GIL held while it works, so bodies for several clients move on several
-cores at once. The sockets' kernel timeouts (SO_RCVTIMEO, SO_SNDTIMEO) bound each splice as
-they bound recv and send. Pipes come from a small pool per proxy; one left with bytes in it
-after an error is closed, never reused. (Splicing in the dispatcher, without blocking, was
-measured and lost: its one thread then did all of the kernel's work in turn.)
+cores at once. The backend side blocks, bounded by its socket's SO_RCVTIMEO. The client
+side does not (client sockets are non-blocking, ``sockets.client_mode``): when it is full
+the relay Waits for it (:mod:`streams`), so a client that reads slowly or not at all holds
+no worker; the pipe keeps what it holds meanwhile. Pipes come from a small pool per
+proxy; one left with bytes in it after an error is closed, never reused. (Splicing in the
+dispatcher, without blocking, was measured and lost: its one thread then did all of the
+kernel's work in turn.)
 
 Elsewhere, and for bodies too small to be worth it, a worker copies the body through one
-reused buffer per thread (:func:`trayupdater.http11.copy_length`).
+reused buffer per thread (:func:`streams.copy_length`).
 
 Errors are those of the copy functions in :mod:`trayupdater.http11`: :class:`SourceError`
 when the backend fails (closed early, reset, timed out), :class:`SinkError` when the client
@@ -25,9 +28,9 @@ import os
 import socket
 import sys
 
-from trayupdater.http11 import BufferedSocket, SinkError, SourceError, copy_length
-from trayupdater.proxy import steps
-from trayupdater.proxy.steps import BLOCK, Steps
+from trayupdater.http11 import BufferedSocket, SinkError, SourceError
+from trayupdater.proxy import steps, streams
+from trayupdater.proxy.steps import BLOCK, Steps, Wait
 
 # Below this many bytes still to come, splicing's extra system calls cost more than copying.
 SPLICE_MIN = 128 * 1024
@@ -99,14 +102,17 @@ def relay_length(
     # the dispatcher's instead of in turn with it (measured: bench/RESULTS.md).
     yield BLOCK
     if not AVAILABLE or remaining < SPLICE_MIN:
-        copy_length(src, remaining, client.sendall)
+        yield from streams.copy_length(src, remaining, client)
     else:
-        splice_length(src.sock, client, remaining, pipes)
+        yield from splice_length(src.sock, client, remaining, pipes)
 
 
-def splice_length(src: socket.socket, dst: socket.socket, remaining: int, pipes: Pipes) -> None:
-    """Move ``remaining`` bytes from socket ``src`` to socket ``dst`` through a pipe
-    (blocking, bounded by the sockets' kernel timeouts)."""
+def splice_length(
+    src: socket.socket, dst: socket.socket, remaining: int, pipes: Pipes
+) -> Steps[None]:
+    """Move ``remaining`` bytes from socket ``src`` to socket ``dst`` through a pipe: the
+    backend side blocking (bounded by its kernel timeout), the client side waited for
+    without a thread (see the module doc). A worker's: it yields BLOCK after a wait."""
     pipe = pipes.take()
     read_end, write_end = pipe
     src_fd, dst_fd = src.fileno(), dst.fileno()
@@ -122,6 +128,12 @@ def splice_length(src: socket.socket, dst: socket.socket, remaining: int, pipes:
             while n:
                 try:
                     n -= os.splice(read_end, dst_fd, n)
+                except BlockingIOError:
+                    try:
+                        yield Wait(dst, write=True)
+                    except TimeoutError as exc:
+                        raise SinkError("the client took nothing for too long") from exc
+                    yield BLOCK
                 except OSError as exc:
                     raise SinkError(str(exc)) from exc
     except BaseException:

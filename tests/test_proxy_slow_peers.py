@@ -1,0 +1,144 @@
+"""Waiting is not work: a client that reads slowly or not at all, and an event stream between
+events, hold no worker thread and no in-flight slot, so a handful of them cannot lock every
+other client out. Each wait is still bounded by its timeout, and every byte still arrives."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import pytest
+from proxy_support import TIMEOUT, RealBackend, wait_until
+from proxy_support import get as _get
+
+from trayupdater.proxy import ReverseProxy
+
+WORKERS = 2  # also the requests in flight: four slow peers are twice what it allows
+SLOW = 4
+
+
+@pytest.fixture
+def backend() -> Iterator[RealBackend]:
+    real = RealBackend("v1")
+    yield real
+    real.close()
+
+
+def _request(
+    proxy: ReverseProxy, path: str, rcvbuf: int | None = None, count: int = 1
+) -> socket.socket:
+    """``count`` requests for ``path``, pipelined (their answers fill any buffer)."""
+    sock = socket.socket()
+    if rcvbuf:  # before connecting: the window it advertises is what the proxy can send
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(TIMEOUT)
+    sock.connect(proxy.address)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * count)
+    return sock
+
+
+def _read_until(sock: socket.socket, data: bytearray, marker: bytes) -> None:
+    while marker not in data:
+        more = sock.recv(65536)
+        assert more, f"closed before {marker!r}"
+        data += more
+
+
+def _bodies(sock: socket.socket, length: int, count: int = 1) -> list[int]:
+    """Read ``count`` responses of ``length`` body bytes: how many body bytes each brought."""
+    data, got = bytearray(), []
+    for _ in range(count):
+        _read_until(sock, data, b"\r\n\r\n")
+        head, _, rest = bytes(data).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: %d" % length in head
+        data = bytearray(rest)
+        while len(data) < length:
+            more = sock.recv(1 << 20)
+            if not more:
+                return [*got, len(data)]
+            data += more
+        got.append(length)
+        del data[:length]
+    return got
+
+
+def _others_are_served(proxy: ReverseProxy) -> None:
+    for _ in range(3):
+        assert _get(proxy, "/version")[:2] == (200, b"v1")
+
+
+# 20 MB: far more than every buffer between backend and client (spliced on Linux); 150 kB:
+# the rest after the first read is copied; 60 kB: read whole, sent by the dispatcher. The
+# smaller ones are pipelined by the hundred, so that the client's socket fills.
+@pytest.mark.parametrize(("size", "count"), [(20_000_000, 1), (150_000, 100), (60_000, 100)])
+def test_clients_that_stop_reading_lock_no_one_out(
+    backend: RealBackend, size: int, count: int
+) -> None:
+    with ReverseProxy("127.0.0.1", 0, workers=WORKERS) as proxy:
+        proxy.switch(backend.backend)
+        stuck = [_request(proxy, f"/big?n={size}", 4096, count) for _ in range(SLOW)]
+        assert wait_until(lambda: backend.server.requests >= SLOW)
+        _others_are_served(proxy)
+        # And nothing was lost: each of them, reading now, gets every body whole.
+        for sock in stuck:
+            assert _bodies(sock, size, count) == [size] * count
+            sock.close()
+
+
+def test_a_client_that_takes_nothing_for_its_idle_timeout_is_let_go(
+    backend: RealBackend,
+) -> None:
+    """Waiting for a client is bounded as a blocking send was: by client_idle_timeout. Its
+    connection is closed, the backend's too (mid-message), and the pipe is not kept."""
+    size = 20_000_000
+    with ReverseProxy("127.0.0.1", 0, workers=WORKERS, client_idle_timeout=1.0) as proxy:
+        proxy.switch(backend.backend)
+        stuck = _request(proxy, f"/big?n={size}", rcvbuf=4096)
+        assert wait_until(lambda: backend.server.requests >= 1)
+        assert wait_until(lambda: backend.server.open_connections == 0), "backend not let go"
+        assert _bodies(stuck, size) < [size]  # cut short, not stalled for ever
+        stuck.close()
+        _others_are_served(proxy)
+
+
+def _events(sock: socket.socket, data: bytearray, upto: int) -> None:
+    _read_until(sock, data, f"data: {upto}\n\n".encode())
+
+
+def test_open_event_streams_lock_no_one_out(backend: RealBackend) -> None:
+    with ReverseProxy("127.0.0.1", 0, workers=WORKERS) as proxy:
+        proxy.switch(backend.backend)
+        streams = [_request(proxy, "/events?every=0.05") for _ in range(SLOW * 2)]
+        received = [bytearray() for _ in streams]
+        for sock, data in zip(streams, received, strict=True):
+            _events(sock, data, 0)  # every stream is served, not only the first WORKERS
+            assert data.startswith(b"HTTP/1.1 200 ")
+        _others_are_served(proxy)
+        for sock, data in zip(streams, received, strict=True):
+            _events(sock, data, 3)  # and they keep flowing
+            sock.close()
+
+
+def test_a_stream_silent_past_the_backend_timeout_is_cut_short(backend: RealBackend) -> None:
+    with ReverseProxy("127.0.0.1", 0, workers=WORKERS, backend_timeout=0.5) as proxy:
+        proxy.switch(backend.backend)
+        sock = _request(proxy, "/events?n=1&hang=1")
+        data = bytearray()
+        _events(sock, data, 0)
+        while more := sock.recv(65536):
+            data += more
+        assert b"0\r\n\r\n" not in data  # truncated, never passed off as complete
+        sock.close()
+
+
+def test_a_101_to_a_request_that_asked_for_no_upgrade_gets_502(backend: RealBackend) -> None:
+    with ReverseProxy("127.0.0.1", 0, workers=WORKERS) as proxy:
+        proxy.switch(backend.backend)
+        sock = _request(proxy, "/ws")  # /ws answers 101 whatever was asked
+        data = bytearray()
+        with contextlib.suppress(OSError):
+            while more := sock.recv(65536):
+                data += more
+        assert data.startswith(b"HTTP/1.1 502 ")
+        sock.close()
