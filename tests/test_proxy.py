@@ -26,7 +26,16 @@ from proxy_support import wait_until as _wait_until
 
 from trayupdater import http11
 from trayupdater.errors import ConfigError
-from trayupdater.proxy import Backend, ReverseProxy, poller, steps, zerocopy
+from trayupdater.proxy import (
+    Backend,
+    ReverseProxy,
+    dispatcher,
+    poller,
+    sockets,
+    steps,
+    streams,
+    zerocopy,
+)
 
 
 @pytest.fixture
@@ -51,10 +60,13 @@ def make_backend(backends: list[RealBackend]):
 def platform_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test here runs on this machine's fast paths (epoll, sends without blocking,
     splice) and again on the portable ones macOS and Windows take: a selectors poller, every
-    send in a worker (no MSG_DONTWAIT on Windows), bodies copied rather than spliced."""
+    send in a worker (no MSG_DONTWAIT on Windows: blocking client sockets, streams read
+    blocking), bodies copied rather than spliced."""
     if request.param == "portable":
         monkeypatch.setattr(poller, "KIND", "selectors")
         monkeypatch.setattr(steps, "DONTWAIT", 0)
+        monkeypatch.setattr(streams, "DONTWAIT", 0)
+        monkeypatch.setattr(dispatcher, "client_mode", sockets.blocking_with_timeouts)
         monkeypatch.setattr(zerocopy, "AVAILABLE", False)
     return request.param
 
