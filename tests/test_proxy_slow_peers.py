@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 from proxy_support import TIMEOUT, RealBackend, wait_until
 from proxy_support import get as _get
 
-from trayupdater.proxy import ReverseProxy
+from trayupdater.proxy import ReverseProxy, steps, workers
 
 WORKERS = 2  # also the requests in flight: four slow peers are twice what it allows
 SLOW = 4
@@ -142,3 +143,34 @@ def test_a_101_to_a_request_that_asked_for_no_upgrade_gets_502(backend: RealBack
                 data += more
         assert data.startswith(b"HTTP/1.1 502 ")
         sock.close()
+
+
+def test_a_client_trickling_its_reads_costs_no_worker_time_between_them(
+    backend: RealBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker waits a moment for a full client before giving the task back (a fast client
+    drains in microseconds). A client that needed the dispatcher once is not waited for
+    again: else each of its wake-ups would cost a worker that moment."""
+    waits: list[tuple[float, bool]] = []
+    real = workers.wait_ready
+
+    def recorded(sock: socket.socket, timeout: float, *, write: bool = False) -> bool:
+        ready = real(sock, timeout, write=write)
+        waits.append((timeout, ready))
+        return ready
+
+    monkeypatch.setattr(workers, "wait_ready", recorded)
+    size = 20_000_000
+    with ReverseProxy("127.0.0.1", 0, workers=WORKERS) as proxy:
+        proxy.switch(backend.backend)
+        sock = _request(proxy, f"/big?n={size}")
+        data = bytearray()
+        _read_until(sock, data, b"\r\n\r\n")
+        got = len(data) - data.index(b"\r\n\r\n") - 4
+        while got < size:
+            time.sleep(0.005)  # about 50 MB/s: slower than the proxy, fast enough for a test
+            got += len(sock.recv(262144))
+        sock.close()
+    stalled = [ready for timeout, ready in waits if timeout == steps.STALL_SECONDS and not ready]
+    assert len(stalled) == 1, f"a worker waited out its moment {len(stalled)} times"
+    assert len(waits) > 3  # it did trickle: woken many times

@@ -33,12 +33,13 @@ CLOSED = "closed"  # closed already
 class Task:
     """A connection being served: the generator serving it and the slot it reports in."""
 
-    __slots__ = ("conn", "deadline", "gen", "slot", "waiting")
+    __slots__ = ("conn", "deadline", "gen", "slot", "stalled", "waiting")
 
     def __init__(self, conn: Client, gen: Steps[bool], slot: Slot) -> None:
         self.conn = conn
         self.gen = gen
         self.slot = slot
+        self.stalled = False  # a worker gave it back once: its peer is slow (workers.py)
         self.waiting: socket.socket | Wakeup | None = None  # what the dispatcher waits for
         self.deadline = 0.0  # and until when
 

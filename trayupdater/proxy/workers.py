@@ -88,12 +88,16 @@ class Workers:
                 step = gen.send(value) if exc is None else gen.throw(exc)
                 value = exc = None
                 if type(step) is Wait:  # a moment here, then the dispatcher's (see steps.py)
+                    # Not for a peer that was slow once: a client trickling its reads would
+                    # otherwise cost a worker that moment at every wake-up.
+                    moment = 0.0 if task.stalled else STALL_SECONDS
                     try:
-                        if wait_ready(step.sock, STALL_SECONDS, write=step.write):
+                        if wait_ready(step.sock, moment, write=step.write):
                             continue
                     except (OSError, ValueError):  # closed meanwhile (ValueError: fd -1)
                         exc = OSError("connection closed")
                         continue
+                    task.stalled = True
                     return step
                 if type(step) is Wakeup:  # a turn to connect
                     if not step.wait(self._backend_timeout):
