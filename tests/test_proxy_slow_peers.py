@@ -5,6 +5,7 @@ other client out. Each wait is still bounded by its timeout, and every byte stil
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -174,3 +175,55 @@ def test_a_client_trickling_its_reads_costs_no_worker_time_between_them(
     stalled = [ready for timeout, ready in waits if timeout == steps.STALL_SECONDS and not ready]
     assert len(stalled) == 1, f"a worker waited out its moment {len(stalled)} times"
     assert len(waits) > 3  # it did trickle: woken many times
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_clients_uploading_large_bodies_slowly_lock_no_one_out(
+    backend: RealBackend, chunked: bool
+) -> None:
+    """A body past max_buffered_body is streamed upstream as it arrives; a client sending it
+    at a crawl (within the rate rule) is waited for without a thread."""
+    body = os.urandom(3 * 1024 * 1024)
+    # Past max_buffered_body (1 MiB) in hand: a chunked body is streamed from then on too.
+    first, rest = body[:1_200_000], body[1_200_000:]
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % len(body)
+
+    def framed(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
+
+    with ReverseProxy("127.0.0.1", 0, workers=WORKERS) as proxy:
+        proxy.switch(backend.backend)
+        slow = []
+        for _ in range(SLOW):
+            sock = socket.create_connection(proxy.address, timeout=TIMEOUT)
+            head = b"PUT /echo HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing
+            sock.sendall(head + framed(first))
+            slow.append(sock)
+        assert wait_until(lambda: backend.server.requests >= SLOW)
+        _others_are_served(proxy)
+        for sock in slow:  # they go on, and every byte arrives
+            sock.sendall(framed(rest) + (b"0\r\n\r\n" if chunked else b""))
+        for sock in slow:
+            assert _bodies(sock, len(body)) == [len(body)]
+            sock.close()
+
+
+def test_a_streamed_upload_gone_silent_gets_408_when_its_pause_runs_out(
+    backend: RealBackend,
+) -> None:
+    """The dispatcher's wait for a streamed body's next bytes is bounded by the rate rule
+    (no pause past body_timeout), as the worker's blocking wait was."""
+    options = {"max_buffered_body": 1024, "body_timeout": 0.5, "workers": WORKERS}
+    with ReverseProxy("127.0.0.1", 0, **options) as proxy:  # type: ignore[arg-type]
+        proxy.switch(backend.backend)
+        sock = socket.create_connection(proxy.address, timeout=TIMEOUT)
+        sock.sendall(
+            b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"z" * 5000
+        )
+        answer = bytearray()
+        with contextlib.suppress(OSError):  # then silence
+            while more := sock.recv(65536):
+                answer += more
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        sock.close()
+        _others_are_served(proxy)

@@ -1,5 +1,5 @@
-"""Request bodies: received by the dispatcher before a worker is spent on them, or streamed by a
-worker at a minimum rate.
+"""Request bodies: received by the dispatcher before a worker is spent on them, or streamed as
+they arrive, at a minimum rate.
 
 A client may send its body as slowly as TCP allows, and a worker blocked on it is lost to
 every other client (80 clients trickling ``Content-Length: 1000000`` took all 64 workers).
@@ -8,8 +8,10 @@ complete; only then does a worker take the request. A body in hand also makes th
 replayable on another backend. A body past that cap, one arriving while the bodies
 buffered across all connections pass ``max_total`` bytes, or a chunked one of more chunks
 than the dispatcher walks (``steps.DISPATCHER_CHUNKS``: a client sending a megabyte of
-one-byte chunks stalled every other client for most of a second) is streamed upstream by a
-worker.
+one-byte chunks stalled every other client for most of a second) is streamed upstream as it
+arrives: a worker sends it on, and between the client's bytes the task waits in the
+dispatcher (a ``steps.Wait``), so a client sending a large body at a crawl holds no thread
+either (with 2 workers, 4 such uploads used to lock every other client out).
 
 Either way the client is held to one rule (as Apache's mod_reqtimeout ``body=T,MinRate=R``):
 no pause longer than ``timeout`` between two reads, and on average ``min_rate`` bytes/s after
@@ -18,16 +20,17 @@ a grace of ``timeout``. A client below it gets 408 and is closed.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from trayupdater import http11
-from trayupdater.http11 import BufferedSocket, Framing, SourceError
+from trayupdater.http11 import Framing, SourceError
 from trayupdater.proxy import steps
 from trayupdater.proxy.plan import Plan
-from trayupdater.proxy.sockets import read_nowait, wait_ready
-from trayupdater.proxy.steps import DISPATCHER_CHUNKS, Steps
+from trayupdater.proxy.sockets import DONTWAIT, read_nowait, reason
+from trayupdater.proxy.steps import BLOCK, DISPATCHER_CHUNKS, Steps, Wait
 
 if TYPE_CHECKING:
     from trayupdater.proxy.clients import Client
@@ -44,33 +47,46 @@ class TooSlow(TimeoutError):
     """The client sent its request body below the minimum rate."""
 
 
-class _PacedReader:
-    """The reads of a streamed request body, each bounded by the rate rule."""
+class _Pace:
+    """The rate rule for one streamed body, and the waits for the client it allows."""
 
-    def __init__(self, sock: Any, rules: Bodies, received: int, waited: float) -> None:
-        self._sock = sock
+    def __init__(self, rules: Bodies, received: int, waited: float) -> None:
         self._rules = rules
         self._received = received
         self._waited = waited  # seconds spent waiting for this client's body so far
 
-    def _wait(self) -> None:
-        limit = min(self._rules.timeout, self._rules.allowance(self._received) - self._waited)
-        started = time.monotonic()
-        if limit <= 0 or not wait_ready(self._sock, limit):
-            raise TooSlow(f"request body slower than {self._rules.min_rate:g} bytes/s")
-        self._waited += time.monotonic() - started
-
-    def recv(self, size: int) -> bytes:
-        self._wait()
-        data = self._sock.recv(size)
-        self._received += len(data)
-        return data
-
-    def recv_into(self, view: memoryview) -> int:
-        self._wait()
-        n = self._sock.recv_into(view)
-        self._received += n
-        return n
+    def read(self, sock: socket.socket, size: int) -> Steps[bytes]:
+        """The client's next bytes (b"" at EOF), waited for without a thread (a Wait, see
+        steps.py). SourceError when the client fails; its cause is TooSlow when it broke the
+        rule."""
+        rules, ready = self._rules, False
+        while True:
+            try:
+                if DONTWAIT:
+                    data = sock.recv(size, DONTWAIT)
+                elif ready:  # no MSG_DONTWAIT (Windows): blocking, but known to be readable
+                    data = sock.recv(size)
+                else:
+                    raise BlockingIOError
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise SourceError(f"reading a request body: {reason(exc)}") from exc
+            else:
+                self._received += len(data)
+                return data
+            limit = min(rules.timeout, rules.allowance(self._received) - self._waited)
+            too_slow = TooSlow(f"request body slower than {rules.min_rate:g} bytes/s")
+            if limit <= 0:
+                raise SourceError(str(too_slow)) from too_slow
+            started = time.monotonic()
+            try:
+                yield Wait(sock, seconds=limit)
+            except TimeoutError:
+                raise SourceError(str(too_slow)) from too_slow
+            self._waited += time.monotonic() - started
+            ready = True
+            yield BLOCK  # what follows (the send upstream) blocks: a worker's again
 
 
 class Bodies:
@@ -115,13 +131,42 @@ class Bodies:
         self._account(plan, len(conn.buf))
         conn.deadline = self._deadline(plan, len(conn.buf), now)
 
-    def source(self, conn: Client, plan: Plan) -> BufferedSocket:
-        """The client as the source of a streamed body: ``conn.buf`` first, then paced reads."""
+    def stream(self, conn: Client, plan: Plan, send: http11.Write) -> Steps[None]:
+        """Pass the body of ``plan`` to ``send`` as the client sends it (``conn.buf`` first;
+        a chunked one re-chunked). A worker's: ``send`` blocks (the backend's pace), but the
+        client is waited for without a thread, held to the rate rule. SourceError when the
+        client fails (its cause TooSlow if it was too slow), SinkError when ``send`` does."""
         waited = time.monotonic() - plan.body_started if plan.body_started else 0.0
-        reader = _PacedReader(conn.sock, self, len(conn.buf), waited)
-        src = BufferedSocket(cast(Any, reader))
-        src.buf = conn.buf  # shared: what follows the body stays for the next request
-        return src
+        pace = _Pace(self, len(conn.buf), waited)
+        if plan.framing is Framing.LENGTH:
+            remaining = plan.length
+            while remaining:
+                if conn.buf:
+                    take = min(remaining, len(conn.buf))
+                    data = bytes(conn.buf[:take])
+                    del conn.buf[:take]
+                else:  # straight from the socket, never past the body
+                    data = yield from pace.read(conn.sock, min(remaining, http11.RECV_SIZE))
+                    if not data:
+                        raise SourceError("connection closed before the end of the body")
+                remaining -= len(data)
+                http11.write_to_sink(send, data)
+            return
+        pieces = http11.decode_chunked(conn, self._max_trailer)
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as end:
+                trailers: list[str] = end.value
+                break
+            if piece is None:
+                data = yield from pace.read(conn.sock, http11.RECV_SIZE)
+                if not data:
+                    raise SourceError("connection closed inside a chunked body")
+                conn.buf += data
+            else:
+                http11.write_to_sink(send, http11.chunk(piece))
+        http11.write_to_sink(send, http11.last_chunk(trailers))
 
     def wants_continue(self, conn: Client, plan: Plan) -> bool:
         """Must the client be asked for its body ("100 Continue") now? True once: the caller

@@ -457,7 +457,9 @@ class Dispatcher:
         if type(step) is Wait:
             sock, write = step.sock, step.write
             client = sock is task.conn.sock
-            timeout = self._idle_timeout if client else self._backend_timeout
+            timeout = step.seconds
+            if timeout is None:
+                timeout = self._idle_timeout if client else self._backend_timeout
             paused = client or task.slot.responding  # the peer's pace, not work: not counted
         else:
             sock, write, timeout, paused = step.sock, False, self._backend_timeout, False

@@ -220,24 +220,13 @@ class Forwarder:
                 sock.close()
 
     def _send_request_body(self, conn: Client, up: BufferedSocket, plan: Plan) -> Steps[int]:
-        """Stream the request body upstream (a worker's: the reads block): 0, or the status
-        of the error already sent."""
+        """Stream the request body upstream (a worker's: the sends block; the client is
+        waited for without a thread): 0, or the status of the error already sent."""
         plan.consumed = True
         try:
             yield from self._bodies.send_continue(conn, plan)  # the head is out: ask for it
-            yield BLOCK  # a wait for that send may have moved us; the body's reads block
-            src = self._bodies.source(conn, plan)
-            send = up.sock.sendall
-            if plan.framing is Framing.LENGTH:
-                http11.copy_length(src, plan.length, send)
-            else:
-                trailers = http11.copy_chunked(
-                    src, lambda data: send(http11.chunk(data)), self.max_header_bytes
-                )
-                try:
-                    send(http11.last_chunk(trailers))
-                except OSError as exc:
-                    raise SinkError(str(exc)) from exc
+            yield BLOCK  # a wait for that send may have moved us; the sends upstream block
+            yield from self._bodies.stream(conn, plan, up.sock.sendall)
         except SourceError as exc:
             # The client vanished, was too slow or sent a broken chunked body; tell it if it
             # still listens.

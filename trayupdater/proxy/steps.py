@@ -116,13 +116,16 @@ class Wakeup:
 
 class Wait:
     """Wait until ``sock`` is readable, or writable (``write``), as long as the peer's
-    timeout allows (see the module doc)."""
+    timeout allows, or ``seconds`` (see the module doc)."""
 
-    __slots__ = ("sock", "write")
+    __slots__ = ("seconds", "sock", "write")
 
-    def __init__(self, sock: socket.socket, write: bool = False) -> None:
+    def __init__(
+        self, sock: socket.socket, write: bool = False, seconds: float | None = None
+    ) -> None:
         self.sock = sock
         self.write = write
+        self.seconds = seconds
 
 
 def send(sock: socket.socket, data: bytes | bytearray | memoryview) -> Steps[bool]:
