@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -227,3 +228,64 @@ def test_a_streamed_upload_gone_silent_gets_408_when_its_pause_runs_out(
         assert answer.startswith(b"HTTP/1.1 408 ")
         sock.close()
         _others_are_served(proxy)
+
+
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+def _tunnel(proxy: ReverseProxy) -> socket.socket:
+    sock = socket.create_connection(proxy.address, timeout=TIMEOUT)
+    sock.sendall(UPGRADE)
+    data = bytearray()
+    _read_until(sock, data, b"\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 101 ")
+    return sock
+
+
+def _echo(sock: socket.socket, message: bytes) -> None:
+    sock.sendall(message)
+    data = bytearray()
+    _read_until(sock, data, message.upper())
+
+
+def test_open_websockets_lock_no_one_out(backend: RealBackend) -> None:
+    with ReverseProxy("127.0.0.1", 0, workers=WORKERS) as proxy:
+        proxy.switch(backend.backend)
+        tunnels = [_tunnel(proxy) for _ in range(SLOW * 2)]  # each answered: none waits
+        _others_are_served(proxy)
+        for i, sock in enumerate(tunnels):  # and every one of them still carries bytes
+            _echo(sock, b"hello %d" % i)
+        for sock in tunnels:
+            sock.close()
+
+
+def test_a_flood_through_a_websocket_stalls_no_one(backend: RealBackend) -> None:
+    """Each wake-up moves at most one read per side, so a tunnel that always has bytes to
+    move cannot keep the dispatcher from the others; every byte arrives in order."""
+    message = os.urandom(8 * 1024 * 1024).hex().encode()[: 8 * 1024 * 1024]
+    with ReverseProxy("127.0.0.1", 0, workers=WORKERS) as proxy:
+        proxy.switch(backend.backend)
+        sock = _tunnel(proxy)
+        sender = threading.Thread(target=sock.sendall, args=(message,), daemon=True)
+        sender.start()
+        received = bytearray()
+        _read_until(sock, received, message[:65536].upper())  # the flood is under way
+        _others_are_served(proxy)
+        while len(received) < len(message):
+            more = sock.recv(1 << 20)
+            assert more
+            received += more
+        assert received == message.upper()
+        sender.join(TIMEOUT)
+        sock.close()
+
+
+def test_closing_the_proxy_ends_its_websockets(backend: RealBackend) -> None:
+    proxy = ReverseProxy("127.0.0.1", 0, workers=WORKERS)
+    proxy.start()
+    proxy.switch(backend.backend)
+    sock = _tunnel(proxy)
+    _echo(sock, b"before")
+    proxy.close()
+    assert sock.recv(65536) == b""  # closed by the proxy, not left hanging
+    sock.close()

@@ -233,7 +233,7 @@ def test_an_answer_read_while_waiting_is_not_read_again() -> None:
         sockets.blocking_with_timeouts(up, 0.5)  # a read past the answer would time out
         reporter = Reporter(NullObserver(), LogSummary(__import__("logging").getLogger("t")))
         req = parse_request_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        gen = relay.Relay(reporter, 65536, 60.0).read_response(
+        gen = relay.Relay(reporter, 65536).read_response(
             Client(client, "127.0.0.1", 0.0), BufferedSocket(up), req, False, "v1"
         )
         # The head and one body byte, then the last body byte: both waits are satisfied by

@@ -25,18 +25,19 @@ once, as generators that yield where a blocking proxy would wait: for a backend'
 a socket to be ready (a Wait), or BLOCK before something that may block. The dispatcher runs
 them while they never block; a task that would (a backend connection by host name, a
 streamed request body, a chunked response still arriving or an until-close one, a large
-body, a retry that waits, a WebSocket) is handed to a worker [workers], a bounded pool of
-threads that runs the rest blocking, bounded by the sockets' kernel timeouts, and gives the
-connection back. Waiting is not work: a Wait that lasts (a client that takes a response
-slowly or not at all, an event stream between events) goes back to the dispatcher, which
-waits for the socket without a thread [streams], and such a task does not count against the
-requests in flight. Client sockets are non-blocking (where sends take MSG_DONTWAIT), so no
-call on one holds a thread; only an open WebSocket tunnel keeps its worker. A worker serving
-the only request in flight keeps its client and busy-polls (a lone client costs no hand-off
-per request). A request head is parsed strictly [trayupdater.http11]: ambiguous framing
-(smuggling) is refused before anything reaches a backend. With no complete head the
-connection is parked: nobody waits for a client. So threads serve the parts of requests that
-block, not sockets: a thousand idle keep-alive clients cost a poller entry each.
+body, a retry that waits) is handed to a worker [workers], a bounded pool of threads that
+runs the rest blocking, bounded by the sockets' kernel timeouts, and gives the connection
+back. Waiting is not work: a Wait that lasts (a client that takes a response slowly or not
+at all, an event stream between events, a large upload arriving at a crawl) goes back to the
+dispatcher, which waits for the socket without a thread [streams, bodies], and such a task
+does not count against the requests in flight; an open WebSocket is run by the dispatcher
+alone [tunnel]. Client sockets are non-blocking (where sends take MSG_DONTWAIT), so no call
+on one holds a thread. A worker serving the only request in flight keeps its client and
+busy-polls (a lone client costs no hand-off per request). A request head is parsed strictly
+[trayupdater.http11]: ambiguous framing (smuggling) is refused before anything reaches a
+backend. With no complete head the connection is parked: nobody waits for a client. So
+threads serve the parts of requests that block, not sockets: a thousand idle keep-alive
+clients cost a poller entry each.
 
 Heads [heads]. A request head is parsed, checked and turned into the upstream head once; a
 backend's response head into the client's head once per client HTTP version. Both are pure

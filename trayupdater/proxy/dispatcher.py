@@ -43,7 +43,7 @@ from trayupdater.proxy.observer import Reporter
 from trayupdater.proxy.routing import Generation
 from trayupdater.proxy.service import Service, Task
 from trayupdater.proxy.sockets import SPIN_SECONDS, client_mode
-from trayupdater.proxy.steps import BLOCK, LINGER, Wait, Wakeup
+from trayupdater.proxy.steps import BLOCK, LINGER, Either, Wait, Wakeup
 from trayupdater.proxy.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Dispatcher:
         self._parked: dict[int, Client] = {}  # armed client connections, by descriptor
         self._waiting: set[Task] = set()  # tasks waiting for a socket or a Wakeup
         self._paused: set[Task] = set()  # of those, the ones not counted in flight
-        self._returned: collections.deque[tuple[Task, Wait]] = collections.deque()
+        self._returned: collections.deque[tuple[Task, Wait | Either]] = collections.deque()
         self._closed = False
         self._woken: collections.deque[Task] = collections.deque()  # their Wakeup fired
         self._stop_accepting = False
@@ -123,7 +123,7 @@ class Dispatcher:
             self._wake_pending = True
             self.wake()
 
-    def give_back(self, task: Task, wait: Wait) -> None:
+    def give_back(self, task: Task, wait: Wait | Either) -> None:
         """A worker's task waits for ``wait``, which may take long: wait for it here."""
         self._returned.append((task, wait))
         if self._closed:  # the loop is gone: end it here (each entry is popped once)
@@ -220,6 +220,7 @@ class Dispatcher:
                 if time.monotonic() >= self._report.summary.due:
                     self._report.summary.flush()
                 if self._stop_accepting and self._accepting:
+                    self._end_tunnels()  # they have no request to finish
                     if not self._paused_until:
                         poll.forget(self._listener)
                     self._accepting = False
@@ -245,8 +246,7 @@ class Dispatcher:
             self._parked.pop(conn.fd, None)
             conn.sock.close()
         if type(data) is Task:
-            self._waiting.discard(data)
-            self._paused.discard(data)
+            self._unwait(data)
             data.gen.close()
             self._service.done(data)
 
@@ -281,15 +281,27 @@ class Dispatcher:
             self._bodies.drop(conn)
             expire(conn)
         for task in [t for t in self._waiting if t.deadline <= now]:
-            waited = task.waiting
-            if type(waited) is Wakeup:
-                waited.cancel()
-            elif waited is not None:
-                self._poller.disarm(waited.fileno(), waited)
-            self._waiting.discard(task)
-            self._paused.discard(task)
-            task.waiting = None
+            self._unwait(task)
             self._run(task, TimeoutError("timed out"))
+
+    def _unwait(self, task: Task) -> None:
+        """Stop waiting for what ``task`` waits for: a socket, two (a tunnel), a Wakeup."""
+        waited = task.waiting
+        if type(waited) is Wakeup:
+            waited.cancel()
+        elif type(waited) is tuple:
+            for sock in waited:
+                self._poller.disarm(sock.fileno(), sock)
+        elif waited is not None:
+            self._poller.disarm(waited.fileno(), waited)  # nothing to do if it just fired
+        self._waiting.discard(task)
+        self._paused.discard(task)
+        task.waiting = None
+
+    def _end_tunnels(self) -> None:
+        for task in [t for t in self._waiting if type(t.waiting) is tuple]:
+            self._unwait(task)
+            self._end(task)
 
     def _close_all(self) -> None:
         while self._incoming:
@@ -394,10 +406,10 @@ class Dispatcher:
         self._run(self._service.task(conn))
 
     def _resume(self, task: Task) -> None:
-        """The socket ``task`` waited for is readable."""
-        self._waiting.discard(task)
-        self._paused.discard(task)
-        task.waiting = None
+        """The socket ``task`` waited for is ready."""
+        if task not in self._waiting:  # both sockets of a tunnel in one poll: run it once
+            return
+        self._unwait(task)
         self._run(task)
 
     def _wake_later(self, task: Task) -> None:
@@ -405,7 +417,7 @@ class Dispatcher:
         self._woken.append(task)
         self.wake()
 
-    def _returned_task(self, task: Task, wait: Wait) -> None:
+    def _returned_task(self, task: Task, wait: Wait | Either) -> None:
         if self._stopping:
             self._end(task)
             return
@@ -452,8 +464,10 @@ class Dispatcher:
                     return
 
     def _await(self, task: Task, step: object) -> OSError | None:
-        """Arm the socket ``step`` waits for (a BufferedSocket to read, or a Wait); the error
-        to throw into the task if it cannot be armed."""
+        """Arm the socket ``step`` waits for (a BufferedSocket to read, a Wait, an Either);
+        the error to throw into the task if it cannot be armed."""
+        if type(step) is Either:
+            return self._await_either(task, step)
         if type(step) is Wait:
             sock, write = step.sock, step.write
             client = sock is task.conn.sock
@@ -470,4 +484,17 @@ class Dispatcher:
         self._waiting.add(task)
         if paused:
             self._paused.add(task)
+        return None
+
+    def _await_either(self, task: Task, step: Either) -> OSError | None:
+        """Arm both sockets of a tunnel, with no deadline; not counted in flight."""
+        for i, sock in enumerate(step.socks):
+            if not self._poller.arm(sock.fileno(), sock, task):
+                for armed in step.socks[:i]:
+                    self._poller.disarm(armed.fileno(), armed)
+                return OSError("connection closed")
+        task.waiting = step.socks
+        task.deadline = math.inf
+        self._waiting.add(task)
+        self._paused.add(task)
         return None

@@ -66,15 +66,13 @@ class Forwarder:
         bodies: Bodies,
         room: HoldRoom,
         max_header_bytes: int,
-        *,
-        client_timeout: float,
     ) -> None:
         self._router = router
         self._report = reporter
         self._bodies = bodies
         self._room = room
         self._policy = RetryPolicy(router, room)
-        self.relay = Relay(reporter, max_header_bytes, client_timeout)
+        self.relay = Relay(reporter, max_header_bytes)
         self.max_header_bytes = max_header_bytes
 
     def idle(self) -> bool:

@@ -2,19 +2,17 @@
 
 Written as generators (see :mod:`steps`): waiting for the backend's answer yields its socket,
 and anything past a small response that is already here (a large body, a chunked one still
-arriving, a streamed body, a tunnel) asks to BLOCK first.
+arriving, a streamed body) asks to BLOCK first; a tunnel is :mod:`tunnel`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import selectors
-import socket
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, Framing, Head, HttpError, SinkError, SourceError
-from trayupdater.proxy import heads, steps, streams, zerocopy
+from trayupdater.proxy import heads, steps, streams, tunnel, zerocopy
 from trayupdater.proxy.clients import Client
 from trayupdater.proxy.observer import (
     ERR_BODY,
@@ -25,7 +23,7 @@ from trayupdater.proxy.observer import (
     Reporter,
 )
 from trayupdater.proxy.retry import AttemptFailed
-from trayupdater.proxy.sockets import error_response, is_timeout, reason, wait_ready
+from trayupdater.proxy.sockets import error_response, is_timeout, reason
 from trayupdater.proxy.steps import BLOCK, Steps
 
 log = logging.getLogger(__name__)
@@ -45,11 +43,10 @@ def send_error(conn: Client, status: int, head_request: bool) -> Steps[None]:
 class Relay:
     """Relays responses from a backend connection to a client connection."""
 
-    def __init__(self, reporter: Reporter, max_header_bytes: int, client_timeout: float) -> None:
+    def __init__(self, reporter: Reporter, max_header_bytes: int) -> None:
         self._report = reporter
         self.max_header_bytes = max_header_bytes
         self.closing = False  # set by ReverseProxy.close(): no more keep-alive, end tunnels
-        self._client_timeout = client_timeout  # how long a tunnel's client may take nothing
         self.pipes = zerocopy.Pipes()  # for splicing large bodies
 
     def read_response(
@@ -137,7 +134,8 @@ class Relay:
         """Send the response to the client; returns (status, keep client, keep upstream)."""
         status = resp.status
         if status == 101:
-            yield BLOCK
+            if not steps.DONTWAIT:
+                yield BLOCK  # a worker's tunnel (tunnel.py)
             return status, (yield from self._upgrade(conn, up, req, resp.head, label)), False
         framing, length, reusable = resp.framing, resp.length, resp.reusable
         if framing is None:
@@ -182,7 +180,7 @@ class Relay:
     def _upgrade(
         self, conn: Client, up: BufferedSocket, req: Head, resp: Head, label: str
     ) -> Steps[bool]:
-        """Relay a 101 and tunnel bytes both ways until either side closes (a worker's)."""
+        """Relay a 101 and tunnel bytes both ways until either side closes."""
         upgrade = req.get("upgrade")
         if upgrade is None or "upgrade" not in req.connection_tokens():
             self._report.bad_response(label, "101 to a request that asked for no upgrade")
@@ -193,46 +191,18 @@ class Relay:
         lines += http11.forwarded_fields(resp)
         lines.append(f"Connection: Upgrade\r\nUpgrade: {resp.get('upgrade') or upgrade}\r\n\r\n")
         try:
-            yield from streams.to_client(conn.sock, "".join(lines).encode("latin-1") + up.buf)
+            yield from steps.send(conn.sock, "".join(lines).encode("latin-1") + up.buf)
             up.buf.clear()
             if conn.buf:
-                up.sock.sendall(bytes(conn.buf))
+                yield from steps.send(up.sock, bytes(conn.buf))
                 conn.buf.clear()
-        except (OSError, SinkError):
+        except OSError:
             return False
-        self._tunnel(conn.sock, up.sock)
+        if steps.DONTWAIT:
+            yield from tunnel.both_ways(conn.sock, up.sock, lambda: self.closing)
+        else:
+            tunnel.blocking(conn.sock, up.sock, lambda: self.closing)
         return False
-
-    def _tunnel(self, client: socket.socket, upstream: socket.socket) -> None:
-        """Bytes both ways until either side closes or the proxy does (a worker's)."""
-        peers = {client: upstream, upstream: client}
-        with selectors.DefaultSelector() as sel:
-            sel.register(client, selectors.EVENT_READ)
-            sel.register(upstream, selectors.EVENT_READ)
-            while not self.closing:
-                for key, _ in sel.select(0.5):
-                    src = key.fileobj
-                    assert isinstance(src, socket.socket)
-                    try:
-                        data = src.recv(http11.RECV_SIZE)
-                        if data:
-                            _send_within(peers[src], data, self._client_timeout)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        return
-
-
-def _send_within(sock: socket.socket, data: bytes, timeout: float) -> None:
-    """``sendall`` that also works on a non-blocking socket (a client, sockets.client_mode):
-    TimeoutError if it takes nothing for ``timeout`` seconds."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view) :]
-        except BlockingIOError:
-            if not wait_ready(sock, timeout, write=True):
-                raise TimeoutError("the peer took nothing for too long") from None
 
 
 def _read_head(up: BufferedSocket, limit: int) -> Steps[bytes | None]:

@@ -117,12 +117,7 @@ class ReverseProxy:
             max_trailer=max_header_bytes,
         )
         self._forwarder = Forwarder(
-            self._router,
-            self._report,
-            self._bodies,
-            self._room,
-            max_header_bytes,
-            client_timeout=self.client_idle_timeout,
+            self._router, self._report, self._bodies, self._room, max_header_bytes
         )
         self._service = Service(
             self._forwarder,

@@ -20,15 +20,19 @@ What a generator yields:
   takes": a non-blocking connect, a client that has not taken what was sent yet, a stream's
   next bytes. The dispatcher arms the socket and resumes the generator when it is ready,
   or throws ``TimeoutError`` into it after the peer's timeout (``client_idle_timeout`` for
-  the client, ``backend_timeout`` for a backend). A worker waits a moment for it
+  the client, ``backend_timeout`` for a backend) or the Wait's own ``seconds`` (what the
+  rate rule leaves a streamed upload, :mod:`bodies`). A worker waits a moment for it
   (:data:`STALL_SECONDS`) and then gives the task back to the dispatcher: a client reading
   slowly, or an event stream between events, holds no thread. Waits for a client, and for a
   backend whose response is under way, do not count against the requests in flight.
+- an :class:`Either`: "wait until either of these two sockets is readable, for as long as
+  it takes" (a WebSocket tunnel, :mod:`tunnel`). The dispatcher's alone: a worker gives
+  the task back at once. Not counted in flight, no deadline.
 - a :class:`Wakeup`: "wait until someone fires this" (a backend connection to become free,
   upstream.py). The dispatcher resumes the generator when it fires, or throws
   ``TimeoutError`` after the backend timeout; a worker waits for it the same way.
 - :data:`BLOCK`: "from here on I may block" (a connect to a host name, a large or streamed
-  body, a tunnel, a retry that waits). The dispatcher hands the generator to a worker; a
+  body, a retry that waits). The dispatcher hands the generator to a worker; a
   worker goes on. Code that may block asks again after any Wait: the wait may have moved
   it to the dispatcher.
 - :data:`LINGER`: "the response is out; is the client's next request coming?" The driver
@@ -126,6 +130,16 @@ class Wait:
         self.sock = sock
         self.write = write
         self.seconds = seconds
+
+
+class Either:
+    """Wait until either of two sockets is readable, for as long as it takes (a tunnel).
+    The dispatcher's alone: a worker gives it back at once."""
+
+    __slots__ = ("socks",)
+
+    def __init__(self, first: socket.socket, second: socket.socket) -> None:
+        self.socks = (first, second)
 
 
 def send(sock: socket.socket, data: bytes | bytearray | memoryview) -> Steps[bool]:

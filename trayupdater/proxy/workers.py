@@ -16,7 +16,7 @@ from trayupdater.proxy.sockets import (
     spin_fill,
     wait_ready,
 )
-from trayupdater.proxy.steps import LINGER, STALL_SECONDS, Wait, Wakeup
+from trayupdater.proxy.steps import LINGER, STALL_SECONDS, Either, Wait, Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Workers:
         self,
         service: Service,
         park: Callable[[Client], None],
-        give_back: Callable[[Task, Wait], None],
+        give_back: Callable[[Task, Wait | Either], None],
         backend_timeout: float,
         on_done: Callable[[], None],
     ) -> None:
@@ -63,13 +63,13 @@ class Workers:
             task = self._queue.get()
             if task is None:
                 return
-            outcome: bool | Wait = False
+            outcome: bool | Wait | Either = False
             try:
                 outcome = self._finish(task)
             except Exception:
                 log.exception("proxy worker failed; closing that connection")
                 task.conn.sock.close()
-            if type(outcome) is Wait:  # the dispatcher runs it on: not ours to touch any more
+            if not isinstance(outcome, bool):  # the dispatcher runs it on: not ours any more
                 self._give_back(task, outcome)
                 continue
             self._service.done(task)
@@ -78,7 +78,7 @@ class Workers:
             else:
                 self._on_done()
 
-    def _finish(self, task: Task) -> bool | Wait:
+    def _finish(self, task: Task) -> bool | Wait | Either:
         """Run the task's generator to its end; True: park the connection, or the Wait to
         give back to the dispatcher. A backend to wait for is read by the blocking read that
         follows, and BLOCK is what a worker is for."""
@@ -87,6 +87,8 @@ class Workers:
             while True:
                 step = gen.send(value) if exc is None else gen.throw(exc)
                 value = exc = None
+                if type(step) is Either:  # a tunnel's: the dispatcher's alone
+                    return step
                 if type(step) is Wait:  # a moment here, then the dispatcher's (see steps.py)
                     # Not for a peer that was slow once: a client trickling its reads would
                     # otherwise cost a worker that moment at every wake-up.
