@@ -330,31 +330,6 @@ def scratch() -> memoryview:
     return view
 
 
-def copy_length(src: BufferedSocket, length: int, write: Write) -> None:
-    """Copy exactly ``length`` body bytes from ``src``."""
-    remaining = length
-    if src.buf:
-        take = min(remaining, len(src.buf))
-        data = bytes(src.buf[:take])
-        del src.buf[:take]
-        remaining -= take
-        write_to_sink(write, data)
-    if not remaining:
-        return
-    # Straight from the socket into this thread's scratch buffer: no bytes object per read,
-    # and no new buffer per body. (Every ``write`` here sends or copies the bytes at once.)
-    view = scratch()
-    while remaining:
-        try:
-            n = src.sock.recv_into(view[: min(remaining, len(view))])
-        except OSError as exc:
-            raise SourceError(f"reading a body: {exc}") from exc
-        if not n:
-            raise SourceError("connection closed before the end of the body")
-        remaining -= n
-        write_to_sink(write, view[:n])
-
-
 def chunk_size(line: bytes) -> int:
     """The size on a chunk-size line (extensions ignored); SourceError if it is not hex."""
     size_text = line.split(b";", 1)[0].strip(b" \t").decode("latin-1")
