@@ -40,7 +40,8 @@ SPIN_SECONDS = 0.0002 if DONTWAIT else 0.0
 _TIMEOUT_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ETIMEDOUT, 10060})
 
 
-def _timeval(seconds: float) -> bytes:
+def timeval(seconds: float) -> bytes:
+    """``seconds`` as SO_RCVTIMEO/SO_SNDTIMEO take it."""
     if sys.platform == "win32":
         return struct.pack("I", max(1, int(seconds * 1000)))  # DWORD milliseconds
     whole = int(seconds)
@@ -58,8 +59,8 @@ def blocking_with_timeouts(
     OSError that :func:`is_timeout` recognises.
     """
     sock.settimeout(None)
-    value = _timeval(seconds)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(recv_seconds or seconds))
+    value = timeval(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(recv_seconds or seconds))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 

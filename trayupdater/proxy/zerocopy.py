@@ -4,13 +4,14 @@ The head goes out with the body bytes already read, in one send, from wherever t
 is; the rest is relayed by a worker. On Linux ``os.splice`` moves the bytes backend socket
 -> pipe -> client socket inside the kernel: no ``bytes`` objects, no copy into and out of
 the process, and no GIL held while it works, so bodies for several clients move on several
-cores at once. The backend side blocks, bounded by its socket's SO_RCVTIMEO. The client
-side does not (client sockets are non-blocking, ``sockets.client_mode``): when it is full
-the relay Waits for it (:mod:`streams`), so a client that reads slowly or not at all holds
-no worker; the pipe keeps what it holds meanwhile. Pipes come from a small pool per
-proxy; one left with bytes in it after an error is closed, never reused. (Splicing in the
-dispatcher, without blocking, was measured and lost: its one thread then did all of the
-kernel's work in turn.)
+cores at once. Neither side holds the worker when it is slow: a splice from the backend
+waits at most a moment (its SO_RCVTIMEO is ``STALL_SECONDS`` meanwhile) and a splice into
+the client not at all (client sockets are non-blocking, ``sockets.client_mode``); then the
+relay Waits for that side without a thread (:mod:`streams`), and the pipe keeps what it
+holds. So a client that reads slowly, or a backend that sends slowly, holds no worker. Pipes
+come from a small pool per proxy; one left with bytes in it after an error is closed, never
+reused. (Splicing in the dispatcher, without blocking, was measured and lost: its one thread
+then did all of the kernel's work in turn.)
 
 Elsewhere, and for bodies too small to be worth it, a worker copies the body through one
 reused buffer per thread (:func:`streams.copy_length`).
@@ -30,13 +31,16 @@ import sys
 
 from trayupdater.http11 import BufferedSocket, SinkError, SourceError
 from trayupdater.proxy import steps, streams
-from trayupdater.proxy.steps import BLOCK, Steps, Wait
+from trayupdater.proxy.sockets import timeval
+from trayupdater.proxy.steps import BLOCK, STALL_SECONDS, Steps, Wait
 
 # Below this many bytes still to come, splicing's extra system calls cost more than copying.
 SPLICE_MIN = 128 * 1024
 PIPE_SIZE = 1024 * 1024  # a larger pipe moves more per call (capped by pipe-max-size)
 AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "splice")
 IDLE_PIPES = 32  # pipes kept for the next bodies (two descriptors each)
+_STALL = timeval(STALL_SECONDS)  # the backend side's receive timeout while splicing
+_TIMEVAL_SIZE = len(_STALL)
 
 Pipe = tuple[int, int]
 
@@ -110,16 +114,28 @@ def relay_length(
 def splice_length(
     src: socket.socket, dst: socket.socket, remaining: int, pipes: Pipes
 ) -> Steps[None]:
-    """Move ``remaining`` bytes from socket ``src`` to socket ``dst`` through a pipe: the
-    backend side blocking (bounded by its kernel timeout), the client side waited for
-    without a thread (see the module doc). A worker's: it yields BLOCK after a wait."""
+    """Move ``remaining`` bytes from socket ``src`` to socket ``dst`` through a pipe, each
+    side waited for without a thread when it is slow (see the module doc). A worker's: it
+    yields BLOCK after a wait."""
     pipe = pipes.take()
     read_end, write_end = pipe
     src_fd, dst_fd = src.fileno(), dst.fileno()
+    # A splice from a blocking socket returns whatever is there, and waits only when nothing
+    # is: for a moment, then it is the dispatcher's wait (no GIL given up, unlike a switch to
+    # non-blocking and back).
+    timeout = src.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL_SIZE)
+    src.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _STALL)
     try:
         while remaining:
             try:
                 n = os.splice(src_fd, write_end, min(remaining, PIPE_SIZE))
+            except BlockingIOError:  # nothing for a moment: a backend sending slowly
+                try:
+                    yield Wait(src)
+                except TimeoutError as exc:
+                    raise SourceError("reading a body: timed out") from exc
+                yield BLOCK
+                continue
             except OSError as exc:
                 raise SourceError(f"reading a body: {exc}") from exc
             if not n:
@@ -139,4 +155,7 @@ def splice_length(
     except BaseException:
         pipes.drop(pipe)  # it may hold bytes of this body: never splice them into another
         raise
+    finally:
+        with contextlib.suppress(OSError):  # closed by then: nothing to restore
+            src.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
     pipes.give(pipe)
