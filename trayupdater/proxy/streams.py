@@ -105,9 +105,7 @@ def relay_until_close(up: BufferedSocket, client: socket.socket, chunked_out: bo
 
 def copy_length(up: BufferedSocket, length: int, client: socket.socket) -> Steps[None]:
     """Pass on exactly ``length`` body bytes, read straight into this thread's scratch
-    buffer (no bytes object per read). The backend is read blocking: a body of known length
-    comes at its pace, bounded by ``backend_timeout`` per read; the client is waited for
-    without a thread."""
+    buffer (no bytes object per read); either side waited for without a thread."""
     remaining = length
     if up.buf:
         take = min(remaining, len(up.buf))
@@ -118,7 +116,14 @@ def copy_length(up: BufferedSocket, length: int, client: socket.socket) -> Steps
     while remaining:
         view = http11.scratch()  # this thread's: the task may have moved to another worker
         try:
-            n = up.sock.recv_into(view[: min(remaining, len(view))])
+            n = up.sock.recv_into(view, min(remaining, len(view)), DONTWAIT)
+        except BlockingIOError:
+            try:
+                yield Wait(up.sock)
+            except TimeoutError as exc:
+                raise SourceError("reading a body: timed out") from exc
+            yield BLOCK
+            continue
         except OSError as exc:
             raise SourceError(f"reading a body: {reason(exc)}") from exc
         if not n:
