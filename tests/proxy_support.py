@@ -304,6 +304,42 @@ class ChildBackend:
         self._watcher.join(TIMEOUT)
 
 
+class PausingBackend:
+    """Answers every request with a head promising ``length`` bytes and ``first`` of them,
+    then sends the rest once ``resume`` is set (never, if it is not): a backend sending a
+    large body slowly. The proxy may have given up on a connection by then."""
+
+    def __init__(self, length: int, first: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.backend = Backend("127.0.0.1", self.listener.getsockname()[1], "pausing")
+        self.body = os.urandom(length)
+        self.first = first
+        self.resume = threading.Event()
+        self.answering = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.body)
+            conn.sendall(head + self.body[: self.first])
+            self.answering += 1
+            if self.resume.wait(TIMEOUT):
+                conn.sendall(self.body[self.first :])
+                conn.recv(1)  # until the proxy closes or reuses it
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 def open_client(proxy: HasAddress) -> http.client.HTTPConnection:
     host, port = proxy.address
     return http.client.HTTPConnection(host, port, timeout=TIMEOUT)

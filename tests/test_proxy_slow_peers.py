@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from proxy_support import TIMEOUT, RealBackend, wait_until
+from proxy_support import TIMEOUT, PausingBackend, RealBackend, wait_until
 from proxy_support import get as _get
 
-from trayupdater.proxy import Backend, ReverseProxy, steps, workers
+from trayupdater.proxy import ReverseProxy, steps, workers
 
 WORKERS = 2  # also the requests in flight: four slow peers are twice what it allows
 SLOW = 4
@@ -291,41 +291,6 @@ def test_closing_the_proxy_ends_its_websockets(backend: RealBackend) -> None:
     sock.close()
 
 
-class _PausingBackend:
-    """Answers every request with a head promising ``length`` bytes and ``first`` of them,
-    then sends the rest once ``resume`` is set: a backend sending a large body slowly."""
-
-    def __init__(self, length: int, first: int) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.backend = Backend("127.0.0.1", self.listener.getsockname()[1], "pausing")
-        self.body = os.urandom(length)
-        self.first = first
-        self.resume = threading.Event()
-        self.answering = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.listener.accept()
-                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.body)
-            conn.sendall(head + self.body[: self.first])
-            self.answering += 1
-            if self.resume.wait(TIMEOUT):
-                conn.sendall(self.body[self.first :])
-                conn.recv(1)  # until the proxy closes or reuses it
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 # 3 MB: spliced (Linux); 150 kB: the rest after the first read is copied.
 @pytest.mark.parametrize(("length", "first"), [(3_000_000, 400_000), (150_000, 70_000)])
 def test_backends_sending_large_bodies_slowly_lock_no_one_out(
@@ -333,7 +298,7 @@ def test_backends_sending_large_bodies_slowly_lock_no_one_out(
 ) -> None:
     """The backend side of a large body is waited for without a thread too: with it, slow
     downloads through the proxy cannot take every worker."""
-    pausing = _PausingBackend(length, first)
+    pausing = PausingBackend(length, first)
     with ReverseProxy("127.0.0.1", 0, workers=WORKERS) as proxy:
         proxy.switch(pausing.backend)
         slow = [_request(proxy, "/") for _ in range(SLOW)]

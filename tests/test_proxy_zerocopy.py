@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from proxy_support import TIMEOUT, RealBackend
+from proxy_support import TIMEOUT, PausingBackend, RealBackend
 from proxy_support import get as _get
 from proxy_support import open_client as _client
 from proxy_support import raw as _raw
@@ -203,36 +203,9 @@ def test_a_client_that_stops_reading_a_large_body_stalls_no_one(
         stuck.close()
 
 
-class _PausingBackend:
-    """Sends a head promising ``length`` bytes, ``first`` of them, waits for ``resume``, then
-    sends the rest (or never, when ``resume`` is never set)."""
-
-    def __init__(self, length: int, first: int) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.backend = Backend("127.0.0.1", self.listener.getsockname()[1], "pausing")
-        self.body = os.urandom(length)
-        self.first = first
-        self.resume = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        conn, _ = self.listener.accept()
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.body)
-            conn.sendall(head + self.body[: self.first])
-            # The proxy may have given up on it by then (the stall test): a broken pipe.
-            if self.resume.wait(TIMEOUT):
-                with contextlib.suppress(OSError):
-                    conn.sendall(self.body[self.first :])
-                    conn.recv(1)  # until the proxy closes or reuses it
-
-
 @linux_only
 def test_a_backend_pausing_mid_body_stalls_no_one(spliced: list[int]) -> None:
-    pausing = _PausingBackend(length=3_000_000, first=400_000)
+    pausing = PausingBackend(length=3_000_000, first=400_000)
     other = RealBackend("other")
     with ReverseProxy("127.0.0.1", 0, workers=2) as proxy:
         proxy.switch(pausing.backend)
@@ -262,7 +235,7 @@ def test_a_backend_pausing_mid_body_stalls_no_one(spliced: list[int]) -> None:
 
 @linux_only
 def test_a_backend_stalling_mid_body_is_cut_off_after_the_backend_timeout() -> None:
-    stalling = _PausingBackend(length=3_000_000, first=400_000)  # never resumes
+    stalling = PausingBackend(length=3_000_000, first=400_000)  # never resumes
     with ReverseProxy("127.0.0.1", 0, workers=1, backend_timeout=1.0) as proxy:
         proxy.switch(stalling.backend)
         sock = _raw(proxy)

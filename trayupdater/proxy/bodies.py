@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from trayupdater import http11
 from trayupdater.http11 import Framing, SourceError
-from trayupdater.proxy import steps
+from trayupdater.proxy import steps, streams
 from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.sockets import DONTWAIT, read_nowait, reason
 from trayupdater.proxy.steps import BLOCK, DISPATCHER_CHUNKS, Steps, Wait
@@ -86,7 +86,13 @@ class _Pace:
                 raise SourceError(str(too_slow)) from too_slow
             self._waited += time.monotonic() - started
             ready = True
-            yield BLOCK  # what follows (the send upstream) blocks: a worker's again
+            yield BLOCK  # the decoding and copying that follow are a worker's
+
+    def fill(self, conn: Client) -> Steps[bool]:
+        """The client's next bytes into ``conn.buf``; False at EOF."""
+        data = yield from self.read(conn.sock, http11.RECV_SIZE)
+        conn.buf += data
+        return bool(data)
 
 
 class Bodies:
@@ -131,42 +137,29 @@ class Bodies:
         self._account(plan, len(conn.buf))
         conn.deadline = self._deadline(plan, len(conn.buf), now)
 
-    def stream(self, conn: Client, plan: Plan, send: http11.Write) -> Steps[None]:
-        """Pass the body of ``plan`` to ``send`` as the client sends it (``conn.buf`` first;
-        a chunked one re-chunked). A worker's: ``send`` blocks (the backend's pace), but the
-        client is waited for without a thread, held to the rate rule. SourceError when the
-        client fails (its cause TooSlow if it was too slow), SinkError when ``send`` does."""
+    def stream(self, conn: Client, plan: Plan, upstream: socket.socket) -> Steps[None]:
+        """Pass the body of ``plan`` upstream as the client sends it (``conn.buf`` first; a
+        chunked one re-chunked), waiting for either side without a thread, the client held
+        to the rate rule. SourceError when the client fails (its cause TooSlow if it was too
+        slow), SinkError when the backend does."""
         waited = time.monotonic() - plan.body_started if plan.body_started else 0.0
         pace = _Pace(self, len(conn.buf), waited)
-        if plan.framing is Framing.LENGTH:
-            remaining = plan.length
-            while remaining:
-                if conn.buf:
-                    take = min(remaining, len(conn.buf))
-                    data = bytes(conn.buf[:take])
-                    del conn.buf[:take]
-                else:  # straight from the socket, never past the body
-                    data = yield from pace.read(conn.sock, min(remaining, http11.RECV_SIZE))
-                    if not data:
-                        raise SourceError("connection closed before the end of the body")
-                remaining -= len(data)
-                http11.write_to_sink(send, data)
+        if plan.framing is not Framing.LENGTH:
+            more = lambda: pace.fill(conn)  # noqa: E731
+            yield from streams.relay_chunked(conn, more, upstream, True, self._max_trailer)
             return
-        pieces = http11.decode_chunked(conn, self._max_trailer)
-        while True:
-            try:
-                piece = next(pieces)
-            except StopIteration as end:
-                trailers: list[str] = end.value
-                break
-            if piece is None:
-                data = yield from pace.read(conn.sock, http11.RECV_SIZE)
+        remaining = plan.length
+        while remaining:
+            if conn.buf:
+                take = min(remaining, len(conn.buf))
+                data = bytes(conn.buf[:take])
+                del conn.buf[:take]
+            else:  # straight from the socket, never past the body
+                data = yield from pace.read(conn.sock, min(remaining, http11.RECV_SIZE))
                 if not data:
-                    raise SourceError("connection closed inside a chunked body")
-                conn.buf += data
-            else:
-                http11.write_to_sink(send, http11.chunk(piece))
-        http11.write_to_sink(send, http11.last_chunk(trailers))
+                    raise SourceError("connection closed before the end of the body")
+            remaining -= len(data)
+            yield from streams.send_to(upstream, data)
 
     def wants_continue(self, conn: Client, plan: Plan) -> bool:
         """Must the client be asked for its body ("100 Continue") now? True once: the caller

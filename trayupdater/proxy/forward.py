@@ -224,7 +224,7 @@ class Forwarder:
         try:
             yield from self._bodies.send_continue(conn, plan)  # the head is out: ask for it
             yield BLOCK  # a wait for that send may have moved us; the sends upstream block
-            yield from self._bodies.stream(conn, plan, up.sock.sendall)
+            yield from self._bodies.stream(conn, plan, up.sock)
         except SourceError as exc:
             # The client vanished, was too slow or sent a broken chunked body; tell it if it
             # still listens.

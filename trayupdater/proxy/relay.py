@@ -163,9 +163,11 @@ class Relay:
                 yield from zerocopy.relay_length(up, length, head, client, self.pipes)
             else:
                 yield BLOCK  # a chunked or streamed body: relayed as it arrives (streams.py)
-                yield from streams.to_client(client, head)
+                yield from streams.send_to(client, head)
                 if framing is Framing.CHUNKED:
-                    yield from streams.relay_chunked(up, client, chunked_out, self.max_header_bytes)
+                    more = lambda: streams.fill(up)  # noqa: E731
+                    max_trailer = self.max_header_bytes
+                    yield from streams.relay_chunked(up, more, client, chunked_out, max_trailer)
                 else:
                     yield from streams.relay_until_close(up, client, chunked_out)
         except (OSError, SinkError):

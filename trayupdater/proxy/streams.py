@@ -22,6 +22,8 @@ Errors: :class:`SourceError` when the backend fails (closed early, reset, silent
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+from typing import TypeVar
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket, SinkError, SourceError
@@ -30,17 +32,30 @@ from trayupdater.proxy.sockets import DONTWAIT, reason
 from trayupdater.proxy.steps import BLOCK, Steps, Wait
 
 
-def to_client(client: socket.socket, data: bytes | bytearray | memoryview) -> Steps[None]:
-    """Send ``data`` to the client as it takes it; a worker's again after any wait.
+def send_to(sock: socket.socket, data: bytes | bytearray | memoryview) -> Steps[None]:
+    """Send ``data`` as the receiver takes it; a worker's again after any wait. Its failure
+    (gone, or took nothing for its whole timeout) is a SinkError.
 
     ``data`` may be a thread's reused buffer: what is left after a partial send is copied.
     """
     try:
-        waited = yield from steps.send(client, data)
-    except OSError as exc:  # TimeoutError too: the client took nothing for its whole timeout
+        waited = yield from steps.send(sock, data)
+    except OSError as exc:  # TimeoutError too
         raise SinkError(reason(exc)) from exc
     if waited:
         yield BLOCK
+
+
+def wait_for(sock: socket.socket, *, write: bool = False) -> Steps[None]:
+    """Wait for ``sock`` to be readable (or writable) without a thread, then be a worker's
+    again. Past the peer's timeout: SourceError for a sender, SinkError for a receiver."""
+    try:
+        yield Wait(sock, write=write)
+    except TimeoutError as exc:
+        if write:
+            raise SinkError("took nothing for too long") from exc
+        raise SourceError("reading a body: timed out") from exc
+    yield BLOCK
 
 
 def fill(up: BufferedSocket) -> Steps[bool]:
@@ -51,30 +66,37 @@ def fill(up: BufferedSocket) -> Steps[bool]:
             return up.fill()
         except OSError as exc:
             raise SourceError(f"reading a body: {reason(exc)}") from exc
+    data = yield from from_backend(up.sock, lambda: up.sock.recv(http11.RECV_SIZE, DONTWAIT))
+    up.buf += data
+    return bool(data)
+
+
+T = TypeVar("T")
+
+
+def from_backend(sock: socket.socket, read: Callable[[], T]) -> Steps[T]:
+    """What ``read()`` returns: a read of the backend that does not wait (or waits only a
+    moment), tried again after waiting without a thread while the backend has sent nothing
+    yet. Its failure is a SourceError."""
     while True:
         try:
-            data = up.sock.recv(http11.RECV_SIZE, DONTWAIT)
+            return read()
         except BlockingIOError:
-            try:
-                yield Wait(up.sock)
-            except TimeoutError as exc:
-                raise SourceError("reading a body: timed out") from exc
-            yield BLOCK
-            continue
+            yield from wait_for(sock)
         except OSError as exc:
             raise SourceError(f"reading a body: {reason(exc)}") from exc
-        if not data:
-            return False
-        up.buf += data
-        return True
+
+
+Fill = Callable[[], Steps[bool]]  # the source's next bytes into its buffer; False at EOF
 
 
 def relay_chunked(
-    up: BufferedSocket, client: socket.socket, chunked_out: bool, max_trailer_bytes: int
+    src: BufferedSocket, more: Fill, dst: socket.socket, chunked_out: bool, max_trailer_bytes: int
 ) -> Steps[None]:
-    """Decode a chunked body as it arrives and pass it on: re-chunked (``chunked_out``), or
-    as bare data for a client that cannot take chunks (it then ends with the close)."""
-    pieces = http11.decode_chunked(up, max_trailer_bytes)
+    """Decode a chunked body from ``src`` as ``more`` brings it and pass it on to ``dst``:
+    re-chunked (``chunked_out``), or as bare data (for a client that cannot take chunks: it
+    then ends with the close)."""
+    pieces = http11.decode_chunked(src, max_trailer_bytes)
     while True:
         try:
             piece = next(pieces)
@@ -82,12 +104,12 @@ def relay_chunked(
             trailers: list[str] = end.value
             break
         if piece is None:
-            if not (yield from fill(up)):
+            if not (yield from more()):
                 raise SourceError("connection closed inside a chunked body")
         else:
-            yield from to_client(client, http11.chunk(piece) if chunked_out else piece)
+            yield from send_to(dst, http11.chunk(piece) if chunked_out else piece)
     if chunked_out:
-        yield from to_client(client, http11.last_chunk(trailers))
+        yield from send_to(dst, http11.last_chunk(trailers))
 
 
 def relay_until_close(up: BufferedSocket, client: socket.socket, chunked_out: bool) -> Steps[None]:
@@ -96,11 +118,11 @@ def relay_until_close(up: BufferedSocket, client: socket.socket, chunked_out: bo
         if up.buf:
             data = bytes(up.buf)
             up.buf.clear()
-            yield from to_client(client, http11.chunk(data) if chunked_out else data)
+            yield from send_to(client, http11.chunk(data) if chunked_out else data)
         if not (yield from fill(up)):
             break
     if chunked_out:
-        yield from to_client(client, http11.last_chunk([]))
+        yield from send_to(client, http11.last_chunk([]))
 
 
 def copy_length(up: BufferedSocket, length: int, client: socket.socket) -> Steps[None]:
@@ -112,21 +134,14 @@ def copy_length(up: BufferedSocket, length: int, client: socket.socket) -> Steps
         data = bytes(up.buf[:take])
         del up.buf[:take]
         remaining -= take
-        yield from to_client(client, data)
+        yield from send_to(client, data)
     while remaining:
-        view = http11.scratch()  # this thread's: the task may have moved to another worker
-        try:
-            n = up.sock.recv_into(view, min(remaining, len(view)), DONTWAIT)
-        except BlockingIOError:
-            try:
-                yield Wait(up.sock)
-            except TimeoutError as exc:
-                raise SourceError("reading a body: timed out") from exc
-            yield BLOCK
-            continue
-        except OSError as exc:
-            raise SourceError(f"reading a body: {reason(exc)}") from exc
+        size = min(remaining, http11.RECV_SIZE)
+        # This thread's buffer, taken when it reads: a wait may move the task to another.
+        n = yield from from_backend(
+            up.sock, lambda size=size: up.sock.recv_into(http11.scratch(), size, DONTWAIT)
+        )
         if not n:
             raise SourceError("connection closed before the end of the body")
         remaining -= n
-        yield from to_client(client, view[:n])
+        yield from send_to(client, http11.scratch()[:n])  # copied if it must wait

@@ -32,7 +32,7 @@ import sys
 from trayupdater.http11 import BufferedSocket, SinkError, SourceError
 from trayupdater.proxy import steps, streams
 from trayupdater.proxy.sockets import timeval
-from trayupdater.proxy.steps import BLOCK, STALL_SECONDS, Steps, Wait
+from trayupdater.proxy.steps import BLOCK, STALL_SECONDS, Steps
 
 # Below this many bytes still to come, splicing's extra system calls cost more than copying.
 SPLICE_MIN = 128 * 1024
@@ -127,17 +127,10 @@ def splice_length(
     src.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _STALL)
     try:
         while remaining:
-            try:
-                n = os.splice(src_fd, write_end, min(remaining, PIPE_SIZE))
-            except BlockingIOError:  # nothing for a moment: a backend sending slowly
-                try:
-                    yield Wait(src)
-                except TimeoutError as exc:
-                    raise SourceError("reading a body: timed out") from exc
-                yield BLOCK
-                continue
-            except OSError as exc:
-                raise SourceError(f"reading a body: {exc}") from exc
+            size = min(remaining, PIPE_SIZE)
+            # Nothing for a moment (BlockingIOError): a backend sending slowly, waited for.
+            splice = lambda size=size: os.splice(src_fd, write_end, size)  # noqa: E731
+            n = yield from streams.from_backend(src, splice)
             if not n:
                 raise SourceError("connection closed before the end of the body")
             remaining -= n
@@ -145,11 +138,7 @@ def splice_length(
                 try:
                     n -= os.splice(read_end, dst_fd, n)
                 except BlockingIOError:
-                    try:
-                        yield Wait(dst, write=True)
-                    except TimeoutError as exc:
-                        raise SinkError("the client took nothing for too long") from exc
-                    yield BLOCK
+                    yield from streams.wait_for(dst, write=True)
                 except OSError as exc:
                     raise SinkError(str(exc)) from exc
     except BaseException:
