@@ -29,6 +29,7 @@ from trayupdater.errors import ConfigError
 from trayupdater.proxy import (
     Backend,
     ReverseProxy,
+    bodies,
     dispatcher,
     poller,
     sockets,
@@ -66,6 +67,7 @@ def platform_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
         monkeypatch.setattr(poller, "KIND", "selectors")
         monkeypatch.setattr(steps, "DONTWAIT", 0)
         monkeypatch.setattr(streams, "DONTWAIT", 0)
+        monkeypatch.setattr(bodies, "DONTWAIT", 0)
         monkeypatch.setattr(dispatcher, "client_mode", sockets.blocking_with_timeouts)
         monkeypatch.setattr(zerocopy, "AVAILABLE", False)
     return request.param
