@@ -2,7 +2,7 @@
 
 How it works, in one place (each part lives in its own module, named in brackets):
 
-The dispatcher [dispatcher, poller]. One selector thread owns the listening socket and every
+The dispatcher [dispatcher, poller, waits]. One selector thread owns the listening socket and every
 client connection no worker is using: new connections, idle keep-alive connections between
 requests, connections with a partial request head or body. It accepts, and arms each socket
 it waits on for one readable event (EPOLLONESHOT on Linux: one system call per wait). It

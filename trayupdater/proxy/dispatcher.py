@@ -18,9 +18,9 @@ client to take more, or for the backend's next bytes (a stream between events), 
 counted: it waits here, costing no thread (a worker gives such a task back, see
 :mod:`steps`), so slow readers and open event streams cannot lock everyone else out.
 
-It also enforces deadlines (``header_timeout``, idle keep-alive, bodies, the backend's answer),
-receives request bodies (:mod:`bodies`), watches held requests (:mod:`holding`), and lingers
-on refused clients.
+It also enforces deadlines (``header_timeout``, idle keep-alive, bodies; those of waiting
+tasks are kept by :mod:`waits`), receives request bodies (:mod:`bodies`), watches held
+requests (:mod:`holding`), and lingers on refused clients.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from trayupdater.proxy.routing import Generation
 from trayupdater.proxy.service import Service, Task
 from trayupdater.proxy.sockets import SPIN_SECONDS, client_mode
 from trayupdater.proxy.steps import BLOCK, LINGER, Either, Wait, Wakeup
+from trayupdater.proxy.waits import Waits
 from trayupdater.proxy.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,6 @@ class Dispatcher:
         self._report = reporter
         self._idle_timeout = idle_timeout
         self._header_timeout = header_timeout
-        self._backend_timeout = backend_timeout
         self._scan_every = scan_every
         self._on_failure = on_failure
         self._on_quiet = on_quiet
@@ -102,8 +102,12 @@ class Dispatcher:
         self._routing_changed = False
         self._incoming: collections.deque[Client] = collections.deque()
         self._parked: dict[int, Client] = {}  # armed client connections, by descriptor
-        self._waiting: set[Task] = set()  # tasks waiting for a socket or a Wakeup
-        self._paused: set[Task] = set()  # of those, the ones not counted in flight
+        self._waits = Waits(
+            self._poller,
+            idle_timeout=idle_timeout,
+            backend_timeout=backend_timeout,
+            wake_later=self._wake_later,
+        )
         self._returned: collections.deque[tuple[Task, Wait | Either]] = collections.deque()
         self._closed = False
         self._woken: collections.deque[Task] = collections.deque()  # their Wakeup fired
@@ -220,7 +224,8 @@ class Dispatcher:
                 if time.monotonic() >= self._report.summary.due:
                     self._report.summary.flush()
                 if self._stop_accepting and self._accepting:
-                    self._end_tunnels()  # they have no request to finish
+                    for task in self._waits.tunnels():  # they have no request to finish
+                        self._end(task)
                     if not self._paused_until:
                         poll.forget(self._listener)
                     self._accepting = False
@@ -246,16 +251,16 @@ class Dispatcher:
             self._parked.pop(conn.fd, None)
             conn.sock.close()
         if type(data) is Task:
-            self._unwait(data)
+            self._waits.end(data)
             data.gen.close()
             self._service.done(data)
 
     def _in_flight(self) -> int:
-        return len(self._service.serving) - len(self._paused)
+        return len(self._service.serving) - self._waits.paused()
 
     def _may_spin(self) -> bool:
         """Busy-poll before sleeping? Not while a worker works: it needs the GIL."""
-        return len(self._service.serving) == len(self._waiting)
+        return len(self._service.serving) == len(self._waits)
 
     def _spin(self, timeout: float | None) -> list[object]:
         """Poll without sleeping for a moment (SPIN_SECONDS, at most ``timeout``): on a VM,
@@ -272,7 +277,7 @@ class Dispatcher:
                 return ready
 
     def _has_deadlines(self) -> bool:
-        return bool(self._parked or self._waiting or self._paused_until)
+        return bool(self._parked or self._waits or self._paused_until)
 
     def _expire(self, now: float) -> None:
         for conn in [c for c in self._parked.values() if c.deadline <= now]:
@@ -280,28 +285,8 @@ class Dispatcher:
             self._poller.disarm(conn.fd, conn.sock)
             self._bodies.drop(conn)
             expire(conn)
-        for task in [t for t in self._waiting if t.deadline <= now]:
-            self._unwait(task)
+        for task in self._waits.expired(now):
             self._run(task, TimeoutError("timed out"))
-
-    def _unwait(self, task: Task) -> None:
-        """Stop waiting for what ``task`` waits for: a socket, two (a tunnel), a Wakeup."""
-        waited = task.waiting
-        if type(waited) is Wakeup:
-            waited.cancel()
-        elif type(waited) is tuple:
-            for sock in waited:
-                self._poller.disarm(sock.fileno(), sock)
-        elif waited is not None:
-            self._poller.disarm(waited.fileno(), waited)  # nothing to do if it just fired
-        self._waiting.discard(task)
-        self._paused.discard(task)
-        task.waiting = None
-
-    def _end_tunnels(self) -> None:
-        for task in [t for t in self._waiting if type(t.waiting) is tuple]:
-            self._unwait(task)
-            self._end(task)
 
     def _close_all(self) -> None:
         while self._incoming:
@@ -312,10 +297,8 @@ class Dispatcher:
             conn.sock.close()
         self._parked.clear()
         self._closed = True
-        for task in self._waiting:
+        for task in self._waits.clear():
             self._end(task)
-        self._waiting.clear()
-        self._paused.clear()
         self._close_returned()
         self._held.stopping = True
         self._held.close()
@@ -407,9 +390,9 @@ class Dispatcher:
 
     def _resume(self, task: Task) -> None:
         """The socket ``task`` waited for is ready."""
-        if task not in self._waiting:  # both sockets of a tunnel in one poll: run it once
+        if task not in self._waits:  # both sockets of a tunnel in one poll: run it once
             return
-        self._unwait(task)
+        self._waits.end(task)
         self._run(task)
 
     def _wake_later(self, task: Task) -> None:
@@ -421,12 +404,12 @@ class Dispatcher:
         if self._stopping:
             self._end(task)
             return
-        exc = self._await(task, wait)
+        exc = self._waits.socket(task, wait)
         if exc is not None:
             self._run(task, exc)
 
     def _woken_up(self, task: Task) -> None:
-        if task in self._waiting and type(task.waiting) is Wakeup:
+        if task in self._waits and type(task.waiting) is Wakeup:
             self._resume(task)
 
     def _run(self, task: Task, exc: BaseException | None = None) -> None:
@@ -452,49 +435,9 @@ class Dispatcher:
                 self.workers.hand(task)
                 return
             elif type(step) is Wakeup:  # a turn to connect
-                if step.on_fire(lambda task=task: self._wake_later(task)):
-                    continue  # fired already
-                task.waiting = step
-                task.deadline = time.monotonic() + self._backend_timeout
-                self._waiting.add(task)
-                return
-            else:  # wait for a backend's answer, or a Wait
-                exc = self._await(task, step)
+                if self._waits.wakeup(task, step):
+                    return
+            else:  # a backend's answer, a Wait, an Either
+                exc = self._waits.socket(task, step)
                 if exc is None:
                     return
-
-    def _await(self, task: Task, step: object) -> OSError | None:
-        """Arm the socket ``step`` waits for (a BufferedSocket to read, a Wait, an Either);
-        the error to throw into the task if it cannot be armed."""
-        if type(step) is Either:
-            return self._await_either(task, step)
-        if type(step) is Wait:
-            sock, write = step.sock, step.write
-            client = sock is task.conn.sock
-            timeout = step.seconds
-            if timeout is None:
-                timeout = self._idle_timeout if client else self._backend_timeout
-            paused = client or task.slot.responding  # the peer's pace, not work: not counted
-        else:
-            sock, write, timeout, paused = step.sock, False, self._backend_timeout, False
-        if not self._poller.arm(sock.fileno(), sock, task, write):
-            return OSError("connection closed")
-        task.waiting = sock
-        task.deadline = time.monotonic() + timeout
-        self._waiting.add(task)
-        if paused:
-            self._paused.add(task)
-        return None
-
-    def _await_either(self, task: Task, step: Either) -> OSError | None:
-        """Arm both sockets of a tunnel, with no deadline; not counted in flight."""
-        for i, sock in enumerate(step.socks):
-            if not self._poller.arm(sock.fileno(), sock, task):
-                for armed in step.socks[:i]:
-                    self._poller.disarm(armed.fileno(), armed)
-                return OSError("connection closed")
-        task.waiting = step.socks
-        task.deadline = math.inf
-        self._waiting.add(task)
-        self._paused.add(task)
-        return None

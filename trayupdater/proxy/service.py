@@ -40,7 +40,8 @@ class Task:
         self.gen = gen
         self.slot = slot
         self.stalled = False  # a worker gave it back once: its peer is slow (workers.py)
-        self.waiting: socket.socket | Wakeup | None = None  # what the dispatcher waits for
+        # What the dispatcher waits for: a socket, two (a tunnel), a Wakeup (waits.py).
+        self.waiting: socket.socket | tuple[socket.socket, ...] | Wakeup | None = None
         self.deadline = 0.0  # and until when
 
 
