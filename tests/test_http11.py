@@ -51,18 +51,15 @@ def test_refusing_a_64k_malformed_head_is_linear(case):
 
 
 def test_a_64k_whitespace_trailer_is_linear():
-    class Source(http11.BufferedSocket):
-        def fill(self) -> bool:
-            return False
-
     body = b"3\r\nabc\r\n0\r\nX-T: a" + SPACES.encode() + b"b\r\n\r\n"
-    src = Source(None)  # type: ignore[arg-type]
+    src = http11.BufferedSocket(None)  # type: ignore[arg-type]
     src.buf += body
-    got: list[bytes] = []
     started = time.perf_counter()
-    trailers = http11.copy_chunked(src, lambda data: got.append(bytes(data)), 128 * 1024)
+    whole = http11.decode_in_hand(src, 128 * 1024)
     assert time.perf_counter() - started < 1.0
-    assert got == [b"abc"]
+    assert whole is not None
+    data, trailers = whole
+    assert data == b"abc"
     assert trailers == ["X-T: a" + SPACES + "b"]
 
 
@@ -134,3 +131,17 @@ def test_scanning_a_chunked_body_stops_at_its_chunk_budget_and_resumes() -> None
     assert (done, walked) == (True, 6)
     assert body[pos:].startswith(b"0\r\n"), "resumes from the last chunk"
     assert http11.scan_chunked(body[:-2], 0, 8192, 100)[1:] == (False, 10), "trailers unfinished"
+
+
+def test_a_chunked_body_in_hand_is_taken_whole_or_not_at_all():
+    src = http11.BufferedSocket(None)  # type: ignore[arg-type]
+    whole = b"3\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n"
+    for cut in range(len(whole)):  # every shorter prefix: more must come, nothing taken
+        src.buf = bytearray(whole[:cut])
+        assert http11.decode_in_hand(src, 1024) is None
+        assert src.buf == whole[:cut]
+    src.buf = bytearray(whole + b"GET / HTTP/1.1\r\n")  # and the next request after it
+    assert http11.decode_in_hand(src, 1024) == (b"abcde", ["X-T: 1"])
+    assert src.buf == b"GET / HTTP/1.1\r\n"
+    assert http11.rechunked(b"abcde", ["X-T: 1"]) == b"5\r\nabcde\r\n0\r\nX-T: 1\r\n\r\n"
+    assert http11.rechunked(b"", []) == b"0\r\n\r\n"

@@ -5,9 +5,10 @@ those do not give at once: strict parsing that refuses ambiguous framing (reques
 bodies streamed in both directions without buffering, and low per-request overhead.
 
 Heads are parsed into latin-1 ``str`` (HTTP field values are octets; latin-1 round-trips
-them exactly). Bodies are copied between :class:`BufferedSocket` objects; the functions here
-raise :class:`SourceError` when the side being read fails and :class:`SinkError` when the side
-being written fails, so the proxy can tell "backend died" from "client went away".
+them exactly). Chunked bodies are decoded from a :class:`BufferedSocket`'s buffer by code that
+reads nothing itself (the proxy waits for the bytes its own way). The proxy tells "backend
+died" from "client went away" by :class:`SourceError` (the side being read failed, or sent
+something malformed) and :class:`SinkError` (the side being written failed).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -298,26 +299,6 @@ class BufferedSocket:
                 return None
 
 
-Write = Callable[[bytes], None]
-
-
-def _fill_or_fail(src: BufferedSocket, what: str) -> None:
-    try:
-        ok = src.fill()
-    except OSError as exc:
-        raise SourceError(f"reading {what}: {exc}") from exc
-    if not ok:
-        raise SourceError(f"connection closed before the end of {what}")
-
-
-def write_to_sink(write: Write, data: bytes | bytearray | memoryview) -> None:
-    """``write(data)``, a failure of it raised as :class:`SinkError` (the receiver failed)."""
-    try:
-        write(data)
-    except OSError as exc:
-        raise SinkError(str(exc)) from exc
-
-
 _local = threading.local()
 
 
@@ -346,7 +327,7 @@ def scan_chunked(
     walked). It stops after ``max_chunks`` chunks, body complete or not.
 
     For a body received piece by piece without a thread waiting on it; the decoding itself
-    is :func:`copy_chunked`'s, once this says the body is complete. SourceError if malformed.
+    is :func:`decode_in_hand`'s, once this says the body is complete. SourceError if malformed.
     The bound is the caller's budget: every chunk costs a few microseconds of Python, and a
     megabyte of one-byte chunks is 170,000 of them.
     """
@@ -389,8 +370,8 @@ def decode_chunked(src: BufferedSocket, max_trailer_bytes: int) -> Pieces:
     data, and None whenever it needs more bytes in ``src.buf`` (the caller reads them, and
     stops if there are none: the body is cut short); returns the trailer lines.
 
-    Reads nothing itself, so the caller decides how to wait for the bytes (blocking:
-    :func:`copy_chunked`; as steps, without a thread: ``proxy.streams``). The caller
+    Reads nothing itself, so the caller decides how to wait for the bytes (none: only what
+    is in hand, :func:`decode_in_hand`; as steps, without a thread: ``proxy.streams``). The caller
     re-frames (or not) what it passes on, so a malformed chunk stream never reaches the
     other side verbatim. SourceError if malformed.
     """
@@ -443,24 +424,37 @@ def _line(src: BufferedSocket, limit: int) -> Generator[None, None, bytes]:
         yield None
 
 
-def copy_chunked(src: BufferedSocket, write_data: Write, max_trailer_bytes: int) -> list[str]:
-    """Decode a chunked body from ``src`` (blocking reads), passing chunk data on; returns
-    the trailer lines. See :func:`decode_chunked`."""
-    pieces = decode_chunked(src, max_trailer_bytes)
+def decode_in_hand(src: BufferedSocket, max_trailer_bytes: int) -> tuple[bytes, list[str]] | None:
+    """The chunked body at the front of ``src.buf``, if it is all there: its data and
+    trailer lines, taken from ``src.buf``. None, taking nothing, if more must come;
+    SourceError if malformed. Decoded from a copy, which reads nothing: a refusal leaves
+    ``src.buf`` as it was."""
+    probe = BufferedSocket(src.sock)
+    probe.buf = bytearray(src.buf)
+    pieces = decode_chunked(probe, max_trailer_bytes)
+    parts: list[bytes] = []
     while True:
         try:
             piece = next(pieces)
         except StopIteration as end:
-            return end.value
+            trailers: list[str] = end.value
+            break
         if piece is None:
-            _fill_or_fail(src, "a chunked body")
-        else:
-            write_to_sink(write_data, piece)
+            return None
+        parts.append(piece)
+    del src.buf[: len(src.buf) - len(probe.buf)]
+    return b"".join(parts), trailers
 
 
 def chunk(data: bytes | bytearray | memoryview) -> bytes:
     """One chunk in chunked transfer coding."""
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def rechunked(data: bytes, trailers: list[str]) -> bytes:
+    """A decoded chunked body framed again: one chunk with all of ``data`` (none if it is
+    empty), then the last chunk with ``trailers``."""
+    return (chunk(data) if data else b"") + last_chunk(trailers)
 
 
 def last_chunk(trailers: list[str]) -> bytes:

@@ -144,19 +144,17 @@ class Forwarder:
             plan.body = bytes(conn.buf[: plan.length])
             del conn.buf[: plan.length]
         else:  # chunked, all here: decode it and send it on as one chunk
-            parts: list[bytes] = []
             try:
-                trailers = http11.copy_chunked(
-                    conn, lambda data: parts.append(bytes(data)), self.max_header_bytes
-                )
-            except (SourceError, OSError) as exc:
+                whole = http11.decode_in_hand(conn, self.max_header_bytes)
+                if whole is None:  # the dispatcher's scan said it was all here
+                    raise SourceError("connection closed inside a chunked body")
+            except SourceError as exc:
                 log.debug("proxy: bad chunked request body from %s: %s", conn.ip, exc)
                 conn.body_unread = True
                 yield from send_error(conn, 400, False)
                 self._report.done(400, plan.started, None)
                 return False
-            data = b"".join(parts)
-            plan.body = (http11.chunk(data) if data else b"") + http11.last_chunk(trailers)
+            plan.body = http11.rechunked(*whole)
         plan.buffered = True
         return True
 

@@ -237,18 +237,6 @@ def _wait_and_fill(up: BufferedSocket) -> Steps[bool]:
     return len(up.buf) > had or up.fill()
 
 
-class _NothingMore:
-    """The socket of a probe decoding only bytes already in hand."""
-
-    def recv(self, *_: object) -> bytes:
-        raise OSError("more bytes needed than are in hand")
-
-    recv_into = recv
-
-
-_NOTHING_MORE = _NothingMore()
-
-
 def _chunked_in_hand(up: BufferedSocket, chunked_out: bool, max_trailer_bytes: int) -> bytes | None:
     """The client's bytes for a chunked body that is all in ``up.buf`` already (one chunk
     and the last chunk, or the bare data for a client that cannot take chunks); None when
@@ -257,16 +245,11 @@ def _chunked_in_hand(up: BufferedSocket, chunked_out: bool, max_trailer_bytes: i
     try:
         if not http11.scan_chunked(up.buf, 0, max_trailer_bytes, steps.DISPATCHER_CHUNKS)[1]:
             return None  # not all here, or more chunks than the dispatcher walks
-        # Decoded from a copy that cannot read more: a refusal consumes nothing, and a
+        # Decoded from a copy that reads nothing: a refusal consumes nothing, and a
         # disagreement with the scan can never block the dispatcher on the socket.
-        probe = BufferedSocket(_NOTHING_MORE)  # type: ignore[arg-type]
-        probe.buf = bytearray(up.buf)
-        parts: list[bytes] = []
-        trailers = http11.copy_chunked(probe, lambda d: parts.append(bytes(d)), max_trailer_bytes)
+        whole = http11.decode_in_hand(up, max_trailer_bytes)
     except SourceError:
         return None
-    del up.buf[: len(up.buf) - len(probe.buf)]
-    data = b"".join(parts)
-    if not chunked_out:
-        return data
-    return (http11.chunk(data) if data else b"") + http11.last_chunk(trailers)
+    if whole is None:
+        return None
+    return http11.rechunked(*whole) if chunked_out else whole[0]
