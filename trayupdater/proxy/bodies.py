@@ -61,20 +61,16 @@ class _Pace:
         rule."""
         rules, ready = self._rules, False
         while True:
-            try:
-                if DONTWAIT:
+            if DONTWAIT or ready:  # without MSG_DONTWAIT (Windows) a read blocks: once readable
+                try:
                     data = sock.recv(size, DONTWAIT)
-                elif ready:  # no MSG_DONTWAIT (Windows): blocking, but known to be readable
-                    data = sock.recv(size)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise SourceError(f"reading a request body: {reason(exc)}") from exc
                 else:
-                    raise BlockingIOError
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise SourceError(f"reading a request body: {reason(exc)}") from exc
-            else:
-                self._received += len(data)
-                return data
+                    self._received += len(data)
+                    return data
             limit = min(rules.timeout, rules.allowance(self._received) - self._waited)
             too_slow = TooSlow(f"request body slower than {rules.min_rate:g} bytes/s")
             if limit <= 0:

@@ -246,14 +246,13 @@ class Dispatcher:
 
     def _drop(self, data: object) -> None:
         """Close the connection an event that failed was about."""
-        conn = data.conn if type(data) is Task else data
-        if type(conn) is Client:
-            self._parked.pop(conn.fd, None)
-            conn.sock.close()
         if type(data) is Task:
+            self._parked.pop(data.conn.fd, None)
             self._waits.end(data)
-            data.gen.close()
-            self._service.done(data)
+            self._end(data)
+        elif type(data) is Client:
+            self._parked.pop(data.fd, None)
+            data.sock.close()
 
     def _in_flight(self) -> int:
         return len(self._service.serving) - self._waits.paused()
