@@ -1,18 +1,39 @@
 """The self-update handover: the new process borrows the running one's listening socket.
 
-One JSON object per line over loopback, authenticated by a token passed in the
-successor's environment (``TRAYUPDATER_HANDOVER=port:token``).
+Both sides of the protocol live here; the files (staging, the swap, state.json) are
+:mod:`selfupdate`'s.
+
+1. The **predecessor** (:class:`Predecessor`), with the new executable already in place,
+   listens on a loopback port of its own and starts the new executable with
+   ``TRAYUPDATER_HANDOVER=port:token`` in its environment.
+2. The **successor** (:func:`take_handover`) removes the variable (it must not reach the
+   child servers), connects back and sends ``{"token", "pid", "version"}``, one JSON object
+   per line. A wrong token is ignored; a wrong version fails the handover.
+3. The predecessor grants its *listening socket*: the inherited fd (POSIX, passed with
+   ``pass_fds``) or ``socket.share`` bytes for that pid (Windows). Both processes then
+   accept on the one socket: connections queue in the kernel, none is refused.
+4. The successor starts its own child and, once it serves (:meth:`Successor.serve_when_ready`),
+   reports ``{"ready": true}``, or ``{"failed": why}``.
+5. Ready within the timeout: the predecessor sends ``{"commit": true}``, stops accepting,
+   finishes its requests and exits; the successor then removes the leftovers beside the
+   executable. Anything else (it exited, failed, hung up, lied about its version or stayed
+   silent): the predecessor stops it (:func:`stop_successor`) and raises
+   :class:`HandoverFailed`, and the caller puts the old files back.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import select
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +43,7 @@ import trayupdater
 from trayupdater.errors import SelfUpdateError
 from trayupdater.installation import Installation, find_installation, remove_leftovers
 from trayupdater.processes import pid_running
+from trayupdater.release_model import parse_version
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +112,165 @@ def _socket_from_grant(
     if "share" in grant:
         return fromshare(base64.b64decode(grant["share"]))
     raise SelfUpdateError(f"handover: the predecessor sent no socket ({sorted(grant)})")
+
+
+# --- the predecessor's side ----------------------------------------------------------------------
+
+
+class HandoverFailed(Exception):
+    """The successor did not take over (it is stopped by then); the message says why."""
+
+
+class Predecessor:
+    """The running process's side: start the executable now installed, lend it our
+    listening socket and wait for its "ready". The swap of the files and what to do when
+    it fails are the caller's (:mod:`selfupdate`)."""
+
+    def __init__(
+        self,
+        installation: Installation,
+        argv: Sequence[str],
+        *,
+        environ: Mapping[str, str] | None = None,
+        ready_timeout: float,
+        share: Callable[..., bytes] | None = None,
+        popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+    ) -> None:
+        self._installation = installation
+        self._argv = list(argv)
+        self._environ = environ  # None: this process's environment when the successor starts
+        self._ready_timeout = ready_timeout
+        self._share = share or (lambda sock, pid: sock.share(pid))
+        self._popen = popen
+
+    def hand_to(
+        self, listener: socket.socket, version: str
+    ) -> tuple[subprocess.Popen[bytes], _Channel]:
+        """Start the successor and wait until it serves on ``listener``: its process and the
+        channel to commit over. HandoverFailed when it does not; then, as on any other
+        exception, it is stopped first."""
+        token = secrets.token_urlsafe(24)
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            with socket.create_server(("127.0.0.1", 0)) as server:
+                proc = self._spawn(listener, server.getsockname()[1], token)
+                return proc, self._await_ready(server, proc, token, version, listener)
+        except BaseException:
+            if proc is not None:
+                stop_successor(proc, self._installation.os)
+            raise
+
+    def _spawn(self, listener: socket.socket, port: int, token: str) -> subprocess.Popen[bytes]:
+        env = dict(os.environ if self._environ is None else self._environ)
+        env[ENV_HANDOVER] = f"{port}:{token}"
+        # A fresh PyInstaller instance: unpack the new build, ignore our _PYI_* variables.
+        env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
+        if self._installation.os == "linux" and "LD_LIBRARY_PATH_ORIG" in env:
+            env["LD_LIBRARY_PATH"] = env.pop("LD_LIBRARY_PATH_ORIG")
+        elif self._installation.os == "linux":
+            env.pop("LD_LIBRARY_PATH", None)  # it pointed at our unpacked libraries
+        argv = [str(self._installation.executable), *self._argv]
+        kwargs: dict[str, Any] = {"env": env, "stdin": subprocess.DEVNULL}
+        if self._installation.os == "windows":
+            # Detached: closing the console it was started from must not end the successor.
+            kwargs["creationflags"] = 0x200 | 0x8  # CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS
+        else:
+            # Its own session: our terminal's Ctrl-C or hang-up must not reach it.
+            kwargs.update(pass_fds=(listener.fileno(),), start_new_session=True)
+        log.info("self-update: starting %s", argv[0])
+        try:
+            return self._popen(argv, **kwargs)
+        except OSError as exc:
+            raise HandoverFailed(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+
+    def _await_ready(
+        self,
+        server: socket.socket,
+        proc: subprocess.Popen[bytes],
+        token: str,
+        version: str,
+        listener: socket.socket,
+    ) -> _Channel:
+        deadline = time.monotonic() + self._ready_timeout
+        channel: _Channel | None = None
+        expected = parse_version(version)
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise HandoverFailed(f"the new build exited with code {code} before it was ready")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise HandoverFailed(
+                    f"the new build did not report ready within {self._ready_timeout:g} s"
+                )
+            step = min(0.2, remaining)
+            if channel is None:
+                if not select.select([server], [], [], step)[0]:
+                    continue
+                conn, _ = server.accept()
+                candidate = _Channel(conn)
+                try:
+                    hello = candidate.recv(min(5.0, max(remaining, 0.1)))
+                except (EOFError, OSError):
+                    hello = None
+                if hello is None or not hmac.compare_digest(
+                    str(hello.get("token", "")).encode(), token.encode()
+                ):
+                    candidate.close()  # not our successor (or it did not say so): ignore
+                    continue
+                if parse_version(str(hello.get("version", ""))) != expected:
+                    with contextlib.suppress(OSError):
+                        candidate.send({"error": f"expected version {version}"})
+                    candidate.close()
+                    raise HandoverFailed(
+                        f"the new build says it is {hello.get('version')!r}, not {version}"
+                    )
+                pid = int(hello.get("pid") or 0)
+                try:
+                    grant = _grant(listener, self._installation.os, pid, self._share)
+                    candidate.send({**grant, "pid": os.getpid()})
+                except OSError as exc:
+                    candidate.close()
+                    raise HandoverFailed(f"cannot hand over the socket: {exc}") from None
+                channel = candidate
+                continue
+            try:
+                message = channel.recv(step)
+            except (EOFError, OSError) as exc:
+                raise HandoverFailed(f"the new build hung up before it was ready ({exc})") from None
+            if message is None:
+                continue
+            if message.get("ready"):
+                if proc.poll() is None:
+                    return channel
+                raise HandoverFailed("the new build exited right after reporting ready")
+            if "failed" in message:
+                raise HandoverFailed(f"the new build failed to start: {message['failed']}")
+
+
+def stop_successor(proc: subprocess.Popen[bytes], os_name: str) -> None:
+    """Stop a successor that did not take over: politely, then for good."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(OSError):
+        if os_name == "windows":
+            proc.terminate()
+        else:
+            proc.send_signal(signal.SIGTERM)  # the onefile bootloader forwards it
+    try:
+        proc.wait(STOP_TIMEOUT)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(OSError):
+        if os_name != "windows":
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the whole group
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(STOP_TIMEOUT)
+
+
+# --- the successor's side ------------------------------------------------------------------------
 
 
 class Successor:

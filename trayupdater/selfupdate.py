@@ -12,7 +12,7 @@ asset picker, checksums, minisign when a key is set). Then:
    onto it (atomic). Windows: rename the running exe to ``.old`` (allowed while it runs),
    then move the new one in. Folders and ``.app`` bundles: an atomic exchange of the two
    directories where the OS has one (``renameat2``/``renamex_np``), else two renames.
-3. **Hand over** (zero downtime): start the new executable with
+3. **Hand over** (zero downtime, :mod:`handover`): start the new executable with
    ``PYINSTALLER_RESET_ENVIRONMENT=1`` (a fresh PyInstaller instance, not our unpacked
    files) and ``TRAYUPDATER_HANDOVER=port:token``. It connects back over loopback, proves
    the token and names its version; we hand it the proxy's *listening socket* (POSIX: the
@@ -33,14 +33,10 @@ predecessor is gone, or at the next start (Windows cannot delete a running exe).
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import os
-import secrets
-import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -54,7 +50,7 @@ import trayupdater
 from trayupdater.config import Config
 from trayupdater.errors import SelfUpdateError, TrayUpdaterError, VerificationError
 from trayupdater.extract import extract, find_executable
-from trayupdater.handover import ENV_HANDOVER, STOP_TIMEOUT, _Channel, _grant, is_successor
+from trayupdater.handover import HandoverFailed, Predecessor, is_successor
 from trayupdater.installation import (
     FileOps,
     Installation,
@@ -195,11 +191,14 @@ class SelfUpdater:
         self.pattern = config.self_update_asset_pattern or DEFAULT_ASSET_PATTERN
         self._current_version = current_version or (lambda: trayupdater.__version__)
         self.ops = ops or FileOps()
-        self.argv = list(sys.argv[1:] if argv is None else argv)
-        self._environ = environ  # None: this process's environment when the successor starts
-        self.ready_timeout = ready_timeout
-        self._share = share or (lambda sock, pid: sock.share(pid))
-        self._popen = popen
+        self._predecessor = Predecessor(
+            installation,
+            list(sys.argv[1:] if argv is None else argv),
+            environ=environ,
+            ready_timeout=ready_timeout,
+            share=share,
+            popen=popen,
+        )
         self._exit = exit_process
         self.data_dir = config.data_dir
         self.state_path = config.data_dir / STATE_FILE
@@ -353,21 +352,17 @@ class SelfUpdater:
                 f"cannot replace {self.installation.target}: {exc.strerror or exc}"
             ) from None
         snapshot = self._snapshot()
-        proc: subprocess.Popen[bytes] | None = None
-        token = secrets.token_urlsafe(24)
         try:
-            with socket.create_server(("127.0.0.1", 0)) as server:
-                listener = handover.listening_socket()
-                self._forget_child()
-                proc = self._spawn(listener, server.getsockname()[1], token)
-                channel = self._await_ready(server, proc, token, version, listener)
-        except _Failed as exc:
-            self._roll_back(swap, proc, snapshot, version, str(exc))
+            listener = handover.listening_socket()
+            self._forget_child()
+            proc, channel = self._predecessor.hand_to(listener, version)
+        except HandoverFailed as exc:
+            self._roll_back(swap, snapshot, version, str(exc))
             raise SelfUpdateError(
                 f"self-update to {version} rolled back: {exc}; {version} is blocked"
             ) from None
         except BaseException as exc:  # a bug or Ctrl-C mid-way: never leave the swap behind
-            self._roll_back(swap, proc, snapshot, version, f"{type(exc).__name__}: {exc}")
+            self._roll_back(swap, snapshot, version, f"{type(exc).__name__}: {exc}")
             raise
         self._commit(swap, version)
         with contextlib.suppress(OSError):
@@ -377,102 +372,11 @@ class SelfUpdater:
         channel.close()
         self._exit()
 
-    def _spawn(self, listener: socket.socket, port: int, token: str) -> subprocess.Popen[bytes]:
-        env = dict(os.environ if self._environ is None else self._environ)
-        env[ENV_HANDOVER] = f"{port}:{token}"
-        # A fresh PyInstaller instance: unpack the new build, ignore our _PYI_* variables.
-        env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
-        if self.installation.os == "linux" and "LD_LIBRARY_PATH_ORIG" in env:
-            env["LD_LIBRARY_PATH"] = env.pop("LD_LIBRARY_PATH_ORIG")
-        elif self.installation.os == "linux":
-            env.pop("LD_LIBRARY_PATH", None)  # it pointed at our unpacked libraries
-        argv = [str(self.installation.executable), *self.argv]
-        kwargs: dict[str, Any] = {"env": env, "stdin": subprocess.DEVNULL}
-        if self.installation.os == "windows":
-            # Detached: closing the console it was started from must not end the successor.
-            kwargs["creationflags"] = 0x200 | 0x8  # CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS
-        else:
-            # Its own session: our terminal's Ctrl-C or hang-up must not reach it.
-            kwargs.update(pass_fds=(listener.fileno(),), start_new_session=True)
-        log.info("self-update: starting %s", argv[0])
-        try:
-            return self._popen(argv, **kwargs)
-        except OSError as exc:
-            raise _Failed(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
-
-    def _await_ready(
-        self,
-        server: socket.socket,
-        proc: subprocess.Popen[bytes],
-        token: str,
-        version: str,
-        listener: socket.socket,
-    ) -> _Channel:
-        deadline = time.monotonic() + self.ready_timeout
-        channel: _Channel | None = None
-        expected = parse_version(version)
-        while True:
-            code = proc.poll()
-            if code is not None:
-                raise _Failed(f"the new build exited with code {code} before it was ready")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _Failed(f"the new build did not report ready within {self.ready_timeout:g} s")
-            step = min(0.2, remaining)
-            if channel is None:
-                if not select.select([server], [], [], step)[0]:
-                    continue
-                conn, _ = server.accept()
-                candidate = _Channel(conn)
-                try:
-                    hello = candidate.recv(min(5.0, max(remaining, 0.1)))
-                except (EOFError, OSError):
-                    hello = None
-                if hello is None or not hmac.compare_digest(
-                    str(hello.get("token", "")).encode(), token.encode()
-                ):
-                    candidate.close()  # not our successor (or it did not say so): ignore
-                    continue
-                if parse_version(str(hello.get("version", ""))) != expected:
-                    with contextlib.suppress(OSError):
-                        candidate.send({"error": f"expected version {version}"})
-                    candidate.close()
-                    raise _Failed(
-                        f"the new build says it is {hello.get('version')!r}, not {version}"
-                    )
-                pid = int(hello.get("pid") or 0)
-                try:
-                    grant = _grant(listener, self.installation.os, pid, self._share)
-                    candidate.send({**grant, "pid": os.getpid()})
-                except OSError as exc:
-                    candidate.close()
-                    raise _Failed(f"cannot hand over the socket: {exc}") from None
-                channel = candidate
-                continue
-            try:
-                message = channel.recv(step)
-            except (EOFError, OSError) as exc:
-                raise _Failed(f"the new build hung up before it was ready ({exc})") from None
-            if message is None:
-                continue
-            if message.get("ready"):
-                if proc.poll() is None:
-                    return channel
-                raise _Failed("the new build exited right after reporting ready")
-            if "failed" in message:
-                raise _Failed(f"the new build failed to start: {message['failed']}")
-
     def _roll_back(
-        self,
-        swap: Swap,
-        proc: subprocess.Popen[bytes] | None,
-        snapshot: dict[Path, bytes | None],
-        version: str,
-        why: str,
+        self, swap: Swap, snapshot: dict[Path, bytes | None], version: str, why: str
     ) -> None:
+        """The successor is stopped by now: put the old executable and files back."""
         log.error("self-update to %s failed: %s; rolling back", version, why)
-        if proc is not None:
-            _stop(proc, self.installation.os)
         try:
             swap.restore()
         except OSError as exc:
@@ -535,10 +439,6 @@ class SelfUpdater:
             atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
-class _Failed(Exception):
-    """The successor did not take over; the message says why."""
-
-
 def _copy_synced(src: Path, dest: Path) -> None:
     """Copy ``src`` to ``dest`` (executable), flushed to disk before anyone can run it."""
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o755)
@@ -558,28 +458,6 @@ def _write_private(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _stop(proc: subprocess.Popen[bytes], os_name: str) -> None:
-    """Stop a successor that did not take over: politely, then for good."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(OSError):
-        if os_name == "windows":
-            proc.terminate()
-        else:
-            proc.send_signal(signal.SIGTERM)  # the onefile bootloader forwards it
-    try:
-        proc.wait(STOP_TIMEOUT)
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(OSError):
-        if os_name != "windows":
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the whole group
-        proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(STOP_TIMEOUT)
 
 
 def finish_pending_update(installation: Installation | None = None) -> list[str]:
