@@ -8,9 +8,9 @@ from the :class:`~trayupdater.tuf_keys.KeyStore` and writes the file where the l
 usable mid-way: targets first, then targets and snapshot metadata under new version
 numbers, and ``timestamp.json`` last, which is what makes a change visible to clients.
 
-:meth:`FolderRepository.verify` runs python-tuf's own client (ngclient) over the folder
-from ``1.root.json``, so a publish is checked the way a client will check it, before
-anything is uploaded.
+:meth:`FolderRepository.verify` runs python-tuf's own client over the folder
+(:mod:`trayupdater.tuf_verify`), so a publish is checked the way a client will check it,
+before anything is uploaded.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from packaging.version import Version
 from securesystemslib.signer import Signer
@@ -40,7 +39,6 @@ from tuf.api.metadata import (
     Timestamp,
 )
 from tuf.api.serialization.json import JSONSerializer
-from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 from tuf.repository import AbortEdit, Repository
 
 from trayupdater.errors import TrayUpdaterError
@@ -60,6 +58,7 @@ from trayupdater.tuf_format import (
     target_path,
 )
 from trayupdater.tuf_keys import KeyStore
+from trayupdater.tuf_verify import verify_folder
 
 if TYPE_CHECKING:
     from trayupdater.release_model import Rollout
@@ -308,38 +307,9 @@ class FolderRepository(Repository):
         return outcome
 
     def verify(self) -> list[str]:
-        """Run python-tuf's client over the folder, from 1.root.json; problems, as text.
-        Targets are compared with the files present (a CI job may hold only metadata)."""
-        first = self.metadata_dir / "1.root.json"
-        try:
-            bootstrap = first.read_bytes()
-        except OSError as exc:
-            return [f"cannot read {first}: {exc.strerror or exc}"]
-        with tempfile.TemporaryDirectory() as cache:
-            fetcher = _FolderFetcher(self.folder)
-            try:
-                updater = Updater(
-                    cache,
-                    "file:///" + METADATA_DIR + "/",
-                    target_base_url="file:///" + TARGETS_DIR + "/",
-                    fetcher=fetcher,
-                    config=UpdaterConfig(prefix_targets_with_hash=False),
-                    bootstrap=bootstrap,
-                )
-                updater.refresh()
-                problems = []
-                for name in self.targets().targets:
-                    info = updater.get_targetinfo(name)
-                    local = self.targets_dir.joinpath(*name.split("/"))
-                    if info is not None and not local.exists():
-                        continue  # hosted elsewhere (release assets): only metadata is here
-                    if info is None or updater.find_cached_target(info, os.fspath(local)) is None:
-                        problems.append(f"{TARGETS_DIR}/{name} does not match its metadata")
-                return problems
-            except exceptions.ExpiredMetadataError as exc:
-                return [f"the repository does not verify: {exc}"]
-            except (exceptions.RepositoryError, exceptions.DownloadError) as exc:
-                return [f"the repository does not verify: {exc}"]
+        """Problems found by python-tuf's own client over the folder, as text
+        (:func:`~trayupdater.tuf_verify.verify_folder`)."""
+        return verify_folder(self.folder, self.targets().targets)
 
     # --- internals ---
 
@@ -508,19 +478,3 @@ def _sha256(path: Path) -> str:
         while chunk := fh.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-class _FolderFetcher(FetcherInterface):
-    """ngclient reading the repository folder itself (``file:///metadata/x`` -> DIR/metadata/x)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        relative = unquote(url.removeprefix("file:///"))
-        path = self.folder.joinpath(*relative.split("/"))
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise exceptions.DownloadHTTPError(f"{relative} not found", 404) from None
-        return iter([data])
