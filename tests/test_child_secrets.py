@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from support import Instance, recorded_child_pid, wait_for
 
-from trayupdater.children import child_environment, free_port
+from trayupdater.child_command import child_environment
+from trayupdater.children import free_port
 from trayupdater.demo import publish_version
 from trayupdater.feed import ReleaseFeed
 

@@ -16,14 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from trayupdater.children import (
-    Child,
-    adopt,
-    free_port,
-    kill_stale,
-    render_command,
-    version_matches,
-)
+from trayupdater.child_command import render_command
+from trayupdater.children import Child, adopt, free_port, kill_stale, version_matches
 from trayupdater.demo_server import KNOBS, render_script
 from trayupdater.errors import ChildError, ConfigError
 

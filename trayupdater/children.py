@@ -6,7 +6,8 @@ Restarting after a crash is the update worker's decision (it also moves the prox
 lives in updater.py; this module only reports the exit (:meth:`Child.wait_exit`).
 
 How children are kept from outliving the app (process groups, pdeathsig, the spawner
-thread) is :mod:`trayupdater.processes`.
+thread) is :mod:`trayupdater.processes`; what a child is started with (its argv and an
+environment without secrets), :mod:`trayupdater.child_command`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+from .child_command import DEFAULT_COMMAND, child_environment, render_command
 from .errors import ChildError, ConfigError
 from .processes import (
     KILL_WAIT,
@@ -45,8 +47,6 @@ __all__ = ["Child", "adopt", "describe_exit", "free_port", "kill_stale", "pid_ru
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_COMMAND: tuple[str, ...] = ("{exe}", "{port}")
-PLACEHOLDERS = ("exe", "port", "version", "host")
 
 _POSIX = os.name == "posix"
 _WINDOWS = os.name == "nt"
@@ -64,42 +64,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def render_command(
-    template: Sequence[str],
-    *,
-    exe: Path,
-    port: int,
-    version: str,
-    host: str = "127.0.0.1",
-) -> list[str]:
-    """The child's argv: ``template`` with ``{exe} {port} {version} {host}`` filled in.
-
-    ``{{`` and ``}}`` stand for literal braces. Raises ConfigError for anything else in braces.
-    """
-    if isinstance(template, (str, bytes)):
-        raise ConfigError(
-            f"child command must be a list of arguments, not one string: {template!r}"
-        )
-    if not template:
-        raise ConfigError("child command is empty; the default is ['{exe}', '{port}']")
-    values = {"exe": str(exe), "port": str(port), "version": version, "host": host}
-    argv = []
-    for arg in template:
-        try:
-            argv.append(str(arg).format_map(values))
-        except KeyError as exc:
-            raise ConfigError(
-                f"child command {list(template)!r}: unknown placeholder {{{exc.args[0]}}} "
-                f"in {arg!r}; known: " + " ".join(f"{{{p}}}" for p in PLACEHOLDERS)
-            ) from None
-        except (ValueError, IndexError, AttributeError) as exc:
-            raise ConfigError(
-                f"child command {list(template)!r}: bad placeholder in {arg!r} ({exc}); "
-                "write {{ and }} for literal braces"
-            ) from None
-    return argv
 
 
 def _strip_v(text: str) -> str:
@@ -128,48 +92,6 @@ def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, str
         return response.status, response.read(65536).decode("utf-8", "replace")
     finally:
         conn.close()
-
-
-# Variables that hold a token under a name someone may use (the app reads GITHUB_TOKEN).
-SECRET_VARIABLES = frozenset(
-    {"GITHUB_TOKEN", "GH_TOKEN", "GH_ENTERPRISE_TOKEN", "GITHUB_ENTERPRISE_TOKEN"}
-)
-
-
-def child_environment(
-    base: Mapping[str, str], extra: Mapping[str, str], secrets: Sequence[str] = ()
-) -> dict[str, str]:
-    """What a child gets: ``base`` without secrets, plus ``extra`` (also without secrets).
-
-    Removed: GITHUB_TOKEN, GH_TOKEN and the Enterprise names, every ``TRAYUPDATER_*``
-    variable (the app's configuration, the self-update handover token) and any variable
-    whose value contains one of ``secrets``. A child is a program we download: it must
-    never see the token, under any name.
-    """
-    secret_values = [s for s in secrets if s]
-
-    def leaks(name: str, value: str) -> bool:
-        return (
-            name.upper() in SECRET_VARIABLES
-            or name.upper().startswith("TRAYUPDATER_")
-            or any(secret in value for secret in secret_values)
-        )
-
-    env = {k: v for k, v in base.items() if not leaks(k, v)}
-    if getattr(sys, "frozen", False) and not _WINDOWS:
-        # PyInstaller's bootloader points LD_LIBRARY_PATH at the app's bundled libraries
-        # and keeps the user's value in *_ORIG; the child must get the user's.
-        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
-        if original is None:
-            env.pop("LD_LIBRARY_PATH", None)
-        else:
-            env["LD_LIBRARY_PATH"] = original
-    for name, value in extra.items():
-        if any(secret in value for secret in secret_values):
-            logger.warning("[child] env %s holds the token; not passed to the child", name)
-            continue
-        env[name] = value
-    return env
 
 
 # --- one child ---------------------------------------------------------------------------------
