@@ -390,3 +390,70 @@ def test_https_redirected_to_plain_http_is_refused_before_it_is_sent(tmp_path: P
                     max_bytes=10_000,
                 )
         assert plain.hits == []
+
+
+# --- one URL, one host: what the policy checks is where the request goes ---------------------
+
+
+def _ambiguous(elsewhere: str, home: str, path: str) -> str:
+    """``http://ELSEWHERE\\@HOME/path``: urllib.parse reads HOME (the host after the last
+    ``@``), while requests/urllib3, which connect, stop the host at the backslash."""
+    return f"http://{elsewhere}\\@{home}{path}"
+
+
+def test_an_asset_url_with_a_backslash_before_the_api_host_never_gets_the_token(
+    feed: ReleaseFeed, tmp_path: Path
+) -> None:
+    name, data = child_archive("1.1.0")
+    with FileServer({"/asset": data}) as elsewhere:
+        body = good_release(feed, archive=(name, data))
+        api_host = feed.url.split("://", 1)[1].rstrip("/")
+        for asset in body["assets"]:
+            asset["url"] = _ambiguous(
+                f"127.0.0.1:{elsewhere.port}", api_host, "/repos/acme/app/releases/assets/1"
+            )
+        feed.publish_raw("acme/app", body)
+        source = GitHubSource("acme/app", api_url=feed.url, token=TOKEN, retries=0)
+        release = source.check().release
+        with pytest.raises(DownloadError, match="backslash"):
+            source.fetch(
+                release, release.asset(name), tmp_path / "asset", max_bytes=10**8, pace=Pace()
+            )
+        assert elsewhere.hits == []  # refused before anything was sent
+
+
+def test_a_redirect_back_to_the_api_host_behind_a_backslash_does_not_collect_the_token(
+    tmp_path: Path,
+) -> None:
+    """API -> storage (token dropped) -> ``http://STORAGE\\@API/x``: judged by the host that
+    would be connected to, that hop is not the API's origin either; it is refused."""
+    with FileServer({"/x": b"evil"}) as storage, FileServer({"/asset": b"x" * 100}) as api:
+        storage_host, api_host = f"127.0.0.1:{storage.port}", f"127.0.0.1:{api.port}"
+        api.faults.redirects["/asset"] = storage.url("/blob")
+        storage.faults.redirects["/blob"] = _ambiguous(storage_host, api_host, "/x")
+        with pytest.raises(DownloadError, match="backslash"):
+            download(
+                HttpClient(),
+                api.url("/asset"),
+                tmp_path / "a",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                max_bytes=10_000,
+            )
+        assert [h.path for h in storage.hits] == ["/blob"]
+        assert all(TOKEN not in str(h.headers) for h in storage.hits)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com\\@127.0.0.1/x",  # plain HTTP to example.com, read as loopback
+        "https://example.com\\@127.0.0.1/x",
+        "http://127.0.0.1/a b",
+        "http://127.0.0.1/\x00",
+        "http://127.0.0.1\t.example.com/x",
+    ],
+)
+def test_urls_whose_host_parsers_may_disagree_on_are_refused(url: str) -> None:
+    from trayupdater.urls import insecure_reason
+
+    assert insecure_reason(url)
