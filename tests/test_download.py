@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import socket
@@ -42,6 +43,16 @@ def session() -> Iterator[requests.Session]:
     s.close()
 
 
+def parts(dest: Path) -> list[Path]:
+    """The unfinished downloads beside ``dest``, whatever they are parts of."""
+    return sorted(dest.parent.glob(glob.escape(dest.name) + ".*.part"))
+
+
+def the_part(dest: Path) -> Path:
+    (part,) = parts(dest)
+    return part
+
+
 def fetch(session: requests.Session, url: str, dest: Path, **kwargs: object) -> DownloadResult:
     kwargs.setdefault("max_bytes", MAX)
     kwargs.setdefault("timeout", 10.0)
@@ -60,7 +71,7 @@ def test_plain_download_hashes_and_reports_progress(server, session, tmp_path):
     )
     assert result == DownloadResult(path=dest, size=len(PAYLOAD), sha256=PAYLOAD_SHA)
     assert dest.read_bytes() == PAYLOAD
-    assert not part_path(dest).exists()
+    assert not parts(dest)
     assert seen[0] == (0, len(PAYLOAD))
     assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
@@ -74,9 +85,9 @@ def test_cut_connection_keeps_part_and_next_call_resumes(server, session, tmp_pa
     server.faults.cut_after = 200_000
     with pytest.raises(DownloadError, match=r"kept to resume|connection ended"):
         fetch(session, server.url("/asset"), dest, expected_size=len(PAYLOAD))
-    kept = part_path(dest).stat().st_size
+    kept = the_part(dest).stat().st_size
     assert 0 < kept <= 200_000
-    assert part_path(dest).read_bytes() == PAYLOAD[:kept]
+    assert the_part(dest).read_bytes() == PAYLOAD[:kept]
     assert not dest.exists()
 
     server.faults.cut_after = None
@@ -89,13 +100,30 @@ def test_cut_connection_keeps_part_and_next_call_resumes(server, session, tmp_pa
     assert resumed.body_sent == len(PAYLOAD) - kept
 
 
+def test_a_cut_download_is_never_continued_with_another_releases_bytes(server, session, tmp_path):
+    """Asset names carry no version (``simple-server_Linux_x86_64.tar.gz``): a part cut
+    while fetching 1.1.0 must not be resumed with 1.2.0's tail when 1.2.0 comes out."""
+    newer = bytes(reversed(PAYLOAD))
+    server.files["/v1.2.0/asset"] = newer
+    dest = tmp_path / "asset"
+    server.faults.cut_after = 100_000
+    with pytest.raises(DownloadError):
+        fetch(session, server.url("/asset"), dest, expected_size=len(PAYLOAD))
+    server.faults.cut_after = None
+    result = fetch(session, server.url("/v1.2.0/asset"), dest, expected_size=len(newer))
+    assert dest.read_bytes() == newer
+    assert result.sha256 == hashlib.sha256(newer).hexdigest()
+    assert "range" not in server.hits[-1].headers
+    assert parts(dest) == []  # the older release's part is gone too
+
+
 def test_chunked_body_cut_before_its_end_is_an_error_and_resumable(server, session, tmp_path):
     dest = tmp_path / "asset"
     server.faults.chunked = True
     server.faults.cut_after = 100_000
     with pytest.raises(DownloadError):
         fetch(session, server.url("/asset"), dest)
-    assert part_path(dest).exists()
+    assert parts(dest)
     server.faults.cut_after = None
     assert fetch(session, server.url("/asset"), dest).sha256 == PAYLOAD_SHA
 
@@ -103,12 +131,12 @@ def test_chunked_body_cut_before_its_end_is_an_error_and_resumable(server, sessi
 def test_close_delimited_206_that_ends_early_is_caught_and_resumed(server, session, tmp_path):
     # No Content-Length: only the Content-Range total tells that bytes are missing.
     dest = tmp_path / "asset"
-    part_path(dest).write_bytes(PAYLOAD[:50_000])
+    part_path(dest, server.url("/asset")).write_bytes(PAYLOAD[:50_000])
     server.faults.no_length = True
     server.faults.cut_after = 100_000
     with pytest.raises(DownloadError, match="ended after 150000 of 300000 bytes"):
         fetch(session, server.url("/asset"), dest)
-    assert part_path(dest).read_bytes() == PAYLOAD[:150_000]
+    assert the_part(dest).read_bytes() == PAYLOAD[:150_000]
     server.faults.cut_after = None
     assert fetch(session, server.url("/asset"), dest).sha256 == PAYLOAD_SHA
     assert server.hits[-1].headers["range"] == "bytes=150000-"
@@ -127,7 +155,7 @@ def test_close_delimited_body_shorter_than_release_size_keeps_part(server, sessi
             expected_size=len(PAYLOAD),
             progress=lambda d, t: seen.append((d, t)),
         )
-    assert part_path(dest).stat().st_size == 100_000
+    assert the_part(dest).stat().st_size == 100_000
     assert seen[-1] == (100_000, len(PAYLOAD))  # the release's size serves as the total
 
 
@@ -143,7 +171,7 @@ def test_close_delimited_body_without_any_size_is_accepted(server, session, tmp_
 
 def test_server_ignoring_range_restarts_from_zero(server, session, tmp_path):
     dest = tmp_path / "asset"
-    part_path(dest).write_bytes(PAYLOAD[:50_000])
+    part_path(dest, server.url("/asset")).write_bytes(PAYLOAD[:50_000])
     server.faults.ignore_range = True
     result = fetch(session, server.url("/asset"), dest)
     assert result.sha256 == PAYLOAD_SHA
@@ -157,7 +185,7 @@ def test_stale_part_with_wrong_bytes_is_replaced_when_server_sends_whole_file(
     server, session, tmp_path
 ):
     dest = tmp_path / "asset"
-    part_path(dest).write_bytes(b"X" * 1000)  # not a prefix of the file
+    part_path(dest, server.url("/asset")).write_bytes(b"X" * 1000)  # not a prefix of the file
     server.faults.ignore_range = True
     assert fetch(session, server.url("/asset"), dest).sha256 == PAYLOAD_SHA
 
@@ -165,7 +193,7 @@ def test_stale_part_with_wrong_bytes_is_replaced_when_server_sends_whole_file(
 @pytest.mark.parametrize("wrong_start", [0, 60_000])
 def test_wrong_content_range_is_not_trusted(server, session, tmp_path, wrong_start):
     dest = tmp_path / "asset"
-    part_path(dest).write_bytes(PAYLOAD[:50_000])
+    part_path(dest, server.url("/asset")).write_bytes(PAYLOAD[:50_000])
     server.faults.range_start = wrong_start
     result = fetch(session, server.url("/asset"), dest)
     assert result.sha256 == PAYLOAD_SHA
@@ -177,7 +205,7 @@ def test_wrong_content_range_is_not_trusted(server, session, tmp_path, wrong_sta
 
 def test_complete_part_answered_416_is_accepted_when_size_matches(server, session, tmp_path):
     dest = tmp_path / "asset"
-    part_path(dest).write_bytes(PAYLOAD)
+    part_path(dest, server.url("/asset"), len(PAYLOAD)).write_bytes(PAYLOAD)
     seen: list[tuple[int, int | None]] = []
     result = fetch(
         session,
@@ -194,21 +222,21 @@ def test_complete_part_answered_416_is_accepted_when_size_matches(server, sessio
 
 def test_complete_part_without_expected_size_uses_416_total(server, session, tmp_path):
     dest = tmp_path / "asset"
-    part_path(dest).write_bytes(PAYLOAD)
+    part_path(dest, server.url("/asset")).write_bytes(PAYLOAD)
     assert fetch(session, server.url("/asset"), dest).sha256 == PAYLOAD_SHA
     assert [h.status for h in server.hits] == [416]
 
 
 def test_overlong_part_answered_416_restarts(server, session, tmp_path):
     dest = tmp_path / "asset"
-    part_path(dest).write_bytes(PAYLOAD + b"trailing junk")
+    part_path(dest, server.url("/asset")).write_bytes(PAYLOAD + b"trailing junk")
     assert fetch(session, server.url("/asset"), dest).sha256 == PAYLOAD_SHA
     assert [h.status for h in server.hits] == [416, 200]
 
 
 def test_part_longer_than_expected_size_is_dropped_before_asking(server, session, tmp_path):
     dest = tmp_path / "asset"
-    part_path(dest).write_bytes(PAYLOAD + b"junk")
+    part_path(dest, server.url("/asset"), len(PAYLOAD)).write_bytes(PAYLOAD + b"junk")
     fetch(session, server.url("/asset"), dest, expected_size=len(PAYLOAD))
     (hit,) = server.hits
     assert "range" not in hit.headers
@@ -218,7 +246,7 @@ def test_content_length_over_limit_is_refused_before_the_body(server, session, t
     dest = tmp_path / "asset"
     with pytest.raises(DownloadError, match="more than the limit of 100000 bytes"):
         fetch(session, server.url("/asset"), dest, max_bytes=100_000)
-    assert not part_path(dest).exists() and not dest.exists()
+    assert not parts(dest) and not dest.exists()
 
 
 def test_streamed_bytes_over_limit_are_refused_and_part_deleted(server, session, tmp_path):
@@ -226,7 +254,7 @@ def test_streamed_bytes_over_limit_are_refused_and_part_deleted(server, session,
     server.faults.chunked = True  # no Content-Length to refuse on up front
     with pytest.raises(DownloadError, match="more than 100000 bytes"):
         fetch(session, server.url("/asset"), dest, max_bytes=100_000)
-    assert not part_path(dest).exists() and not dest.exists()
+    assert not parts(dest) and not dest.exists()
 
 
 def test_expected_size_over_limit_is_refused_without_a_request(server, session, tmp_path):
@@ -239,7 +267,7 @@ def test_size_other_than_the_release_lists_is_an_error(server, session, tmp_path
     dest = tmp_path / "asset"
     with pytest.raises(DownloadError, match="release lists 1234 bytes"):
         fetch(session, server.url("/asset"), dest, expected_size=1234)
-    assert not part_path(dest).exists() and not dest.exists()
+    assert not parts(dest) and not dest.exists()
 
 
 def test_stalled_body_times_out_and_keeps_part(server, session, tmp_path):
@@ -249,7 +277,7 @@ def test_stalled_body_times_out_and_keeps_part(server, session, tmp_path):
     with pytest.raises(DownloadError, match="kept to resume"):
         fetch(session, server.url("/asset"), dest, timeout=0.5)
     assert time.monotonic() - started < 15
-    assert part_path(dest).exists()
+    assert parts(dest)
 
 
 def test_no_answer_at_all_times_out(session, tmp_path):
@@ -278,7 +306,7 @@ def test_refused_connection_message_hides_query_and_token(session, tmp_path):
 @pytest.mark.parametrize("status", [404, 500, 403])
 def test_error_status_names_status_and_url_but_not_secrets(server, session, tmp_path, status):
     dest = tmp_path / "asset"
-    part_path(dest).write_bytes(PAYLOAD[:1000])
+    part_path(dest, server.url("/asset") + "?sig=QUERYSECRET").write_bytes(PAYLOAD[:1000])
     server.faults.status = status
     url = server.url("/asset") + "?sig=QUERYSECRET"
     with pytest.raises(DownloadError) as info:
@@ -286,7 +314,7 @@ def test_error_status_names_status_and_url_but_not_secrets(server, session, tmp_
     message = str(info.value)
     assert f"HTTP {status}" in message and server.url("/asset") in message
     assert TOKEN not in message and "QUERYSECRET" not in message
-    assert part_path(dest).read_bytes() == PAYLOAD[:1000]  # kept for a later resume
+    assert the_part(dest).read_bytes() == PAYLOAD[:1000]  # kept for a later resume
 
 
 def test_missing_file_is_404(server, session, tmp_path):
@@ -327,7 +355,7 @@ def test_same_host_redirect_keeps_the_token_and_resume_range(server, session, tm
     server.files["/blob"] = PAYLOAD
     server.faults.redirects["/asset"] = server.url("/blob")
     dest = tmp_path / "a"
-    part_path(dest).write_bytes(PAYLOAD[:1000])
+    part_path(dest, server.url("/asset")).write_bytes(PAYLOAD[:1000])
     fetch(session, server.url("/asset"), dest, headers={"Authorization": f"token {TOKEN}"})
     assert dest.read_bytes() == PAYLOAD
     redirect, blob = server.hits
@@ -341,7 +369,7 @@ def test_cross_host_redirect_carries_range_for_resume(session, tmp_path):
     with FileServer() as api, FileServer({"/blob": PAYLOAD}, host=host) as storage:
         api.faults.redirects["/asset"] = storage.url("/blob")
         dest = tmp_path / "a"
-        part_path(dest).write_bytes(PAYLOAD[:70_000])
+        part_path(dest, api.url("/asset")).write_bytes(PAYLOAD[:70_000])
         result = fetch(session, api.url("/asset"), dest, headers={"Authorization": TOKEN})
         assert result.sha256 == PAYLOAD_SHA
         (served,) = storage.hits

@@ -6,6 +6,7 @@ executed, state.json is valid, and the status says what happened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -111,8 +112,14 @@ def test_sigkill_mid_download_resumes(feed: ReleaseFeed, instance: Instance) -> 
         stderr=subprocess.DEVNULL,
         env=instance.env,
     )
-    part = instance.data / "downloads" / (name + ".part")
-    wait_for(lambda: part.exists() and part.stat().st_size > 300_000, what="half a download")
+    downloads = instance.data / "downloads"
+
+    def half_downloaded() -> bool:
+        with contextlib.suppress(FileNotFoundError):  # renamed once complete
+            return any(p.stat().st_size > 300_000 for p in downloads.glob(f"{name}.*.part"))
+        return False
+
+    wait_for(half_downloaded, what="half a download")
     proc.kill()
     proc.wait()
     assert_consistent(instance.data)

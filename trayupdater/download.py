@@ -1,9 +1,12 @@
 """Download one release asset to disk: streamed, size-capped, hashed on the way, resumable.
 
-The bytes go to ``<dest>.part`` first and are renamed to ``dest`` only once complete, so a
-crash never leaves something at ``dest`` that looks finished. A cut connection keeps the
-part so the next call asks for the rest with ``Range``; any answer that does not prove it
-continues exactly where the part ends makes the download start again from zero.
+The bytes go to a ``.part`` beside ``dest`` first and are renamed to ``dest`` only once
+complete, so a crash never leaves something at ``dest`` that looks finished. A cut
+connection keeps the part so the next call asks for the rest with ``Range``; any answer that
+does not prove it continues exactly where the part ends makes the download start again from
+zero. The part is named after what it is a part of (the URL and the listed size): asset
+names carry no version, so a cut download of 1.1.0 must not be continued with 1.2.0's bytes;
+a part of anything else at ``dest`` is removed when a download starts.
 
 Requests go through :class:`~trayupdater.http_client.HttpClient`: every redirect hop is
 checked before it is sent to, and ``Authorization`` travels only to the origin of the URL
@@ -49,9 +52,19 @@ class DownloadResult:
     sha256: str  # lower-case hex
 
 
-def part_path(dest: Path) -> Path:
-    """Where the unfinished bytes of ``dest`` live between calls."""
-    return dest.with_name(dest.name + ".part")
+def part_path(dest: Path, url: str, expected_size: int | None = None) -> Path:
+    """Where the unfinished bytes of ``dest`` from ``url`` live between calls."""
+    key = hashlib.sha256(f"{url}\n{expected_size}".encode()).hexdigest()[:12]
+    return dest.with_name(f"{dest.name}.{key}.part")
+
+
+def remove_parts(dest: Path, keep: Path | None = None) -> None:
+    """Remove the unfinished downloads of ``dest`` (but ``keep``)."""
+    own = re.compile(re.escape(dest.name) + r"(\.[0-9a-f]{12})?\.part")
+    with contextlib.suppress(FileNotFoundError):
+        for path in dest.parent.iterdir():
+            if path != keep and own.fullmatch(path.name):
+                _remove(path)
 
 
 @dataclass(frozen=True)
@@ -99,8 +112,9 @@ def download(
         raise DownloadError(
             f"{shown} is {expected_size} bytes, more than the limit of {max_bytes} bytes"
         )
-    part = part_path(dest)
+    part = part_path(dest, url, expected_size)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_parts(dest, keep=part)  # of another release: never resumed into this one
 
     # Two rounds at most: the second one starts from zero after a reply that could not be
     # trusted to continue the part.

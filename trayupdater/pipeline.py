@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trayupdater.cancel import Interrupt
 from trayupdater.config import Config
-from trayupdater.download import Pace, ProgressCallback, part_path
+from trayupdater.download import Pace, ProgressCallback, remove_parts
 from trayupdater.errors import NoMatchingAssetError, StorageError, VerificationError
 from trayupdater.extract import extract, find_executable
 from trayupdater.platforms import Platform, pick_asset
@@ -213,7 +213,7 @@ class ReleasePipeline:
             return self._download_and_commit(release, asset, expected, dest)
         except OSError as exc:
             # Disk full or not writable: free what this attempt used, keep what is installed.
-            part_path(dest).unlink(missing_ok=True)
+            remove_parts(dest)
             dest.unlink(missing_ok=True)
             raise StorageError(
                 f"cannot store {asset.name} in {self.store.data_dir}: "
