@@ -14,6 +14,7 @@ Fault switches (plain attributes; set them between requests):
 - ``no_length``: no Content-Length; the body ends when the connection closes.
 - ``redirects``: path -> absolute URL answered with 302.
 - ``drip``: (bytes, seconds): send the body that many bytes at a time with a pause between.
+- ``content_type``: the Content-Type of every answer (``application/octet-stream``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Faults:
     no_length: bool = False
     redirects: dict[str, str] = field(default_factory=dict)
     drip: tuple[int, float] | None = None
+    content_type: str = "application/octet-stream"
 
 
 class FileServer:
@@ -135,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Type", faults.content_type)
         if faults.chunked:
             self.send_header("Transfer-Encoding", "chunked")
         elif faults.no_length:

@@ -457,3 +457,20 @@ def test_urls_whose_host_parsers_may_disagree_on_are_refused(url: str) -> None:
     from trayupdater.urls import insecure_reason
 
     assert insecure_reason(url)
+
+
+# --- a server that sends a byte now and then is cut off by a deadline ---------------------------
+
+
+def test_an_api_answer_that_trickles_is_given_up_at_its_deadline(feed: ReleaseFeed) -> None:
+    """One byte every 0.2 s keeps every read inside its timeout; only a deadline for the
+    whole answer stops it (before, the check ran for as long as the server liked)."""
+    body = json.dumps(good_release(feed)).encode()
+    with FileServer({"/repos/acme/app/releases/latest": body}) as slow:
+        slow.faults.content_type = "application/json"
+        slow.faults.drip = (1, 0.2)
+        source = GitHubSource("acme/app", api_url=slow.url(""), retries=0, answer_deadline=1.0)
+        started = time.monotonic()
+        with pytest.raises(SourceError, match=r"took more than 1 s to arrive"):
+            source.check()
+        assert time.monotonic() - started < 5

@@ -27,6 +27,7 @@ from trayupdater.cancel import Interrupt, pause
 from trayupdater.download import DownloadResult, Pace, ProgressCallback, download
 from trayupdater.errors import RateLimitedError, SourceError
 from trayupdater.http_client import (
+    ANSWER_DEADLINE,
     HttpClient,
     HttpFailed,
     HttpRefused,
@@ -78,6 +79,7 @@ class GitHubSource:
         interrupt: Interrupt | None = None,
         network: Network | None = None,
         timeout: tuple[float, float] = (5.0, 20.0),
+        answer_deadline: float = ANSWER_DEADLINE,
         retries: int = 2,
         backoff_base: float = 0.5,
         clock: Callable[[], float] = time.time,
@@ -87,6 +89,7 @@ class GitHubSource:
         self.label = repo
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
+        self.answer_deadline = answer_deadline  # a whole answer, however it trickles
         self.retries = retries
         self.backoff_base = backoff_base
         self._clock = clock
@@ -152,6 +155,7 @@ class GitHubSource:
             error=SourceError,
             what=asset.name,
             interrupt=self._interrupt,
+            deadline=self.answer_deadline,
         )
         return body.decode("utf-8", errors="replace")
 
@@ -314,6 +318,7 @@ class GitHubSource:
             error=SourceError,
             what=f"the answer of {self.api_url}",
             interrupt=self._interrupt,
+            deadline=self.answer_deadline,
         )
         try:
             return loads(body)
