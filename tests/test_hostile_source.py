@@ -31,7 +31,7 @@ from trayupdater.app import App
 from trayupdater.config import Config
 from trayupdater.demo import DEMO_REPO, child_archive, publish_version
 from trayupdater.download import Pace, download
-from trayupdater.errors import DownloadError, SourceError
+from trayupdater.errors import DownloadError, RateLimitedError, SourceError
 from trayupdater.feed import ReleaseFeed
 from trayupdater.http_client import HttpClient
 from trayupdater.sources.github import GitHubSource
@@ -474,3 +474,64 @@ def test_an_api_answer_that_trickles_is_given_up_at_its_deadline(feed: ReleaseFe
         with pytest.raises(SourceError, match=r"took more than 1 s to arrive"):
             source.check()
         assert time.monotonic() - started < 5
+
+
+# --- numbers in headers: ASCII digits or nothing -----------------------------------------------
+
+
+class _Canned:
+    """A loopback server answering every request with the same raw bytes, then closing."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    request += data
+                conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: \xb2\r\n",  # a superscript two
+        b"HTTP/1.1 403 Forbidden\r\nX-RateLimit-Remaining: 0\r\nX-RateLimit-Reset: \xb9\xb2\r\n",
+    ],
+)
+def test_a_rate_limit_header_with_non_ascii_digits_is_still_a_rate_limit(answer: bytes) -> None:
+    """``"²".isdigit()`` is True and ``int("²")`` raises: that ValueError used to escape as
+    an "internal error", and the back-off was skipped."""
+    server = _Canned(answer + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    try:
+        source = GitHubSource("acme/app", api_url=server.url, retries=0)
+        with pytest.raises(RateLimitedError, match="rate limit reached"):
+            source.check()
+        assert source.blocked_until > time.time() + 30  # the one-minute fallback applies
+    finally:
+        server.close()
+
+
+def test_a_download_content_length_with_non_ascii_digits_is_not_a_length(tmp_path: Path) -> None:
+    server = _Canned(b"HTTP/1.1 200 OK\r\nContent-Length: \xb3\r\nConnection: close\r\n\r\nabc")
+    try:
+        result = download(HttpClient(), server.url + "/asset", tmp_path / "a", max_bytes=1000)
+        assert result.size == 3  # the body ends with the connection, as without a length
+    finally:
+        server.close()

@@ -35,6 +35,7 @@ from requests.structures import CaseInsensitiveDict
 from trayupdater.cancel import Interrupt
 from trayupdater.errors import DownloadError
 from trayupdater.http_client import NETWORK_ERRORS, HttpClient, HttpFailed, HttpRefused, describe
+from trayupdater.numbers import ascii_int
 from trayupdater.urls import insecure_reason, redact_url
 
 CHUNK_SIZE = 64 * 1024
@@ -333,8 +334,7 @@ def _hash_existing_part(
 
 
 def _int_header(resp: requests.Response, name: str) -> int | None:
-    value = resp.headers.get(name, "").strip()
-    return int(value) if value.isdigit() else None
+    return ascii_int(resp.headers.get(name))
 
 
 def _sync(f: BinaryIO) -> None:

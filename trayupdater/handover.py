@@ -42,6 +42,7 @@ from typing import Any
 import trayupdater
 from trayupdater.errors import SelfUpdateError
 from trayupdater.installation import Installation, find_installation, remove_leftovers
+from trayupdater.numbers import ascii_int
 from trayupdater.processes import pid_running
 from trayupdater.release_model import parse_version
 
@@ -390,7 +391,7 @@ def take_handover(
         return None
     _started_by_handover = True
     port_text, _, token = value.partition(":")
-    if not port_text.isdigit() or not token:
+    if ascii_int(port_text, 5) is None or not token:
         raise SelfUpdateError(f"{ENV_HANDOVER} must be PORT:TOKEN, got {value[:20]!r}")
     version = version or trayupdater.__version__
     try:

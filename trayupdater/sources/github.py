@@ -36,6 +36,7 @@ from trayupdater.http_client import (
     read_capped,
 )
 from trayupdater.network import Network
+from trayupdater.numbers import ascii_int
 from trayupdater.release_model import Asset, Release
 from trayupdater.sources.base import CheckResult
 from trayupdater.sources.github_json import MalformedRelease, is_draft, loads, release_from_github
@@ -333,10 +334,11 @@ class GitHubSource:
         reset = h.get("X-RateLimit-Reset")
         limited = response.status_code in (403, 429) and (retry_after or remaining == "0")
         until = 0.0
-        if retry_after and retry_after.strip().isdigit() and len(retry_after) < 12:
-            until = self._clock() + int(retry_after)
-        elif remaining == "0" and reset and reset.strip().isdigit() and len(reset) < 12:
-            until = float(reset)
+        retry_seconds, reset_at = ascii_int(retry_after, 11), ascii_int(reset, 11)
+        if retry_seconds is not None:
+            until = self._clock() + retry_seconds
+        elif remaining == "0" and reset_at is not None:
+            until = float(reset_at)
         elif limited:
             until = self._clock() + 60  # secondary limit without a hint: GitHub asks for >= 1 min
         if until:

@@ -31,6 +31,7 @@ from tuf.ngclient import FetcherInterface
 
 from trayupdater.cancel import Interrupt
 from trayupdater.http_client import NETWORK_ERRORS, HttpClient, describe, discard
+from trayupdater.numbers import ascii_int
 from trayupdater.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -188,8 +189,9 @@ def _retry_after(response: requests.Response) -> float | None:
     value = (response.headers.get("Retry-After") or "").strip()
     if not value or len(value) > 64:
         return None
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER)
+    seconds = ascii_int(value, 64)
+    if seconds is not None:
+        return min(float(seconds), MAX_RETRY_AFTER)
     when = _http_date(value)
     if when is None:
         return None
