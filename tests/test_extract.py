@@ -366,6 +366,51 @@ def test_damaged_archives_are_extraction_errors(tmp_path, dest, name):
     assert list(dest.iterdir()) == []
 
 
+PAX_SPARSE_GARBAGE = {
+    "sparse map": {"GNU.sparse.major": "0", "GNU.sparse.minor": "1", "GNU.sparse.map": "x,y"},
+    "sparse size": {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "z"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(PAX_SPARSE_GARBAGE))
+def test_a_pax_header_tarfile_chokes_on_is_an_extraction_error(tmp_path, dest, case):
+    """tarfile raises a bare ValueError on these; it used to end the check as an
+    "internal error" instead of one sentence about the archive."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("tool")
+        info.size, info.mode = len(PROGRAM), 0o755
+        info.pax_headers = {**PAX_SPARSE_GARBAGE[case], "GNU.sparse.name": "tool"}
+        tar.addfile(info, io.BytesIO(PROGRAM))
+    archive = tmp_path / "tool_linux_amd64.tar"
+    archive.write_bytes(buf.getvalue())
+    with pytest.raises(ExtractionError, match="damaged or unreadable"):
+        extract(archive, dest, asset_name=archive.name)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_zip_entry_without_a_name_is_an_extraction_error(tmp_path, dest):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("tool", PROGRAM)
+        zf.writestr("Q", b"x")
+    data = bytearray(buf.getvalue())
+    # Give the second entry an empty name in the central directory (zipfile reads that one).
+    central = data.rfind(b"PK\x01\x02")
+    assert data[central + 46 : central + 47] == b"Q"
+    data[central + 28 : central + 30] = b"\x00\x00"  # file name length 0
+    del data[central + 46]
+    end = data.rfind(b"PK\x05\x06")
+    size = int.from_bytes(data[end + 12 : end + 16], "little") - 1
+    data[end + 12 : end + 16] = size.to_bytes(4, "little")
+    archive = tmp_path / "tool_windows_amd64.zip"
+    archive.write_bytes(bytes(data))
+    assert [i.filename for i in zipfile.ZipFile(archive).infolist()] == ["tool", ""]
+    with pytest.raises(ExtractionError, match="an entry has no name"):
+        extract(archive, dest, asset_name=archive.name)
+    assert list(dest.iterdir()) == []
+
+
 def test_destination_must_be_empty(tmp_path, dest):
     (dest / "leftover").write_text("x")
     (tmp_path / "bin").write_bytes(PROGRAM)

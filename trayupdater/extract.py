@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -107,6 +108,13 @@ def extract(
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError) as exc:
         _empty(dest)
         raise ExtractionError(f"{asset_name}: damaged or unreadable archive ({exc})") from exc
+    except (ValueError, IndexError, KeyError, OverflowError, struct.error) as exc:
+        # What tarfile and zipfile let out on some malformed headers (a PAX sparse map that
+        # is not numbers, a zip entry without a name): the archive's fault, not ours.
+        _empty(dest)
+        raise ExtractionError(
+            f"{asset_name}: damaged or unreadable archive ({type(exc).__name__}: {exc})"
+        ) from exc
     except (OSError, RuntimeError, UnicodeDecodeError) as exc:
         # OSError: bad gzip/bz2 data or the disk; RuntimeError: encrypted zip entries,
         # NotImplementedError: unsupported compression methods.
@@ -322,6 +330,8 @@ def _extract_zip(archive: Path, out: _Writer) -> None:
             raise out.fail(f"{len(infos)} entries, more than {out.max_files}")
         for info in infos:
             out.count()
+            if not info.filename:  # is_dir() would index it
+                raise out.fail("an entry has no name")
             parts = out.parts(info.filename)
             # Unix file type and mode bits, when the zip was made on a Unix (macOS too).
             unix_mode = info.external_attr >> 16 if info.create_system == 3 else 0
