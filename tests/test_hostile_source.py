@@ -535,3 +535,27 @@ def test_a_download_content_length_with_non_ascii_digits_is_not_a_length(tmp_pat
         assert result.size == 3  # the body ends with the connection, as without a length
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        ({"draft": True}, "answered a draft"),
+        ({"draft": "false"}, "malformed release"),
+        ({"prerelease": True}, None),  # not for the stable channel: nothing newer
+    ],
+)
+def test_latest_answering_a_draft_or_prerelease_installs_nothing(
+    feed: ReleaseFeed, flags: dict, error: str | None
+) -> None:
+    """GitHub's /releases/latest never answers drafts or pre-releases; a server that does
+    is checked as the release list is, instead of being installed from."""
+    body = good_release(feed)
+    body.update(flags)
+    feed.publish_raw("acme/app", body)
+    source = GitHubSource("acme/app", api_url=feed.url, retries=0)
+    if error is None:
+        assert source.check().release is None
+    else:
+        with pytest.raises(SourceError, match=error):
+            source.check()

@@ -117,6 +117,15 @@ class GitHubSource:
             return answer
         data = answer.data
         release = self._parse_release(data)
+        try:
+            draft = is_draft(data)
+        except MalformedRelease as exc:
+            raise SourceError(f"{self.repo}: malformed release: {exc}") from None
+        if draft:  # GitHub never answers one here: unpublished, so never installed
+            raise SourceError(f"{self.repo}: /releases/latest answered a draft; not installed")
+        if release is not None and release.prerelease:
+            # Nor a pre-release: the list, which is filtered by channel, decides.
+            return self._newest_from_list(include_prereleases=False)
         if release is not None:
             return self._remember(answer, CheckResult(release=release))
         # "latest" carries a tag that is not a version: report it and look at the others.
