@@ -340,6 +340,47 @@ class PausingBackend:
         self.listener.close()
 
 
+class ScriptedBackend:
+    """A raw backend: every connection it accepts is served by ``script(conn, requests)``,
+    where ``requests()`` returns the next request head it received (None at EOF). For
+    answers no HTTP library would write: bytes after a response, odd status lines."""
+
+    def __init__(self, script: Callable[[socket.socket, Callable[[], bytes | None]], None]):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.backend = Backend("127.0.0.1", self.listener.getsockname()[1], "scripted")
+        self.script = script
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                self.connections += 1
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = bytearray()
+
+        def next_request() -> bytes | None:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return None
+                buf.extend(data)
+            end = buf.index(b"\r\n\r\n") + 4
+            head = bytes(buf[:end])
+            del buf[:end]
+            return head
+
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(TIMEOUT)
+            self.script(conn, next_request)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 def open_client(proxy: HasAddress) -> http.client.HTTPConnection:
     host, port = proxy.address
     return http.client.HTTPConnection(host, port, timeout=TIMEOUT)

@@ -183,6 +183,8 @@ def parse_response_head(raw: bytes) -> Head:
     major, minor, status, reason = head.start  # type: ignore[misc]
     if major != "1":
         raise HttpError(502, f"backend answered HTTP/{major}.{minor}")
+    if not "100" <= status <= "599":  # three digits: compared as text
+        raise HttpError(502, f"backend answered status {status}, outside 100-599")
     head.start = (f"HTTP/1.{minor}", status, reason or "")
     head.minor = int(minor)
     return head
@@ -231,14 +233,22 @@ def response_framing(head: Head, request_method: str) -> tuple[Framing, int, boo
     status = int(head.start[1])
     reusable = head.keep_alive()
     if request_method == "HEAD" or status in (204, 304) or status < 200:
-        return Framing.NONE, 0, reusable
+        # A head that announces a body (legal for HEAD and 304) may be followed by one
+        # anyway (``do_HEAD = do_GET``): the connection then holds bytes of no request.
+        announced = "transfer-encoding" in head.index or head.get("content-length") not in (
+            None,
+            "0",
+        )
+        return Framing.NONE, 0, reusable and not announced
     if "transfer-encoding" in head.index:
         codings = head.tokens("transfer-encoding")
+        if codings != ["chunked"]:
+            # Transfer-Encoding is hop-by-hop: the client would get gzip (or any other
+            # coding) as the body itself. Requests with such codings get 501 likewise.
+            raise HttpError(502, f"transfer coding {', '.join(codings)[:60]!r} not supported")
         # With both headers the message is suspect: use the chunking, never reuse the socket.
         reusable = reusable and "content-length" not in head.index
-        if codings and codings[-1] == "chunked":
-            return Framing.CHUNKED, 0, reusable
-        return Framing.UNTIL_CLOSE, 0, False
+        return Framing.CHUNKED, 0, reusable
     length = content_length(head, 502)
     if length is None:
         return Framing.UNTIL_CLOSE, 0, False

@@ -168,10 +168,8 @@ class Forwarder:
         if "host" not in req.index:  # HTTP/1.0 without Host: name the backend
             head += f"Host: {backend.host}:{backend.port}\r\n"
         payload = (head + "\r\n").encode("latin-1") + plan.body
-        # A pooled connection that may be dead is fine when the request can be resent.
-        resendable = plan.buffered and plan.idempotent and plan.retried_on is not gen
         try:
-            sock, reused = yield from pool.get(check=not resendable)
+            sock, reused = yield from pool.get()
         except TimeoutError as exc:
             self._report.upstream_error(ERR_TIMEOUT)
             raise AttemptFailed(ERR_TIMEOUT, 504, "connect timed out") from exc

@@ -59,22 +59,13 @@ class UpstreamPool:
         else:
             self._family = socket.AF_INET6 if version == 6 else socket.AF_INET
 
-    def acquire(self, *, check: bool) -> socket.socket | None:
-        """A pooled connection, or None when a new one must be opened.
-
-        ``check``: make sure it is still open first (one system call). Needed when the
-        request could not be retried on another connection if this one turned out dead.
-        """
-        got = self._take(check, None)
-        return got if isinstance(got, socket.socket) else None
-
-    def get(self, *, check: bool) -> Steps[tuple[socket.socket, bool]]:
+    def get(self) -> Steps[tuple[socket.socket, bool]]:
         """A connection: pooled (True: reused) or new, waiting as steps (see the module doc)
         for a turn to connect. Raises as :meth:`connect` does; ``TimeoutError`` after the
         backend timeout (thrown in by the driver)."""
         while True:
             wakeup = Wakeup()
-            got = self._take(check, wakeup)
+            got = self._take(wakeup)
             if isinstance(got, socket.socket):
                 return got, True
             if got:
@@ -84,22 +75,22 @@ class UpstreamPool:
                     self._connected()
             yield wakeup  # a connection released, or a connect finished: try again
 
-    def _take(self, check: bool, wakeup: Wakeup | None) -> socket.socket | bool:
+    def _take(self, wakeup: Wakeup) -> socket.socket | bool:
         """A pooled connection; else True: connect (a turn is taken: _connected() after);
-        else False: wait, ``wakeup`` fires when a connection or a turn may be free. Without a
-        ``wakeup`` a turn is always given (a blocking caller: it just connects)."""
+        else False: wait, ``wakeup`` fires when a connection or a turn may be free."""
         while True:
             with self._lock:
                 if self._idle:
                     sock, since = self._idle.pop()
-                elif self._connecting < MAX_CONNECTING or wakeup is None:
+                elif self._connecting < MAX_CONNECTING:
                     self._connecting += 1
                     return True
                 else:
                     self._waiters.append(wakeup)
                     return False
-            # Readable while idle means the backend closed it (or sent junk): not reusable.
-            if time.monotonic() - since < POOL_IDLE_SECONDS and not (check and readable_now(sock)):
+            # Readable while idle: the backend closed it, or sent bytes of no request (after
+            # its answer: another client would take them for its own). Never reused.
+            if time.monotonic() - since < POOL_IDLE_SECONDS and not readable_now(sock):
                 return sock
             sock.close()
 

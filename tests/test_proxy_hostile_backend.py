@@ -1,0 +1,178 @@
+"""A backend that breaks HTTP/1.1 in ways real servers do: the proxy must never hand one
+client's bytes to another, and says 502 rather than pass a broken answer on.
+
+Real parts: a real ReverseProxy, and raw scripted backends on loopback
+(``proxy_support.ScriptedBackend``) for answers no HTTP library would write.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from proxy_support import TIMEOUT, ScriptedBackend
+from proxy_support import get as _get
+
+from trayupdater.proxy import Backend, ReverseProxy
+
+Requests = Callable[[], bytes | None]
+
+
+@pytest.fixture
+def make_proxy() -> Iterator[Callable[..., ReverseProxy]]:
+    proxies: list[ReverseProxy] = []
+
+    def make(backend: Backend, **options: object) -> ReverseProxy:
+        proxy = ReverseProxy("127.0.0.1", 0, **options)  # type: ignore[arg-type]
+        proxy.start()
+        proxies.append(proxy)
+        proxy.switch(backend)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedBackend]]:
+    made: list[ScriptedBackend] = []
+
+    def make(script: Callable[[socket.socket, Requests], None]) -> ScriptedBackend:
+        made.append(ScriptedBackend(script))
+        return made[-1]
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+def _path(head: bytes) -> bytes:
+    return head.split(b" ", 2)[1]
+
+
+def _answer(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+# --- bytes a backend sends after its answer never reach another client -------------------------
+
+
+def test_bytes_a_backend_sends_after_its_answer_never_reach_the_next_client(
+    make_proxy, scripted
+) -> None:
+    """A second, unsolicited response 50 ms after the first stays in the idle pooled
+    connection; the next GET (another client) used to take it as its own answer."""
+
+    def script(conn: socket.socket, requests: Requests) -> None:
+        while (head := requests()) is not None:
+            conn.sendall(_answer(b"answer for " + _path(head)))
+            if _path(head) == b"/first":
+                time.sleep(0.05)
+                conn.sendall(_answer(b"SECRET-of-alice", b"X-Leak: yes\r\n"))
+
+    proxy = make_proxy(scripted(script).backend)
+    assert _get(proxy, "/first")[1] == b"answer for /first"
+    time.sleep(0.3)
+    for path in ("/second", "/third"):
+        status, body, _ = _get(proxy, path)
+        assert (status, body) == (200, b"answer for " + path.encode())
+
+
+class _HeadLikeGet(http.server.BaseHTTPRequestHandler):
+    """The common mistake ``do_HEAD = do_GET``: a HEAD answered with its body, written
+    after the head."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = b"<html>" + self.path.encode() + b"</html>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.flush()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+
+def test_a_head_answered_with_a_body_does_not_poison_the_next_request(make_proxy) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HeadLikeGet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proxy = make_proxy(Backend("127.0.0.1", server.server_address[1], "head-like-get"))
+        for i in range(20):
+            with socket.create_connection(proxy.address, timeout=TIMEOUT) as sock:
+                sock.sendall(b"HEAD /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                while sock.recv(65536):
+                    pass
+            status, body, _ = _get(proxy, f"/g{i}")
+            assert (status, body) == (200, f"<html>/g{i}</html>".encode())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status_line", [b"204 No Content", b"304 Not Modified"])
+def test_a_bodiless_answer_that_declares_a_body_is_not_reused(
+    make_proxy, scripted, status_line: bytes
+) -> None:
+    def script(conn: socket.socket, requests: Requests) -> None:
+        while (head := requests()) is not None:
+            if _path(head) == b"/empty":
+                conn.sendall(b"HTTP/1.1 " + status_line + b"\r\nContent-Length: 9\r\n\r\n")
+                time.sleep(0.02)
+                conn.sendall(b"leftovers")
+            else:
+                conn.sendall(_answer(b"answer for " + _path(head)))
+
+    backend = scripted(script)
+    proxy = make_proxy(backend.backend)
+    for i in range(5):
+        assert _get(proxy, "/empty")[0] == int(status_line[:3])
+        status, body, _ = _get(proxy, f"/n{i}")
+        assert (status, body) == (200, f"answer for /n{i}".encode())
+
+
+# --- answers that cannot be passed on faithfully are 502 ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # Transfer-Encoding is hop-by-hop: passed on as "chunked" alone, the client would
+        # take the gzip bytes for the body itself.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        b"5\r\n\x1f\x8b\x08\x00\x00\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n\x1f\x8b\x08\x00",
+        # A status line must carry 100-599: 099 was passed on as an interim "HTTP/1.1 99".
+        b"HTTP/1.1 099 Weird\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\n\r\n",
+    ],
+    ids=["gzip-chunked", "gzip-alone", "status-099", "status-000", "status-600"],
+)
+def test_an_answer_that_cannot_be_passed_on_faithfully_is_502(
+    make_proxy, scripted, answer: bytes
+) -> None:
+    def script(conn: socket.socket, requests: Requests) -> None:
+        if requests() is not None:
+            conn.sendall(answer)
+            conn.shutdown(socket.SHUT_WR)
+
+    proxy = make_proxy(scripted(script).backend)
+    with socket.create_connection(proxy.address, timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed without an answer after {data!r}"
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 502 "), data[:80]
