@@ -176,3 +176,47 @@ def test_an_answer_that_cannot_be_passed_on_faithfully_is_502(
             assert chunk, f"closed without an answer after {data!r}"
             data += chunk
     assert data.startswith(b"HTTP/1.1 502 "), data[:80]
+
+
+# --- a backend that answers before it has read the whole request body ------------------------
+
+
+def test_an_early_answer_to_a_streamed_upload_reaches_the_client(make_proxy, scripted) -> None:
+    """A backend refusing a large upload with 413 before reading it (Go's MaxBytesReader),
+    then closing: the client gets that 413, not a 502 made from the failed send."""
+
+    def script(conn: socket.socket, requests: Requests) -> None:
+        if requests() is not None:
+            body = b"too large"
+            conn.sendall(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (len(body), body)
+            )
+            conn.shutdown(socket.SHUT_WR)
+            time.sleep(0.2)  # then close with the body unread (the kernel sends RST)
+
+    proxy = make_proxy(scripted(script).backend, max_buffered_body=64 * 1024)
+    statuses = []
+    for _ in range(5):
+        with socket.create_connection(proxy.address, timeout=TIMEOUT) as sock:
+            size = 3 * 1024 * 1024
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+            sent, data = 0, b""
+            sock.settimeout(0.05)
+            while b"\r\n\r\n" not in data:
+                try:
+                    if sent < size:
+                        sent += sock.send(b"x" * min(65536, size - sent))
+                except (TimeoutError, BlockingIOError):
+                    pass
+                except OSError:
+                    break
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                data += chunk
+            statuses.append(data[9:12])
+    assert statuses == [b"413"] * 5

@@ -34,6 +34,8 @@ from trayupdater.proxy.steps import BLOCK, Steps
 log = logging.getLogger(__name__)
 
 # Error kinds as words, for log lines that have no better detail.
+_STOPPED_READING = -1  # _send_request_body: the backend stopped taking the body
+
 _WORDS = {
     ERR_CONNECT: "connection refused",
     ERR_STALE: "a kept-alive connection was closed",
@@ -191,6 +193,9 @@ class Forwarder:
             if not plan.buffered:
                 yield BLOCK
                 failed = yield from self._send_request_body(conn, up, plan)
+                if failed == _STOPPED_READING:
+                    slot.responding = True
+                    return (yield from self._early_answer(conn, up, plan, gen))
                 if failed:
                     self._done(failed, plan.started, gen)
                     return False
@@ -229,10 +234,30 @@ class Forwarder:
             yield from send_error(conn, status, False)
             return status
         except SinkError:
-            self._report.upstream_error(ERR_CLOSED)
-            yield from send_error(conn, 502, False)
-            return 502
+            return _STOPPED_READING
         except OSError:  # the 100 Continue could not be sent: the client is gone
             return 400
         conn.body_unread = False
         return 0
+
+    def _early_answer(
+        self, conn: Client, up: BufferedSocket, plan: Plan, gen: Generation
+    ) -> Steps[bool]:
+        """The backend stopped reading the request body: it may have answered already (413
+        or 401 before reading it, as Go's ``MaxBytesReader`` does). That answer goes to the
+        client, whose connection then closes (the rest of its body is unread); else 502."""
+        label = gen.backend.label if gen.backend else "no backend"
+        try:
+            resp = yield from self.relay.read_response(conn, up, plan.req, False, label)
+        except AttemptFailed as exc:  # no answer (reported as the upstream error it was)
+            self._report.could_not_reach(label, exc.detail or exc.kind)
+            yield from send_error(conn, exc.status, False)
+            self._done(exc.status, plan.started, gen)
+            return False
+        if isinstance(resp, int):
+            self._done(resp, plan.started, gen)
+            return False
+        plan.answered = True
+        status, _, _ = yield from self.relay.relay(conn, up, plan.req, resp, label, keep=False)
+        self._done(status, plan.started, gen)
+        return False

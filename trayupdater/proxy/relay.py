@@ -129,9 +129,16 @@ class Relay:
                 raise AttemptFailed(kind, status, detail) from exc
 
     def relay(
-        self, conn: Client, up: BufferedSocket, req: Head, resp: heads.Outbound, label: str
+        self,
+        conn: Client,
+        up: BufferedSocket,
+        req: Head,
+        resp: heads.Outbound,
+        label: str,
+        keep: bool = True,
     ) -> Steps[tuple[int, bool, bool]]:
-        """Send the response to the client; returns (status, keep client, keep upstream)."""
+        """Send the response to the client; returns (status, keep client, keep upstream).
+        ``keep=False``: the client connection closes after it, whatever the request said."""
         status = resp.status
         if status == 101:
             if not steps.DONTWAIT:
@@ -143,7 +150,8 @@ class Relay:
             self._report.upstream_error(ERR_PROTOCOL)
             yield from send_error(conn, 502, req.start[0] == "HEAD")
             return 502, False, False
-        head, keep, chunked_out = resp.client_head(req.minor, req.keep_alive() and not self.closing)
+        keep = keep and req.keep_alive() and not self.closing
+        head, keep, chunked_out = resp.client_head(req.minor, keep)
         client = conn.sock
         try:
             if framing is Framing.LENGTH and len(up.buf) >= length:
