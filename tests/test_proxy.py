@@ -533,6 +533,23 @@ def test_slow_loris_is_cut_off_while_others_are_served(make_backend, make_proxy)
         assert _read_all(sock) == b"", "a silent connection is closed"
 
 
+def test_an_empty_line_between_requests_is_ignored_not_timed_out(make_backend, make_proxy):
+    """RFC 9112 2.2: a CRLF before a request line (some clients send one after a body) is
+    ignored. It used to start a request head, so the header timeout sent an unasked 408
+    on an idle keep-alive connection."""
+    proxy = make_proxy(make_backend("v1").backend, header_timeout=0.3, client_idle_timeout=5)
+    sock = _raw(proxy)
+    request = b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"
+    sock.sendall(request)
+    first = sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200 ")
+    sock.sendall(b"\r\n")
+    assert not _wait_readable(sock, 1.0), "nothing is sent for an empty line"
+    sock.sendall(b"\r\n" + request)
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200 "), "the connection still serves"
+    sock.close()
+
+
 def test_many_idle_connections_do_not_block_a_fresh_client(make_backend, make_proxy):
     proxy = make_proxy(make_backend("v1").backend, workers=4)
     idle = []

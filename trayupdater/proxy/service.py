@@ -93,6 +93,10 @@ class Service:
                 if got is False:
                     conn.sock.close()
                     return False
+                if conn.buf[:1] in (b"\r", b"\n") and not conn.mid_head:
+                    # Empty lines before a request line are ignored (RFC 9112 2.2: some
+                    # clients send a CRLF after a body); no request head has begun.
+                    del conn.buf[: len(conn.buf) - len(conn.buf.lstrip(b"\r\n"))]
                 end = conn.buf.find(b"\r\n\r\n")
                 limit = self._max_header_bytes
                 if end < 0 and len(conn.buf) <= limit:
