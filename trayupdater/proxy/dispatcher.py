@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import math
 import socket
@@ -36,6 +37,7 @@ from collections.abc import Callable
 
 from trayupdater.proxy import bodies, poller
 from trayupdater.proxy.bodies import Bodies
+from trayupdater.proxy.capacity import Room, client_capacity
 from trayupdater.proxy.clients import Client, expire, linger_read
 from trayupdater.proxy.forward import Forwarder
 from trayupdater.proxy.holding import HeldRequests, HoldRoom
@@ -116,6 +118,10 @@ class Dispatcher:
         self._accept_stopped = threading.Event()
         self._stopping = False
         self._paused_until = 0.0  # accept() failed (out of descriptors): retry later
+        capacity = client_capacity(max_in_flight, self._poller.select_based)
+        self._room = Room(capacity, self._parked, self._poller, header_timeout)
+        self._full = False  # no room for another connection: not accepting (capacity.py)
+        self._full_logged = -math.inf  # when that (or a poll failure) was last logged
 
     # -- any thread ------------------------------------------------------------------------
 
@@ -188,7 +194,7 @@ class Dispatcher:
                 timeout = None if wake == math.inf else max(0.0, wake - now)
                 ready = self._spin(timeout) if ready and self._may_spin() else []
                 if not ready:
-                    ready = poll.poll(timeout)
+                    ready = self._poll(timeout)
                 if ready:
                     quiet_at = time.monotonic() + QUIET_SECONDS
                 elif time.monotonic() >= quiet_at:
@@ -223,10 +229,14 @@ class Dispatcher:
                     held.timers(time.monotonic())
                 if time.monotonic() >= self._report.summary.due:
                     self._report.summary.flush()
+                if self._full and self._room.has_room(self._open_clients(), time.monotonic()):
+                    self._full = False
+                    if self._accepting and not self._paused_until:
+                        poll.watch(self._listener, self._LISTENER)
                 if self._stop_accepting and self._accepting:
                     for task in self._waits.tunnels():  # they have no request to finish
                         self._end(task)
-                    if not self._paused_until:
+                    if not (self._paused_until or self._full):
                         poll.forget(self._listener)
                     self._accepting = False
                     self._accept_stopped.set()
@@ -236,13 +246,24 @@ class Dispatcher:
                     next_scan = now + self._scan_every
                     if self._accepting and self._paused_until and now >= self._paused_until:
                         self._paused_until = 0.0
-                        poll.watch(self._listener, self._LISTENER)
+                        if not self._full:
+                            poll.watch(self._listener, self._LISTENER)
         except Exception:
             log.exception("proxy selector thread failed")
             self._on_failure()
         finally:
             self._accept_stopped.set()
             self._close_all()
+
+    def _poll(self, timeout: float | None) -> list[object]:
+        try:
+            return self._poller.poll(timeout)
+        except (OSError, ValueError):  # e.g. select() past its limit: the loop must go on
+            if time.monotonic() - self._full_logged >= 10:
+                self._full_logged = time.monotonic()
+                log.exception("proxy: waiting for events failed; trying again")
+            time.sleep(0.1)
+            return []
 
     def _drop(self, data: object) -> None:
         """Close the connection an event that failed was about."""
@@ -325,19 +346,38 @@ class Dispatcher:
                 pass
 
     def _accept(self) -> None:
+        now = time.monotonic()
         for _ in range(ACCEPT_BATCH):
+            if not self._room.has_room(self._open_clients(), now):
+                self._poller.forget(self._listener)  # new clients wait in the backlog
+                self._full = True
+                self._log_full()
+                return
             try:
                 sock, addr = self._listener.accept()
             except BlockingIOError:
                 return
-            except OSError as exc:  # EMFILE and friends: pause instead of spinning
+            except OSError as exc:  # EMFILE and friends: make room, or pause (no spinning)
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._room.close_longest_idle(now):
+                    continue
                 log.warning("proxy accept failed: %s; pausing accepts", exc)
                 self._poller.forget(self._listener)
                 self._paused_until = time.monotonic() + 0.1
                 return
+            if self._open_clients() >= self._room.capacity:
+                self._room.close_longest_idle(now)  # there is one: has_room() said so
             conn = self._new_client(sock, addr)
             if conn is not None:
                 self._register(conn)
+
+    def _open_clients(self) -> int:
+        return self.parked_count() + len(self._service.serving)
+
+    def _log_full(self) -> None:
+        now = time.monotonic()
+        if now - self._full_logged >= 10:
+            self._full_logged = now
+            log.warning("proxy: %d connections open, none idle; new ones wait", self._room.capacity)
 
     def _new_client(self, sock: socket.socket, addr: tuple) -> Client | None:
         try:

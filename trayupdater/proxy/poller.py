@@ -27,6 +27,8 @@ _ALWAYS = select.EPOLLIN if HAS_EPOLL else 0
 
 
 class Poller(Protocol):
+    select_based: bool  # select() underneath: a few hundred sockets at most (capacity.py)
+
     def watch(self, sock: socket.socket, data: Any) -> None:
         """Deliver every readable event of ``sock`` until :meth:`forget`."""
 
@@ -51,6 +53,8 @@ class Poller(Protocol):
 
 class EpollPoller:
     """Linux: EPOLLONESHOT (see the module doc)."""
+
+    select_based = False
 
     def __init__(self) -> None:
         self._ep = select.epoll()
@@ -119,6 +123,7 @@ class SelectorPoller:
 
     def __init__(self) -> None:
         self._sel = selectors.DefaultSelector()
+        self.select_based = isinstance(self._sel, selectors.SelectSelector)
         self._always: set[int] = set()
         self._armed = 0
 

@@ -9,6 +9,7 @@ import time
 
 from trayupdater.errors import ConfigError
 from trayupdater.memory import release_free_memory
+from trayupdater.proxy import capacity
 from trayupdater.proxy.bodies import Bodies
 from trayupdater.proxy.dispatcher import Dispatcher
 from trayupdater.proxy.forward import Forwarder
@@ -154,6 +155,7 @@ class ReverseProxy:
         """Listen (unless a listening socket was given) and start the threads."""
         if self._dispatcher is not None:
             raise RuntimeError("proxy already started")
+        capacity.raise_descriptor_limit(self._workers)
         listener = self._given_sock if self._given_sock is not None else self._listen()
         listener.setblocking(False)
         self._listener = listener
