@@ -128,9 +128,19 @@ def test_scanning_a_chunked_body_stops_at_its_chunk_budget_and_resumes() -> None
     pos, done, walked = http11.scan_chunked(body, 0, 8192, 4)
     assert (pos, done, walked) == (4 * 6, False, 4)
     pos, done, walked = http11.scan_chunked(body, pos, 8192, 100)
-    assert (done, walked) == (True, 6)
+    assert (done, walked) == (True, 7), "six chunks and one trailer line"
     assert body[pos:].startswith(b"0\r\n"), "resumes from the last chunk"
-    assert http11.scan_chunked(body[:-2], 0, 8192, 100)[1:] == (False, 10), "trailers unfinished"
+    assert http11.scan_chunked(body[:-2], 0, 8192, 100)[1:] == (False, 11), "trailers unfinished"
+
+
+def test_trailer_lines_count_against_the_chunk_budget() -> None:
+    """A trailer section trickled in 3-byte lines is rescanned from the last chunk at every
+    read; uncounted, 64 KiB of them cost the dispatcher milliseconds per read, for every
+    such client. Counted, the scan stops at the budget and the body goes to a worker."""
+    body = bytearray(b"1\r\nx\r\n0\r\n" + b"a:\r\n" * 16_000)
+    pos, done, walked = http11.scan_chunked(body, 0, 64 * 1024, 256)
+    assert (done, walked) == (False, 256)
+    assert body[pos:].startswith(b"0\r\n")
 
 
 def test_a_chunked_body_in_hand_is_taken_whole_or_not_at_all():

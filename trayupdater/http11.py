@@ -351,6 +351,8 @@ def scan_chunked(
         size = chunk_size(bytes(buf[pos:end]))
         if size == 0:
             # Trailer lines up to an empty one; rescanned from the last chunk until complete.
+            # Each counts against the budget, as a chunk does: 64 KiB of 3-byte lines,
+            # rescanned at every read of a trickle, would otherwise cost milliseconds each.
             start = end + 2
             while True:
                 line_end = buf.find(b"\r\n", start)
@@ -361,6 +363,9 @@ def scan_chunked(
                 if line_end == start:
                     return pos, True, walked  # resuming from the last chunk finds the end
                 start = line_end + 2
+                walked += 1
+                if walked >= max_chunks:
+                    return pos, False, walked
         data_end = end + 2 + size
         if len(buf) < data_end + 2:
             return pos, False, walked
