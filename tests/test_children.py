@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -482,3 +483,34 @@ def test_adopt_checks_pid_program_and_port(make_exe, tmp_path, orphans) -> None:
     assert gone(pid) and not child.is_alive()
     assert "signal 15" in log.read_text()
     assert adopt(pid, "1.3.0", port, exe=exe, log_path=log) is None
+
+
+def test_a_health_answer_dripped_a_byte_at_a_time_is_cut_at_the_timeout() -> None:
+    """Each read's timeout alone let a child that sends a byte every half second hold a
+    health check for as long as its answer lasts (64 KiB: nine hours)."""
+    import socket
+
+    from trayupdater.children import _http_get
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 60000\r\n\r\n")
+            with contextlib.suppress(OSError):
+                for _ in range(60000):
+                    conn.sendall(b"1")
+                    time.sleep(0.5)
+
+    threading.Thread(target=drip, daemon=True).start()
+    started = time.monotonic()
+    try:
+        _status, body = _http_get("127.0.0.1", listener.getsockname()[1], "/version", 1.0)
+    except (OSError, http.client.HTTPException):
+        pass  # cut in the middle of a read
+    else:
+        assert len(body) < 10, "cut short: what came within the second"
+    assert time.monotonic() - started < 2.5
+    listener.close()

@@ -85,13 +85,27 @@ def version_matches(answer: str, expect: str) -> bool:
 
 
 def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, str]:
+    """Status and (at most 64 KiB of) body, the whole exchange within ``timeout``: each
+    read's own timeout would let a child that drips its answer hold the caller for hours."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    cutoff: threading.Timer | None = None
     try:
+        conn.connect()
+        cutoff = threading.Timer(timeout, _cut, args=(conn.sock,))
+        cutoff.daemon = True
+        cutoff.start()
         conn.request("GET", path, headers={"Connection": "close", "User-Agent": "trayupdater"})
         response = conn.getresponse()
         return response.status, response.read(65536).decode("utf-8", "replace")
     finally:
+        if cutoff is not None:
+            cutoff.cancel()
         conn.close()
+
+
+def _cut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed meanwhile
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 # --- one child ---------------------------------------------------------------------------------
