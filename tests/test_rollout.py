@@ -23,6 +23,7 @@ from tuf_support import Publisher, pipeline, tuf_config
 from trayupdater.release_model import Release, Rollout
 from trayupdater.rollout import (
     ID_FILE,
+    HeldBack,
     bucket,
     choose,
     install_id,
@@ -174,6 +175,8 @@ def test_rollout_and_recall_refuse_what_is_not_published_or_not_a_rollout(
 
 # --- hostile rollout fields ----------------------------------------------------------------------
 
+FAR_FUTURE = {"schedule": [0, 100], "every": 366 * DAY, "start": "9999-12-31T00:00:00Z"}
+
 
 @pytest.mark.parametrize(
     "value",
@@ -192,6 +195,9 @@ def test_rollout_and_recall_refuse_what_is_not_published_or_not_a_rollout(
         {"schedule": list(range(100)), "every": 60, "start": "2025-01-01T00:00:00Z"},
         {"schedule": "1,5", "every": 60, "start": "2025-01-01T00:00:00Z"},
         {"schedule": [1, 5], "every": 10**12, "start": "2025-01-01T00:00:00Z"},
+        # Dates no client can show (past year 9999), or that end past the sane bound.
+        {"schedule": [0, 100], "every": 366 * DAY, "start": "9999-12-31T00:00:00Z"},
+        {"schedule": [1, 5, 100], "every": 366 * DAY, "start": "8999-06-01T00:00:00Z"},
     ],
 )
 def test_a_rollout_that_cannot_be_read_is_refused(value: object) -> None:
@@ -218,12 +224,13 @@ def test_a_version_whose_rollout_or_recall_is_garbled_is_not_offered() -> None:
             target("1.3.0", "b.tar.gz", rollout={"percent": 50}),  # disagrees
             target("1.4.0", "a.tar.gz", recalled=True),
             target("1.4.0", "b.tar.gz"),  # one says recalled: recalled
+            target("1.5.0", "a.tar.gz", rollout=FAR_FUTURE),
         ],
         "http://127.0.0.1/targets/",
     )
     assert sorted(index.releases) == [Version("1.0.0"), Version("1.4.0")]
     assert index.releases[Version("1.4.0")].recalled
-    assert set(index.skipped) == {"1.1.0", "1.2.0", "1.3.0"}
+    assert set(index.skipped) == {"1.1.0", "1.2.0", "1.3.0", "1.5.0"}
     assert index.newest(include_prereleases=False).version_text == "1.0.0"  # not the recalled
 
 
@@ -311,6 +318,21 @@ def test_choose_takes_the_newest_in_its_rollout_and_names_the_one_held_back() ->
     gone = [release("1.0.0", recalled=True), release("1.1.0", recalled=True)]
     assert choose(gone, install_id=never, now=0, bypass=True).release is None
     assert choose([release("1.0.0"), release("1.1.0")], install_id=never, now=0).held is None
+
+
+def test_a_held_back_notice_survives_a_step_no_calendar_can_show() -> None:
+    """A schedule past what a datetime holds (the parser refuses one; this is the last
+    line): the notice leaves the date out rather than fail every check."""
+    for when in (253402300800.0 + DAY, 1e30, float("inf"), float("nan")):
+        held = HeldBack(release("2.0.0", 0), 0.0, (when, 100.0))
+        assert held.notice == (
+            "2.0.0 is held back by the publisher (its rollout is at 0 %) (100 % later)"
+        )
+    far = Rollout((0.0, 100.0), 366 * DAY, 253402214400.0)  # 9999-12-31, built unchecked
+    new = Release("2.0.0", Version("2.0.0"), rollout=far)
+    choice = choose([new, release("1.0.0")], install_id=lambda: "0" * 32, now=1.7e9)
+    assert choice.release is not None and choice.release.version_text == "1.0.0"
+    assert choice.held is not None and choice.held.notice.endswith("(100 % later)")
 
 
 def test_recall_blocks_come_and_go_with_the_publishers_recall() -> None:

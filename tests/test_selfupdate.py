@@ -420,6 +420,28 @@ def test_nothing_happens_without_a_newer_unblocked_release(
     assert sorted(p.name for p in exe.parent.iterdir()) == ["trayupdater"]
 
 
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        ('{"blocked": 5, "last_error": "boom"}', {"last_error": "boom"}),
+        ('{"blocked": ["2.0.0", 2]}', {"blocked": ["2.0.0", "2"]}),
+        ('{"last_result": "x", "last_check": 1700000000}', {"last_check": 1.7e9}),
+        ('{"last_check": "x", "last_result": {"a": 1}}', {"last_result": {"a": 1}}),
+        ('{"last_check": true, "last_error": 5}', {}),
+        ('{"last_check": NaN}', {}),
+        ('{"last_check": 1e400}', {}),
+        ("[1, 2]", {}),
+    ],
+)
+def test_selfupdate_state_of_the_wrong_type_falls_back_per_field(
+    tmp_path: Path, raw: str, kept: dict[str, object]
+) -> None:
+    """Another build or a hand edit: a crash here would end self-update for good."""
+    path = tmp_path / "selfupdate.json"
+    path.write_text(raw)
+    assert SelfUpdateState.load(path) == SelfUpdateState(**kept)  # type: ignore[arg-type]
+
+
 def test_a_tampered_download_is_refused_before_anything_is_replaced(
     feed: ReleaseFeed, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,93 @@ def test_state_roundtrip_and_corrupt_file(tmp_path: Path) -> None:
     store.state_path.write_text("{truncated")
     assert store.load_state() == State()  # unreadable state is set aside, not fatal
     assert list(tmp_path.glob("state.corrupt-*"))
+
+
+# --- hand-edited or damaged state.json fields ---------------------------------------------------
+
+BAD_FIELDS = [
+    ("active", "../../etc"),
+    ("active", 5),
+    ("active", ""),
+    ("previous", "../x"),
+    ("previous", ["1.0.0"]),
+    ("latest_seen", ".hidden"),
+    ("blocked", 5),
+    ("recalled", "1.0.0"),
+    ("etag", 5),
+    ("last_error", {"x": 1}),
+    ("skipped", 1.5),
+    ("last_check", "x"),
+    ("last_check", float("nan")),
+    ("probation_until", "soon"),
+    ("probation_until", True),
+    ("probation_until", float("inf")),
+    pytest.param("probation_until", 10**400, id="probation_until-huge-int"),
+    ("probation_until", -5),
+    ("paused_until", 1e300),
+    ("paused", "yes"),
+    ("child_pid", "123"),
+    ("child_pid", 1.5),
+    ("child_pid", True),
+    ("child_pid", 0),
+    ("child_pid", 2**63),
+    ("child_port", 70000),
+    ("child_port", "8080"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_FIELDS)
+def test_a_state_field_of_the_wrong_type_is_not_set(
+    name: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = {"active": "1.2.0", "previous": "1.1.0", "blocked": ["1.3.0"]}
+    state = State.from_json({**good, name: value})
+    expected = State.from_json(good)
+    assert getattr(state, name) == getattr(State(), name)
+    assert {k: getattr(state, k) for k in good if k != name} == {
+        k: getattr(expected, k) for k in good if k != name
+    }
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"{name}=" in warnings[0]
+
+
+def test_every_state_field_survives_a_round_trip(tmp_path: Path) -> None:
+    """Each field has a type check: a valid value of any of them is kept."""
+    state = State(
+        active="1.2.0",
+        previous="1.1.0",
+        blocked=["1.3.0"],
+        recalled=["1.3.0"],
+        etag='W/"x"',
+        last_check=1.7e9,
+        last_error="offline",
+        latest_seen="1.3.0",
+        child_pid=4242,
+        child_port=41000,
+        probation_until=1.7e9 + 30,
+        skipped="1.4.0",
+        paused=True,
+        paused_until=1.8e9,
+    )
+    assert set(asdict(state)) == set(State.__dataclass_fields__)
+    assert all(v not in (None, False, []) for v in asdict(state).values())
+    store = VersionStore(tmp_path)
+    store.save_state(state)
+    assert store.load_state() == state
+
+
+def test_a_wrong_field_costs_only_that_field(tmp_path: Path) -> None:
+    store = VersionStore(tmp_path)
+    store.state_path.write_text(json.dumps({"active": "1.2.0", "blocked": 5, "child_pid": "1"}))
+    assert store.load_state() == State(active="1.2.0")
+    assert not list(tmp_path.glob("state.corrupt-*"))  # not set aside as unreadable
+
+
+@pytest.mark.parametrize("name", ["../../etc", "", ".", "..", "a/b", "a\\b", 5, None])
+def test_get_answers_none_for_an_unsafe_version_name(tmp_path: Path, name: object) -> None:
+    store = VersionStore(tmp_path)
+    store.install("1.0.0", populate_with(), sha256="", asset="")
+    assert store.get(name) is None  # type: ignore[arg-type]
 
 
 def test_clean_temporary_removes_interrupted_installs(tmp_path: Path) -> None:

@@ -131,8 +131,12 @@ class HeldBack:
             text = f"{version} is rolling out: {self.percent:g} % of machines so far"
         if self.next_change is not None:
             when, percent = self.next_change
-            day = datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            text += f" ({percent:g} % from {day})"
+            try:
+                day = datetime.fromtimestamp(when, timezone.utc)
+            except (ValueError, OverflowError, OSError):  # beyond what a datetime can show
+                text += f" ({percent:g} % later)"
+            else:
+                text += f" ({percent:g} % from {day:%Y-%m-%d %H:%M} UTC)"
         return text
 
 

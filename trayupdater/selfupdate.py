@@ -64,7 +64,7 @@ from trayupdater.pipeline import download_pace
 from trayupdater.platforms import Platform, pick_asset
 from trayupdater.release_model import Asset, Release, parse_version
 from trayupdater.sources.github import GitHubSource
-from trayupdater.store import atomic_write_text
+from trayupdater.store import MAX_TIMESTAMP, atomic_write_text
 from trayupdater.verify import check_digest
 
 log = logging.getLogger(__name__)
@@ -105,15 +105,36 @@ class SelfUpdateState:
             return cls()
         if not isinstance(data, dict):
             return cls()
-        return cls(
-            blocked=[str(v) for v in data.get("blocked") or []],
-            last_error=data.get("last_error"),
-            last_check=data.get("last_check"),
-            last_result=dict(data.get("last_result") or {}),
-        )
+        # Another build or a hand edit: a field of the wrong type falls back to its default
+        # (a crash here would end self-update for good). Each check answers None if wrong.
+        state = cls()
+        wrong: list[str] = []
+        for name, convert in (
+            ("blocked", lambda v: [str(x) for x in v] if isinstance(v, list) else None),
+            ("last_error", lambda v: v if isinstance(v, str) else None),
+            ("last_check", _finite_time),
+            ("last_result", lambda v: v if isinstance(v, dict) else None),
+        ):
+            if data.get(name) is None:
+                continue
+            value = convert(data[name])
+            if value is None:
+                wrong.append(name)
+            else:
+                setattr(state, name, value)
+        if wrong:
+            log.warning("%s: ignoring %s (wrong type)", path.name, ", ".join(wrong))
+        return state
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.__dict__, indent=2, sort_keys=True))
+
+
+def _finite_time(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    # NaN fails the comparison; a huge int is compared exactly (float() would overflow).
+    return float(value) if 0 <= value <= MAX_TIMESTAMP else None
 
 
 @dataclass

@@ -134,16 +134,28 @@ class Serving:
                 self.hooks.events.failed(exc.reason, str(exc))
                 log.error("could not start %s: %s", version, exc.for_log())
                 continue
-            remaining = (state.probation_until or 0.0) - time.time()
-            if version != state.active:
-                # The active version would not start: never fall back to it again.
-                if state.active:
-                    self._block(state.active)
-                state.active = version
-                state.previous = self.older_than(version)
-                remaining = 0.0
-            self._go_live(child, probation=remaining if remaining > 0 else None)
-            self.hooks.save()
+            try:
+                remaining = (state.probation_until or 0.0) - time.time()
+                # Never longer than configured (a clock set back, a hand-edited state.json).
+                remaining = min(remaining, self.config.probation_seconds)
+                if version != state.active:
+                    # The active version would not start: never fall back to it again.
+                    if state.active:
+                        self._block(state.active)
+                    state.active = version
+                    state.previous = self.older_than(version)
+                    remaining = 0.0
+                self._go_live(child, probation=remaining if remaining > 0 else None)
+                self.hooks.save()
+            except BaseException:
+                # A bug past this point must not leave an unsupervised child behind.
+                running, self.active = self.active, None
+                if running is None:
+                    child.stop()
+                else:
+                    self._stop(running)
+                self.proxy.switch(None)  # and no client waiting on it
+                raise
             self.hooks.publish(phase=Phase.RUNNING, message=f"Running {version}", error=None)
             return
         self.proxy.switch(None)

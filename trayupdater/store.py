@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _SAFE_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+!_-]*$")
+# time.time() values beyond this are nonsense, and overflow time and timer functions.
+MAX_TIMESTAMP = 221845392000.0  # 9000-01-01 UTC
 
 
 @dataclass
@@ -50,17 +52,84 @@ class State:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        state = cls(**known)
-        state.blocked = [str(v) for v in state.blocked or []]
-        # Hand-edited or from a newer version: wrong types mean "not set", not a crash.
-        if not isinstance(state.skipped, str):
-            state.skipped = None
-        state.paused = state.paused is True
-        if isinstance(state.paused_until, bool) or not isinstance(state.paused_until, (int, float)):
-            state.paused_until = None
-        state.recalled = [str(v) for v in state.recalled or []]
+        """Hand-edited or from another build: a field of the wrong type or an unsafe value
+        means "not set", never a crash later (a bad ``active`` would leave nothing serving)."""
+        state = cls()
+        wrong: list[str] = []
+        for name, check in _FIELD_CHECKS.items():
+            if name not in data:
+                continue
+            value = check(data[name])
+            if value is _WRONG:
+                wrong.append(f"{name}={data[name]!r:.60}")
+            else:
+                setattr(state, name, value)
+        if wrong:
+            log.warning("state.json: ignoring %s (wrong type or value)", ", ".join(wrong))
         return state
+
+
+_WRONG = object()  # a field check's answer for "not a valid value": the default is kept
+
+
+def is_safe_version_name(name: object) -> bool:
+    """A version name usable as a folder of ``versions/``: no separators, no leading dot."""
+    return isinstance(name, str) and _SAFE_VERSION.match(name) is not None
+
+
+def _version_name(value: object) -> object:
+    return value if value is None or is_safe_version_name(value) else _WRONG
+
+
+def _text(value: object) -> object:
+    return value if value is None or isinstance(value, str) else _WRONG
+
+
+def _texts(value: object) -> object:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else _WRONG
+
+
+def _timestamp(value: object) -> object:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _WRONG
+    # A NaN fails the comparison too; a huge int is compared exactly, never converted.
+    return float(value) if 0 <= value <= MAX_TIMESTAMP else _WRONG
+
+
+def _integer(low: int, high: int) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        if value is None:
+            return None
+        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        return value if ok else _WRONG
+
+    return check
+
+
+def _flag(value: object) -> object:
+    return value if isinstance(value, bool) else _WRONG
+
+
+_FIELD_CHECKS: dict[str, Callable[[object], object]] = {
+    "active": _version_name,
+    "previous": _version_name,
+    "blocked": _texts,
+    "recalled": _texts,
+    "etag": _text,
+    "last_check": _timestamp,
+    "last_error": _text,
+    "latest_seen": _version_name,
+    "child_pid": _integer(1, 2**31 - 1),
+    "child_port": _integer(1, 65535),
+    "probation_until": _timestamp,
+    "skipped": _text,
+    "paused": _flag,
+    "paused_until": _timestamp,
+}
 
 
 @dataclass(frozen=True)
@@ -154,6 +223,8 @@ class VersionStore:
         return sorted(found, key=version_key)
 
     def get(self, version: str) -> InstalledVersion | None:
+        if not is_safe_version_name(version):
+            return None  # never a path outside versions/, whatever state.json names
         folder = self.folder(version)
         try:
             data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))

@@ -24,10 +24,10 @@ with the publisher's rollout and recall beside it (every target of a version the
 
 ``rollout`` is absent (every installation), ``{"percent": P}`` with 0 <= P <= 100, or a
 schedule ``{"schedule": [1, 5, 25, 100], "every": 86400, "start": "<UTC time>"}``: step i
-holds from ``start + i * every`` (:class:`~trayupdater.release_model.Rollout`). ``recalled``
-is absent or a boolean. A value that does not follow this makes the target unusable (it is
-skipped and reported), never guessed at: a client takes no version on a rollout it cannot
-read.
+holds from ``start + i * every`` (:class:`~trayupdater.release_model.Rollout`), and the last
+step starts before the year 9000. ``recalled`` is absent or a boolean. A value that does not
+follow this makes the target unusable (it is skipped and reported), never guessed at: a
+client takes no version on a rollout it cannot read.
 
 Both sides check target paths with :func:`parse_target`, so the publisher refuses what a
 client would reject.
@@ -56,6 +56,8 @@ MAX_FIELD = 256
 MAX_STEPS = 50
 MAX_STEP_SECONDS = 366 * 24 * 3600
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# A schedule ends before this: later dates are nonsense, and past year 9999 not representable.
+LATEST_TIME = datetime(9000, 1, 1, tzinfo=timezone.utc).timestamp()
 
 
 class TargetFormatError(ValueError):
@@ -139,6 +141,8 @@ def make_rollout(steps: Sequence[Any], every: float = 0.0, start: float = 0.0) -
         raise TargetFormatError("a rollout schedule's every must be a number of seconds")
     if not math.isfinite(every) or not 1 <= every <= MAX_STEP_SECONDS:
         raise TargetFormatError("a rollout step lasts from 1 second to a year")
+    if not math.isfinite(start) or start + (len(percents) - 1) * every >= LATEST_TIME:
+        raise TargetFormatError(f"a rollout schedule must end before {format_time(LATEST_TIME)}")
     return Rollout(percents, float(every), float(start))
 
 
