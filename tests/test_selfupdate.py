@@ -731,6 +731,39 @@ def test_successful_handover_serves_from_the_new_build(
 
 
 @posix_only
+def test_callers_that_say_nothing_on_the_handover_port_do_not_stall_the_successor(
+    feed: ReleaseFeed, tmp_path: Path, app_dir: Path, spawner: Spawner
+) -> None:
+    """Anyone on the machine may connect to the handover port. Read one at a time, each
+    silent caller cost 5 s: three of them pushed a good successor past an 8 s ready
+    timeout, and the update was rolled back and its version blocked for good."""
+    data = tmp_path / "data"
+    exe = app_dir / "trayupdater"
+    exe.write_bytes(b"#!/bin/sh\nexit 0\n")
+    new = _successor_script("2.0.0", "ok", data)
+    _publish_app(feed, "2.0.0", "trayupdater_Linux_x86_64.tar.gz", {"trayupdater": new})
+    silent: list[socket.socket] = []
+
+    def knock_first(kwargs: dict[str, Any]) -> None:
+        port = int(kwargs["env"][ENV_HANDOVER].split(":")[0])
+        silent.extend(socket.create_connection(("127.0.0.1", port)) for _ in range(3))
+
+    spawner.adjust = knock_first
+    old, exits = OldApp(), Exits()
+    inst = Installation(exe, exe, "file", "linux")
+    updater = _updater(
+        feed, tmp_path, inst, popen=spawner, exit_process=exits, argv=["run"], ready_timeout=8.0
+    )
+    try:
+        result = updater.check_and_apply(old)
+    finally:
+        for sock in silent:
+            sock.close()
+    assert result.outcome == "replaced" and (old.retired, exits.count) == (1, 1)
+    assert _get(old.port) == "2.0.0"
+
+
+@posix_only
 @pytest.mark.parametrize(
     ("mode", "version", "why"),
     [

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 ENV_HANDOVER = "TRAYUPDATER_HANDOVER"
 STOP_TIMEOUT = 15.0
 _MAX_LINE = 64 * 1024
+HELLO_SECONDS = 5.0  # a caller on the handover port that says nothing this long is dropped
+MAX_CALLERS = 16  # callers read at once; the longest waiting is dropped for a new one
 READY_PHASES = ("running", "no_version")  # Status.phase values in which the app serves
 
 # Set by take_handover(): this process is a successor on trial, so what its predecessor
@@ -70,11 +72,12 @@ class _Channel:
         self.sock.sendall(json.dumps(message).encode() + b"\n")
 
     def recv(self, timeout: float) -> dict[str, Any] | None:
-        """The next message; None if none came within ``timeout``; EOFError when closed."""
+        """The next message; None if none came within ``timeout`` (0: none has come whole
+        yet); EOFError when closed."""
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
+            remaining = max(0.0, deadline - time.monotonic())  # 0: only what has come
+            if not select.select([self.sock], [], [], remaining)[0]:
                 return None
             chunk = self.sock.recv(4096)
             if not chunk:
@@ -193,48 +196,25 @@ class Predecessor:
         listener: socket.socket,
     ) -> _Channel:
         deadline = time.monotonic() + self._ready_timeout
-        channel: _Channel | None = None
-        expected = parse_version(version)
+        channel, hello = self._await_hello(server, proc, token, deadline)
+        if parse_version(str(hello.get("version", ""))) != parse_version(version):
+            with contextlib.suppress(OSError):
+                channel.send({"error": f"expected version {version}"})
+            channel.close()
+            raise HandoverFailed(
+                f"the new build says it is {hello.get('version')!r}, not {version}"
+            )
+        pid = hello.get("pid")
+        try:
+            grant = _grant(
+                listener, self._installation.os, pid if type(pid) is int else 0, self._share
+            )
+            channel.send({**grant, "pid": os.getpid()})
+        except OSError as exc:
+            channel.close()
+            raise HandoverFailed(f"cannot hand over the socket: {exc}") from None
         while True:
-            code = proc.poll()
-            if code is not None:
-                raise HandoverFailed(f"the new build exited with code {code} before it was ready")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise HandoverFailed(
-                    f"the new build did not report ready within {self._ready_timeout:g} s"
-                )
-            step = min(0.2, remaining)
-            if channel is None:
-                if not select.select([server], [], [], step)[0]:
-                    continue
-                conn, _ = server.accept()
-                candidate = _Channel(conn)
-                try:
-                    hello = candidate.recv(min(5.0, max(remaining, 0.1)))
-                except (EOFError, OSError):
-                    hello = None
-                if hello is None or not hmac.compare_digest(
-                    str(hello.get("token", "")).encode(), token.encode()
-                ):
-                    candidate.close()  # not our successor (or it did not say so): ignore
-                    continue
-                if parse_version(str(hello.get("version", ""))) != expected:
-                    with contextlib.suppress(OSError):
-                        candidate.send({"error": f"expected version {version}"})
-                    candidate.close()
-                    raise HandoverFailed(
-                        f"the new build says it is {hello.get('version')!r}, not {version}"
-                    )
-                pid = int(hello.get("pid") or 0)
-                try:
-                    grant = _grant(listener, self._installation.os, pid, self._share)
-                    candidate.send({**grant, "pid": os.getpid()})
-                except OSError as exc:
-                    candidate.close()
-                    raise HandoverFailed(f"cannot hand over the socket: {exc}") from None
-                channel = candidate
-                continue
+            step = self._step(proc, deadline)
             try:
                 message = channel.recv(step)
             except (EOFError, OSError) as exc:
@@ -247,6 +227,57 @@ class Predecessor:
                 raise HandoverFailed("the new build exited right after reporting ready")
             if "failed" in message:
                 raise HandoverFailed(f"the new build failed to start: {message['failed']}")
+
+    def _await_hello(
+        self, server: socket.socket, proc: subprocess.Popen[bytes], token: str, deadline: float
+    ) -> tuple[_Channel, dict[str, Any]]:
+        """The successor's channel and hello, proven by the token. Anyone on the machine
+        may connect too: every caller is read at once (one that says nothing must not make
+        the real successor wait), and one silent for :data:`HELLO_SECONDS` is dropped."""
+        callers: dict[socket.socket, tuple[_Channel, float]] = {}
+        try:
+            while True:
+                step = self._step(proc, deadline)
+                ready = select.select([server, *callers], [], [], step)[0]
+                now = time.monotonic()
+                for sock in ready:
+                    if sock is server:
+                        conn, _ = server.accept()
+                        if len(callers) >= MAX_CALLERS:  # the longest waiting makes room
+                            oldest = min(callers, key=lambda s: callers[s][1])
+                            callers.pop(oldest)[0].close()
+                        callers[conn] = (_Channel(conn), now)
+                        continue
+                    caller = callers[sock][0]
+                    try:
+                        hello = caller.recv(0)  # what came; None until a whole line
+                    except (EOFError, OSError):
+                        callers.pop(sock)[0].close()
+                        continue
+                    if hello is None:
+                        continue
+                    callers.pop(sock)
+                    if hmac.compare_digest(str(hello.get("token", "")).encode(), token.encode()):
+                        return caller, hello
+                    caller.close()  # not our successor (or it did not say so): ignore
+                for sock in [s for s, (_, since) in callers.items() if now - since > HELLO_SECONDS]:
+                    callers.pop(sock)[0].close()
+        finally:
+            for caller, _ in callers.values():
+                caller.close()
+
+    def _step(self, proc: subprocess.Popen[bytes], deadline: float) -> float:
+        """How long to wait for the next message: HandoverFailed once the successor exited
+        or its time is up."""
+        code = proc.poll()
+        if code is not None:
+            raise HandoverFailed(f"the new build exited with code {code} before it was ready")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HandoverFailed(
+                f"the new build did not report ready within {self._ready_timeout:g} s"
+            )
+        return min(0.2, remaining)
 
 
 def stop_successor(proc: subprocess.Popen[bytes], os_name: str) -> None:
