@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +13,13 @@ from pathlib import Path
 import pytest
 import requests
 from support import wait_for
-from test_runtime import make_config, running
+from test_runtime import get, make_config, running
 
 from trayupdater.app import App
-from trayupdater.control import CONTROL_FILE, ControlClient
+from trayupdater.control import CONTROL_FILE, ControlBusyError, ControlClient, ControlServer
 from trayupdater.demo import publish_version
 from trayupdater.feed import ReleaseFeed
-from trayupdater.status import Command
+from trayupdater.status import Command, Status
 
 
 @pytest.fixture
@@ -183,3 +184,90 @@ def test_commands_refuse_foreign_hosts_even_with_the_token(app: App) -> None:
     status, body = _raw(info["port"], request)
     assert (status, body) == (421, b"")
     assert app.updater.status().active == "1.0.0"  # nothing was rolled back
+
+
+def test_too_many_query_fields_get_400_with_a_json_error(app: App) -> None:
+    """parse_qs(max_num_fields=8) raises: the client got no answer at all."""
+    info = json.loads((app.config.data_dir / CONTROL_FILE).read_text())
+    path = "/pause?a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&i=9"
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {info['token']}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    status, body = _raw(info["port"], request)
+    assert status == 400
+    assert json.loads(body) == {"error": "the query string has more than 8 fields"}
+    assert app.updater.status().paused is False
+
+
+def test_silent_clients_cannot_pin_the_control_port(app: App) -> None:
+    """Anyone on the machine can connect: a flood of half-sent requests gets a thread each
+    only up to the cap (the rest are answered 503 at once), so the app keeps its file
+    descriptors, the proxy serves, and the control port answers again once they are gone."""
+    import socket
+
+    from trayupdater.control import MAX_CONNECTIONS
+
+    port = app.control.port
+    threads_before = threading.active_count()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS * 4):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # half a request, never finished
+            held.append(sock)
+        assert threading.active_count() <= threads_before + MAX_CONNECTIONS + 2
+        started = time.monotonic()
+        busy = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert busy.status_code == 503 and "too many" in busy.json()["error"]
+        assert time.monotonic() - started < 2.0  # answered at once, not left waiting
+        assert get(app)[:2] == (200, "1.0.0")  # the proxy is untouched
+        # Still found (a second launch must not start beside it), and told why it is mute.
+        client = ControlClient.find(app.config.data_dir)
+        assert client is not None
+        with pytest.raises(ControlBusyError, match="503: too many open connections"):
+            client.status()
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(lambda: ControlClient.find(app.config.data_dir) is not None, what="answers again")
+
+
+def _control_server(tmp_path: Path, **bounds: float) -> ControlServer:
+    server = ControlServer(
+        tmp_path,
+        status=Status,
+        request=lambda command, timeout, payload: Status(),
+        send=lambda command, payload: None,
+        **bounds,  # type: ignore[arg-type]
+    )
+    server.start()
+    return server
+
+
+def test_a_control_request_dripping_in_is_cut_at_its_deadline(tmp_path: Path) -> None:
+    """A client sending a byte every 0.4 s never trips a per-read timeout: the whole
+    request must arrive within request_seconds."""
+    import socket
+
+    server = _control_server(tmp_path, request_seconds=1.0)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+            sock.settimeout(0.4)
+            answer: bytes | None = None
+            while answer is None and time.monotonic() - started < 5:
+                try:
+                    sock.sendall(b"X")
+                    answer = sock.recv(1024)  # b"": the server hung up
+                except TimeoutError:
+                    continue
+                except OSError:
+                    answer = b""
+            assert answer == b"", "the control server still waits for the request"
+            assert time.monotonic() - started < 2.5
+        client = ControlClient.find(tmp_path)  # prompt clients are served as before
+        assert client is not None and client.status()["phase"] == "starting"
+    finally:
+        server.close()

@@ -8,6 +8,11 @@ Binding loopback is not enough against a web page in the user's browser: with DN
 rebinding, ``evil.example`` can resolve to 127.0.0.1 and its scripts read our answers. So
 every request must name a loopback host in ``Host`` (else 421), and a browser ``Origin``
 that is not loopback is refused (403); both answers carry no body.
+
+Any local process can connect, token or not, so connections are bounded: each request must
+arrive whole within ``REQUEST_SECONDS``, and beyond ``MAX_CONNECTIONS`` at once a connection
+is answered 503 without being read (see http_server.py). Without that, about a thousand
+silent connections used up the app's file descriptors and the proxy stopped serving.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -31,7 +35,7 @@ import requests
 
 from trayupdater import preferences
 from trayupdater.errors import TrayUpdaterError
-from trayupdater.http_server import ThreadingServer
+from trayupdater.http_server import DeadlineRequestHandler, ThreadingServer
 from trayupdater.status import Command, Status
 from trayupdater.store import atomic_write_text
 
@@ -49,6 +53,9 @@ COMMAND_PATHS = {
     "/unpause": Command.UNPAUSE,
 }
 ACTIVATE_PATH = "/activate"  # a second launch: the running app tells the user where it is
+REQUEST_SECONDS = 10.0  # for a request to arrive whole (the CLI sends one at once)
+MAX_CONNECTIONS = 32  # served at once: the CLI, a scraper and a second launch need a few
+MAX_QUERY_FIELDS = 8
 
 
 class ControlServer:
@@ -61,6 +68,8 @@ class ControlServer:
         send: Callable[[Command, object], None],
         metrics: Callable[[], tuple[bytes, str]] | None = None,
         activate: Callable[[], None] | None = None,
+        request_seconds: float = REQUEST_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.data_dir = data_dir
         self.token = secrets.token_urlsafe(32)
@@ -74,9 +83,10 @@ class ControlServer:
                 "send_fn": staticmethod(send),
                 "metrics_fn": staticmethod(metrics) if metrics else None,
                 "activate_fn": staticmethod(activate) if activate else None,
+                "request_seconds": request_seconds,
             },
         )
-        self._server = ThreadingServer(("127.0.0.1", 0), handler)
+        self._server = ThreadingServer(("127.0.0.1", 0), handler, max_connections=max_connections)
         self._thread: threading.Thread | None = None
 
     @property
@@ -116,7 +126,7 @@ def write_private(path: Path, text: str) -> None:
         os.chmod(path, 0o600)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(DeadlineRequestHandler):
     server_ref: ControlServer
     status_fn: Callable[[], Status]
     request_fn: Callable[[Command, float, object], Status]
@@ -169,7 +179,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return self._json(401, {"error": "missing or wrong token"})
         url = urlsplit(self.path)
-        query = parse_qs(url.query, max_num_fields=8)
+        try:
+            query = parse_qs(url.query, max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:  # more fields than that: no command takes so many
+            why = f"the query string has more than {MAX_QUERY_FIELDS} fields"
+            return self._json(400, {"error": why})
         if url.path == ACTIVATE_PATH:
             if self.activate_fn is not None:
                 self.activate_fn()
@@ -250,6 +264,10 @@ def _is_loopback_origin(value: str) -> bool:
     return parts.scheme in ("http", "https") and _is_loopback_name(parts.hostname or "")
 
 
+class ControlBusyError(TrayUpdaterError):
+    """The app answered 503: more control connections are open than it serves at once."""
+
+
 @dataclass
 class ControlClient:
     """Finds the running app through its control.json and sends it commands."""
@@ -268,6 +286,8 @@ class ControlClient:
             return None
         try:
             client.status()
+        except ControlBusyError:
+            return client  # it runs, but all its control connections are taken right now
         except TrayUpdaterError:
             return None  # a stale file from a crashed run
         return client
@@ -312,7 +332,6 @@ class ControlClient:
         except ValueError:
             data = {"error": response.text[:200]}
         if response.status_code >= 400:
-            raise TrayUpdaterError(
-                f"the running app answered {response.status_code}: {data.get('error', '')}"
-            )
+            error = ControlBusyError if response.status_code == 503 else TrayUpdaterError
+            raise error(f"the running app answered {response.status_code}: {data.get('error', '')}")
         return data
