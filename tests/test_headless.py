@@ -68,6 +68,47 @@ def test_cli_talks_to_the_running_app(feed: ReleaseFeed, instance: Instance) -> 
     assert instance.cli("status").returncode == 3  # not running
 
 
+def test_two_launches_at_the_same_moment_leave_one_running(
+    feed: ReleaseFeed, tmp_path: Path
+) -> None:
+    """Start at login and a double-click at once, on one data folder (different ports, so
+    the proxy's port cannot settle it): exactly one runs; the other talks to it and exits.
+    Before the instance lock both heard no one on the control port and both ran."""
+    publish_version(feed, "1.0.0")
+    for attempt in range(3):  # the race was lost most times; three make it sure
+        _launch_two_at_once(feed, tmp_path / f"data{attempt}")
+
+
+def _launch_two_at_once(feed: ReleaseFeed, data: Path) -> None:
+    launches = [Instance(feed, data, free_port()) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "trayupdater", *inst.args, "run", "--headless"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=inst.env,
+        )
+        for inst in launches
+    ]
+    try:
+        wait_for(lambda: any(p.poll() is not None for p in procs), timeout=20, what="one exit")
+        exited = [p.poll() is not None for p in procs]
+        assert exited.count(True) == 1, "both launches ended"
+        second, first = (procs[0], launches[1]) if exited[0] else (procs[1], launches[0])
+        assert second.returncode == 0
+        assert second.stderr is not None and "already running" in second.stderr.read()
+        wait_for(lambda: first.version() == "1.0.0", what="the first serving")
+        time.sleep(1.0)  # and it stays the only one
+        assert [p.poll() is None for p in procs].count(True) == 1
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
 def test_sigkill_mid_update_restarts_consistent(feed: ReleaseFeed, instance: Instance) -> None:
     """Kill the app at several points of an update; each restart serves a whole version."""
     publish_version(feed, "1.0.0")

@@ -12,6 +12,7 @@ import logging.handlers
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -19,6 +20,7 @@ from trayupdater.config import Config
 from trayupdater.control import ControlClient, ControlServer
 from trayupdater.errors import StorageError, TrayUpdaterError
 from trayupdater.handover import take_handover
+from trayupdater.instance_lock import InstanceLock
 from trayupdater.metrics import Metrics
 from trayupdater.proxy import ReverseProxy
 from trayupdater.selfupdate import SelfUpdater, finish_pending_update
@@ -28,6 +30,10 @@ from trayupdater.store import VersionStore
 from trayupdater.updater import Updater
 
 log = logging.getLogger(__name__)
+
+# How long a launch that finds the instance lock held waits for its holder to answer on the
+# control endpoint (it writes control.json a moment after taking the lock).
+INSTANCE_WAIT_SECONDS = 10.0
 
 
 class AlreadyRunningError(TrayUpdaterError):
@@ -41,6 +47,7 @@ class AlreadyRunningError(TrayUpdaterError):
 class App:
     def __init__(self, config: Config, *, check_on_start: bool = True) -> None:
         self.config = config
+        self.instance_lock = InstanceLock(config.data_dir)  # taken by start()
         try:
             self.store = VersionStore(config.data_dir)
             _probe_writable(config.data_dir)
@@ -85,9 +92,47 @@ class App:
 
     def start(self) -> None:
         """Start serving; raises AlreadyRunningError if another instance owns this data dir."""
-        running = None if self.successor else ControlClient.find(self.config.data_dir)
+        self._become_the_instance()
+        try:
+            self._start()
+        except BaseException:
+            self.instance_lock.release()  # a later launch must not wait for a failed start
+            raise
+
+    def _become_the_instance(self) -> None:
+        """Take the data folder's instance lock before anything else, or raise
+        AlreadyRunningError naming the instance that holds it."""
+        if self.successor is not None:
+            # A self-update's successor: its predecessor holds the lock until it exits, and
+            # it exits only once we serve, so waiting here would stall the handover until it
+            # is rolled back. We take the lock as soon as the predecessor lets it go; until
+            # then a new launch finds it held and talks to whichever of the two answers.
+            self.instance_lock.acquire_when_free()
+            return
+        data_dir = self.config.data_dir
+        deadline = time.monotonic() + INSTANCE_WAIT_SECONDS
+        try:
+            while not self.instance_lock.acquire():
+                # The holder is starting (its control.json comes next), running or quitting.
+                running = ControlClient.find(data_dir)
+                if running is not None:
+                    raise AlreadyRunningError(running)
+                if time.monotonic() >= deadline:
+                    raise TrayUpdaterError(
+                        f"another trayupdater holds the data folder {data_dir} but does not "
+                        "answer; quit it, or choose another folder with --data-dir"
+                    )
+                time.sleep(0.2)
+        except OSError as exc:  # a file system without locks: only the check below is left
+            log.warning("cannot lock %s (%s); running without it", self.instance_lock.path, exc)
+        # Ask too: a build from before the lock may run here, or a successor whose
+        # predecessor just exited, before it took the lock.
+        running = ControlClient.find(data_dir)
         if running is not None:
+            self.instance_lock.release()
             raise AlreadyRunningError(running)
+
+    def _start(self) -> None:
         try:
             setup_file_logging(self.config)
         except OSError as exc:
@@ -124,9 +169,12 @@ class App:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self.updater.stop()
-        self.control.close()
-        self.proxy.close()
+        try:
+            self.updater.stop()
+            self.control.close()
+            self.proxy.close()
+        finally:
+            self.instance_lock.release()  # last: a new launch may start once ours is gone
 
     def run_headless(self) -> int:
         """Run until SIGINT/SIGTERM (or a quit command); stop everything cleanly; exit 0."""
