@@ -251,6 +251,28 @@ def test_demo_reuses_its_own_folder(tmp_path: Path) -> None:
     assert not (data / "leftover").exists()  # a clean slate, in the demo's own folder
 
 
+def test_demo_leaves_the_folder_of_a_running_demo_alone(tmp_path: Path) -> None:
+    """A second `demo` on the folder of a running one emptied it: control.json and the
+    running demo's versions went from under it."""
+    from trayupdater.demo import DEMO_MARKER, prepare_demo_folder
+    from trayupdater.errors import TrayUpdaterError
+    from trayupdater.instance_lock import InstanceLock
+
+    data = tmp_path / "demo"
+    prepare_demo_folder(data)
+    (data / "control.json").write_text("{}")
+    running = InstanceLock(data)  # as the running demo's app holds it
+    assert running.acquire()
+    try:
+        with pytest.raises(TrayUpdaterError, match="already running"):
+            prepare_demo_folder(data)
+        assert (data / "control.json").is_file() and (data / DEMO_MARKER).is_file()
+    finally:
+        running.release()
+    prepare_demo_folder(data)  # once it has quit, the folder is emptied as before
+    assert sorted(p.name for p in data.iterdir()) == sorted([DEMO_MARKER, "instance.lock"])
+
+
 def test_the_app_serves_a_frozen_form_demo_child_itself(tmp_path: Path, monkeypatch) -> None:
     """A frozen build has no demo_server.py to copy: its demo archives hold only the
     VERSION/BEHAVIOUR lines, and `trayupdater demo-child SCRIPT PORT` serves them."""

@@ -26,6 +26,7 @@ from trayupdater.config import Config
 from trayupdater.demo_server import render_script
 from trayupdater.errors import TrayUpdaterError
 from trayupdater.feed import ReleaseFeed
+from trayupdater.instance_lock import LOCK_FILE, InstanceLock
 from trayupdater.platforms import Platform
 from trayupdater.status import Phase, Status
 
@@ -118,11 +119,7 @@ def prepare_demo_folder(folder: Path) -> None:
         if not folder.is_dir():
             raise TrayUpdaterError(f"demo: {folder} exists and is not a folder; choose another")
         if marker.is_file():
-            for entry in folder.iterdir():
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+            _empty_unless_running(folder)
         elif any(folder.iterdir()):
             raise TrayUpdaterError(
                 f"demo: {folder} is not empty and was not created by the demo; refusing to "
@@ -130,6 +127,30 @@ def prepare_demo_folder(folder: Path) -> None:
             )
     folder.mkdir(parents=True, exist_ok=True)
     marker.write_text("created by `trayupdater demo`; the demo may empty this folder\n")
+
+
+def _empty_unless_running(folder: Path) -> None:
+    """Empty a demo folder, unless a demo runs in it: its files are not ours to delete."""
+    lock = InstanceLock(folder)
+    try:
+        free = lock.acquire()
+    except OSError:  # a file system without locks: as before there were any
+        free = True
+    try:
+        if not free:
+            raise TrayUpdaterError(
+                f"demo: a demo is already running in {folder}; quit it first, or give this "
+                "one another folder with --data-dir"
+            )
+        for entry in folder.iterdir():
+            if entry.name == LOCK_FILE:
+                continue  # never deleted: a launch could lock the old file and another a new one
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    finally:
+        lock.release()
 
 
 class Story:
