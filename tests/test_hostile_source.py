@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from httpfiles import FileServer
+from proxy_support import ScriptedBackend
 from support import second_loopback_host, wait_for
 from test_runtime import get, make_config, running
 
@@ -479,33 +480,18 @@ def test_an_api_answer_that_trickles_is_given_up_at_its_deadline(feed: ReleaseFe
 # --- numbers in headers: ASCII digits or nothing -----------------------------------------------
 
 
-class _Canned:
+def _canned(answer: bytes) -> ScriptedBackend:
     """A loopback server answering every request with the same raw bytes, then closing."""
 
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
+    def script(conn: socket.socket, requests: Callable[[], bytes | None]) -> None:
+        if requests() is not None:
+            conn.sendall(answer)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    request += data
-                conn.sendall(self.answer)
+    return ScriptedBackend(script)
 
-    def close(self) -> None:
-        self.listener.close()
+
+def _url(server: ScriptedBackend) -> str:
+    return f"http://127.0.0.1:{server.backend.port}"
 
 
 @pytest.mark.parametrize(
@@ -518,9 +504,9 @@ class _Canned:
 def test_a_rate_limit_header_with_non_ascii_digits_is_still_a_rate_limit(answer: bytes) -> None:
     """``"²".isdigit()`` is True and ``int("²")`` raises: that ValueError used to escape as
     an "internal error", and the back-off was skipped."""
-    server = _Canned(answer + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    server = _canned(answer + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
     try:
-        source = GitHubSource("acme/app", api_url=server.url, retries=0)
+        source = GitHubSource("acme/app", api_url=_url(server), retries=0)
         with pytest.raises(RateLimitedError, match="rate limit reached"):
             source.check()
         assert source.blocked_until > time.time() + 30  # the one-minute fallback applies
@@ -529,9 +515,9 @@ def test_a_rate_limit_header_with_non_ascii_digits_is_still_a_rate_limit(answer:
 
 
 def test_a_download_content_length_with_non_ascii_digits_is_not_a_length(tmp_path: Path) -> None:
-    server = _Canned(b"HTTP/1.1 200 OK\r\nContent-Length: \xb3\r\nConnection: close\r\n\r\nabc")
+    server = _canned(b"HTTP/1.1 200 OK\r\nContent-Length: \xb3\r\nConnection: close\r\n\r\nabc")
     try:
-        result = download(HttpClient(), server.url + "/asset", tmp_path / "a", max_bytes=1000)
+        result = download(HttpClient(), _url(server) + "/asset", tmp_path / "a", max_bytes=1000)
         assert result.size == 3  # the body ends with the connection, as without a length
     finally:
         server.close()
