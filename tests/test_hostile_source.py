@@ -204,6 +204,17 @@ def _non_loopback_address() -> str:
     return address
 
 
+def _download_with_token(client: HttpClient, url: str, tmp_path: Path) -> None:
+    """An asset download as the app makes one: ``url`` with the token."""
+    download(
+        client,
+        url,
+        tmp_path / "a",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        max_bytes=10_000,
+    )
+
+
 def test_redirect_to_plain_http_elsewhere_is_refused_before_it_is_sent(tmp_path: Path) -> None:
     """Plain HTTP is only for loopback: a 302 to a plain-http host on the network must be
     refused without one byte going to it (it would see the Range, the path, maybe more)."""
@@ -214,13 +225,7 @@ def test_redirect_to_plain_http_elsewhere_is_refused_before_it_is_sent(tmp_path:
         elsewhere.files["/blob"] = b"evil"
         api.faults.redirects["/asset"] = elsewhere.url("/blob")
         with pytest.raises(DownloadError, match="plain http is only allowed for loopback"):
-            download(
-                HttpClient(),
-                api.url("/asset"),
-                tmp_path / "a",
-                headers={"Authorization": f"Bearer {TOKEN}"},
-                max_bytes=10_000,
-            )
+            _download_with_token(HttpClient(), api.url("/asset"), tmp_path)
         assert elsewhere.hits == []  # refused before it was asked
         assert len(api.hits) == 1
 
@@ -383,13 +388,7 @@ def test_https_redirected_to_plain_http_is_refused_before_it_is_sent(tmp_path: P
         with https_server(ca, Redirect) as base:
             client = HttpClient(verify=str(ca.cert))
             with pytest.raises(DownloadError, match="redirected to plain HTTP; refused"):
-                download(
-                    client,
-                    base + "/asset",
-                    tmp_path / "a",
-                    headers={"Authorization": f"Bearer {TOKEN}"},
-                    max_bytes=10_000,
-                )
+                _download_with_token(client, base + "/asset", tmp_path)
         assert plain.hits == []
 
 
@@ -433,13 +432,7 @@ def test_a_redirect_back_to_the_api_host_behind_a_backslash_does_not_collect_the
         api.faults.redirects["/asset"] = storage.url("/blob")
         storage.faults.redirects["/blob"] = _ambiguous(storage_host, api_host, "/x")
         with pytest.raises(DownloadError, match="backslash"):
-            download(
-                HttpClient(),
-                api.url("/asset"),
-                tmp_path / "a",
-                headers={"Authorization": f"Bearer {TOKEN}"},
-                max_bytes=10_000,
-            )
+            _download_with_token(HttpClient(), api.url("/asset"), tmp_path)
         assert [h.path for h in storage.hits] == ["/blob"]
         assert all(TOKEN not in str(h.headers) for h in storage.hits)
 
