@@ -119,3 +119,28 @@ def test_cli_flags_and_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert code == 0
     out = capsys.readouterr().out
     assert '"port": 9001' in out and '"keep_versions": 5' in out
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        # Used as Basic auth, and shown in status lines, logs and `trayupdater config`.
+        (
+            '[source]\napi_url = "https://user:s3cretPW@ghe.example/api/v3"\n',
+            "user name or password",
+        ),
+        (
+            '[source]\nmetadata_url = "https://user:s3cretPW@cdn.example/m/"\n',
+            "user name or password",
+        ),
+        # requests reads CORP\jdoe:pw@proxy as the host "corp" and shows the password.
+        ('[network]\nproxy = "http://CORP\\\\jdoe:s3cretPW@proxy.example:8080"\n', "CORP%5Cjdoe"),
+    ],
+)
+def test_a_password_in_a_url_is_refused_and_never_shown(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert fragment in str(info.value)
+    assert "s3cretPW" not in str(info.value)

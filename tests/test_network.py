@@ -413,3 +413,16 @@ def test_a_proxy_variable_that_is_not_an_http_proxy_is_named_by_both_sources(
     with pytest.raises(SourceError, match=r"not an http:// or https:// proxy URL") as two:
         tuf.check()
     assert "pw" not in str(one.value) + str(two.value)
+
+
+def test_a_proxy_user_written_with_a_backslash_is_refused_without_showing_it(
+    net_env: pytest.MonkeyPatch,
+) -> None:
+    """``CORP\\jdoe:pw@proxy`` (the Windows way) was read by requests as the host "corp",
+    with the password in a path that `trayupdater config` and errors then showed."""
+    net_env.setenv("HTTPS_PROXY", f"http://CORP\\jdoe:{PROXY_PASSWORD}@proxy.example:8080")
+    with pytest.raises(NetworkSettingError, match=r"CORP%5Cjdoe") as info:
+        Network().proxy_for("https://api.github.com/repos/a/b/releases/latest")
+    assert PROXY_PASSWORD not in str(info.value)
+    assert "proxy.example:8080" in str(info.value)
+    assert PROXY_PASSWORD not in network.shown_proxy(f"http://CORP\\jdoe:{PROXY_PASSWORD}@p:1")

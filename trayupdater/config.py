@@ -22,7 +22,7 @@ import platformdirs
 
 from trayupdater import APP_NAME
 from trayupdater.errors import ConfigError
-from trayupdater.urls import insecure_reason, redact_url
+from trayupdater.urls import insecure_reason, odd_characters, redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -216,7 +216,14 @@ def _api_url(value: Any) -> str:
     # Release metadata decides what we execute: plain HTTP only where nobody can intercept.
     reason = insecure_reason(text)
     if reason:
-        raise ValueError(f"{reason} (got {text!r})")
+        raise ValueError(f"{reason} (got {redact_url(text)})")
+    if "@" in urlsplit(text).netloc:
+        # It would be shown in status lines, logs and `trayupdater config`: the token (or
+        # the proxy's own settings) is where a credential goes.
+        raise ValueError(
+            f"a user name or password in the URL is not supported; set token instead "
+            f"(got {redact_url(text)})"
+        )
     return text
 
 
@@ -233,6 +240,13 @@ def _opt_proxy(value: Any) -> str | None:
     text = _opt_str(value)
     if text is None:
         return None
+    if odd_characters(text):
+        # requests reads CORP\user:pass@proxy as the host "corp" (and shows the password
+        # as a path): the escaped form is unambiguous.
+        raise ValueError(
+            "the proxy URL has a backslash, a space or a control character; write a "
+            "user name such as CORP\\jdoe as CORP%5Cjdoe"
+        )
     parts = urlsplit(text)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         shown = redact_url(text) if parts.hostname else "a value without a host"

@@ -36,7 +36,7 @@ import truststore
 from requests.utils import prepend_scheme_if_needed, select_proxy, should_bypass_proxies
 
 from trayupdater.errors import TrayUpdaterError
-from trayupdater.urls import is_loopback_host, redact_url
+from trayupdater.urls import is_loopback_host, odd_characters, redact_url
 
 if TYPE_CHECKING:
     from trayupdater.config import Config
@@ -74,6 +74,11 @@ class Network:
         proxy = self.proxy or select_proxy(url, urllib.request.getproxies())
         if not proxy:
             return None
+        if odd_characters(proxy):  # CORP\user:pass@host would go to the host "corp"
+            raise NetworkSettingError(
+                f"the proxy {shown_proxy(proxy)} has a backslash, a space or a control "
+                "character; write a user name such as CORP\\jdoe as CORP%5Cjdoe"
+            )
         proxy = prepend_scheme_if_needed(proxy, "http")
         scheme = urlsplit(proxy).scheme.lower()
         if scheme not in PROXY_SCHEMES or not urlsplit(proxy).hostname:
@@ -86,6 +91,8 @@ class Network:
 
 def shown_proxy(proxy: str) -> str:
     """A proxy URL fit for a message or a log: no user name or password."""
+    if odd_characters(proxy):  # shown as written: adding a scheme would move the password
+        return redact_url(proxy)
     return redact_url(prepend_scheme_if_needed(proxy, "http")).rstrip("/")
 
 

@@ -50,9 +50,14 @@ def insecure_reason(url: str) -> str | None:
     return f"expected an https URL, got {parts.scheme or 'no'} scheme"
 
 
+def odd_characters(url: str) -> bool:
+    """A backslash, a space or a control character: URL parsers differ on those."""
+    return _AMBIGUOUS.search(url) is not None
+
+
 def ambiguity(url: str) -> str | None:
     """Why parsers might disagree on where ``url`` goes, or None (see the module doc)."""
-    if _AMBIGUOUS.search(url):
+    if odd_characters(url):
         return "it has a backslash, a space or a control character (URL parsers differ on those)"
     try:
         connected = parse_url(url)
@@ -70,7 +75,12 @@ def ambiguity(url: str) -> str | None:
 def redact_url(url: str) -> str:
     """The URL without credentials or query: storage redirects carry signatures there."""
     if ambiguity(url):  # shown as written (escaped), not as one parser reads it
-        return ascii(url.split("?", 1)[0][:120])
+        scheme, sep, rest = url.partition("://")
+        authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+        authority, path = rest[:authority_end], rest[authority_end:].split("?", 1)[0]
+        if "@" in authority:  # whatever precedes the last @ may be a user name and password
+            authority = "...@" + authority.rpartition("@")[2]
+        return ascii((scheme + sep + authority + path)[:120])
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
