@@ -119,6 +119,24 @@ def test_a_malformed_release_is_one_clear_error_and_the_app_goes_on(
     assert app.updater.request(Command.CHECK).active == "1.2.0"
 
 
+def test_control_characters_from_a_release_reach_no_terminal_and_forge_no_log_line(
+    feed: ReleaseFeed, app: App
+) -> None:
+    """A tag with escape sequences and a newline, in an error message: it used to reach
+    `trayupdater status` raw (retitling, clearing the terminal) and to start a forged line
+    of the log file."""
+    forged = "2030-01-01 00:00:00,000 INFO trayupdater: updated 1.0.0 -> 9.9.9"
+    body = good_release(feed)
+    body.update(tag_name=f"v9\x1b]0;PWNED\x07\x1b[2J\n{forged}", draft="no")
+    feed.publish_raw(DEMO_REPO, body)
+    status = app.updater.request(Command.CHECK)
+    assert status.error and "\x1b" not in status.error and "\n" not in status.error
+    assert status.active == "1.0.0"
+    log_text = (app.config.logs_dir / "trayupdater.log").read_text(errors="replace")
+    assert "\x1b" not in log_text
+    assert not any(line.startswith(forged[:10]) for line in log_text.splitlines())
+
+
 def test_a_bug_in_a_check_is_reported_and_the_worker_goes_on(
     app: App, feed: ReleaseFeed, monkeypatch: pytest.MonkeyPatch
 ) -> None:

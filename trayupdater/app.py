@@ -24,6 +24,7 @@ from trayupdater.instance_lock import InstanceLock
 from trayupdater.metrics import Metrics
 from trayupdater.proxy import ReverseProxy
 from trayupdater.selfupdate import SelfUpdater, finish_pending_update
+from trayupdater.shown import LogFormatter
 from trayupdater.sources.github import rate_limit_note
 from trayupdater.status import Command
 from trayupdater.store import VersionStore
@@ -239,7 +240,7 @@ def setup_file_logging(config: Config) -> None:
     if any(getattr(h, "baseFilename", None) == os.fspath(path) for h in root.handlers):
         return
     handler = logging.handlers.RotatingFileHandler(path, maxBytes=2_000_000, backupCount=3)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:

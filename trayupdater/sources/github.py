@@ -318,8 +318,9 @@ class GitHubSource:
         kind = response.headers.get("Content-Type", "")
         if "json" not in kind:
             response.close()
+            shown = repr(kind[:60]) if kind else "no content type"
             raise SourceError(
-                f"{self.api_url} answered {kind[:60] or 'no content type'}, not JSON "
+                f"{self.api_url} answered {shown}, not JSON "
                 "(is api_url the API base, e.g. https://HOST/api/v3?)"
             )
         body = read_capped(

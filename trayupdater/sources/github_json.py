@@ -77,7 +77,8 @@ def release_from_github(data: Any) -> Release | None:
 
 
 def is_draft(data: Mapping[str, Any]) -> bool:
-    return _flag(data, "draft", str(data.get("tag_name"))[:MAX_TAG])
+    # The tag is not checked yet (it may not even be text): quoted, as any server string.
+    return _flag(data, "draft", repr(str(data.get("tag_name"))[:MAX_TAG]))
 
 
 def asset_from_github(data: Any, tag: str = "") -> Asset:
