@@ -428,6 +428,21 @@ def test_update_done_is_notified_once(h):
     assert h.icon.notifications == [("Updated to 1.3.0", "TrayUpdater: simple-server updated")]
 
 
+def test_text_from_a_release_is_shown_as_text_in_a_notification(h):
+    """freedesktop servers read a notification body as markup: release notes with an
+    <a href> became a clickable link, <img> a fetch; an escape sequence went through."""
+    link = '<a href="https://evil.example/">re-enter your token</a>'
+    note = f"Updated to 1.3.0: Fixes {link} & \x1b[2J"
+    h.controller.publish(phase=Phase.RUNNING, active="1.3.0", message=note)
+    ((body, _title),) = h.icon.notifications
+    if sys.platform.startswith("linux"):
+        assert body == (
+            'Updated to 1.3.0: Fixes &lt;a href="https://evil.example/"&gt;re-enter your '
+            "token&lt;/a&gt; &amp; \\x1b[2J"
+        )
+    assert "\x1b" not in body
+
+
 def test_manual_and_automatic_rollbacks_are_notified(h):
     h.controller.publish(active="1.1.0", message="Rolled back to 1.1.0")
     h.controller.publish(

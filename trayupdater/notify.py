@@ -13,12 +13,16 @@ notify is the fallback.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
+
+from trayupdater.shown import printable
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,15 @@ APP_NAME = "TrayUpdater"
 SEND_TIMEOUT = 5.0
 
 Fallback = Callable[[str, str], None]  # (message, title), as pystray's Icon.notify
+# freedesktop notification servers read the body as markup (body-markup), and both paths
+# here reach them on Linux: a release note's <a href> would be a link, <img> a fetch.
+BODY_IS_MARKUP = sys.platform.startswith("linux")
+
+
+def _body(text: str) -> str:
+    """A notification body from text that may come from a release: plain text, shown so."""
+    text = printable(text)
+    return html.escape(text, quote=False) if BODY_IS_MARKUP else text
 
 
 class Notifier:
@@ -82,6 +95,7 @@ class Notifier:
     def notify(self, title: str, message: str, actions: Sequence[str] = ()) -> None:
         """Show a notification; returns at once and never raises (notifications are a
         courtesy: the caller may be the update worker, which must not wait on a daemon)."""
+        title, message = printable(title, newlines=False), _body(message)
         if self._loop is None:
             self._plain(title, message)
             return
