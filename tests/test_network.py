@@ -426,3 +426,27 @@ def test_a_proxy_user_written_with_a_backslash_is_refused_without_showing_it(
     assert PROXY_PASSWORD not in str(info.value)
     assert "proxy.example:8080" in str(info.value)
     assert PROXY_PASSWORD not in network.shown_proxy(f"http://CORP\\jdoe:{PROXY_PASSWORD}@p:1")
+
+
+def test_an_https_proxy_is_trusted_as_any_server_is(net_env: pytest.MonkeyPatch, ca: CA) -> None:
+    """A company proxy spoken to over TLS, its certificate from the CA in ca_bundle: the
+    handshake with the proxy used urllib3's default context, and failed ("set ca_bundle")."""
+    from http.server import BaseHTTPRequestHandler
+
+    tunnels: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_CONNECT(self) -> None:
+            tunnels.append(self.path)
+            self.send_response(502)  # the tunnel itself is not what this test is about
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    with https_server(ca, Proxy) as proxy:
+        client = HttpClient(network=Network(ca_bundle=ca.cert, proxy=proxy))
+        with pytest.raises(HttpFailed, match="through the proxy"):
+            client.get("https://updates.example.com/metadata/timestamp.json", timeout=(5, 5))
+    assert tunnels == ["updates.example.com:443"]

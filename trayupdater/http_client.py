@@ -331,6 +331,11 @@ class _PolicyAdapter(HTTPAdapter):
             self.poolmanager.pool_classes_by_scheme = _pool_classes(self._interrupt)
 
     def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        if proxy.lower().startswith("https:"):
+            # The proxy's own certificate is checked as any server's is (the trust store plus
+            # [network] ca_bundle); urllib3 would use its default context and refuse a
+            # company proxy whose CA only ca_bundle names.
+            kwargs.setdefault("proxy_ssl_context", self._tls)
         manager = super().proxy_manager_for(proxy, **kwargs)
         if self._interrupt is not None:
             with contextlib.suppress(AttributeError):  # SOCKS managers build their own pools
