@@ -14,10 +14,13 @@ import pytest
 
 from trayupdater.autostart import (
     RUN_KEY,
+    RUN_VALUE_MAX,
     STARTUP_APPROVED_KEY,
     Autostart,
     AutostartError,
+    LoginChoice,
     desktop_exec,
+    enable_on_first_run,
     launch_command,
 )
 
@@ -31,6 +34,8 @@ TRICKY_ARGS = [
     "100%",
     "%f",
     "semi;colon",
+    "tab\there",  # written as the spec's \t escape, never raw
+    "para\u2028sep",  # a Unicode line separator: not a line break in a key file
     "plain",
 ]
 
@@ -146,6 +151,58 @@ def test_desktop_exec_quoting_rules():
         desktop_exec(["two\nlines"])
 
 
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f", "\x85"])
+def test_linux_control_characters_are_refused_with_a_clear_error(tmp_path, char):
+    auto = linux(tmp_path, ["/usr/bin/trayupdater", "--config", f"/home/me/a{char}b.toml"])
+    with pytest.raises(AutostartError, match=r"cannot turn on start at login .*control character"):
+        auto.enable()
+    assert not Path(auto.location()).exists()
+    assert not auto.is_enabled()
+
+
+def test_linux_tab_is_written_as_an_escape():
+    # Quoted (a tab separates words), then \t in the file: GLib unescapes it to a tab.
+    assert desktop_exec(["/usr/bin/app", "a\tb"]) == '/usr/bin/app "a\\tb"'
+
+
+def _glib_entry_keys(path: Path) -> set[str] | None:
+    """The ``[Desktop Entry]`` keys as GLib (what GNOME's session manager uses) reads them."""
+    try:
+        import gi
+
+        gi.require_version("GLib", "2.0")
+        from gi.repository import GLib
+    except (ImportError, ValueError):
+        return None
+    keyfile = GLib.KeyFile()
+    keyfile.load_from_file(str(path), GLib.KeyFileFlags.NONE)
+    return set(keyfile.get_keys("Desktop Entry")[0])
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029"])
+def test_linux_unicode_line_separator_in_an_argument_forges_no_key(tmp_path, separator):
+    arg = f"/home/me/notes{separator}Hidden=true{separator}/config.toml"
+    auto = linux(tmp_path, ["/usr/bin/trayupdater", "--config", arg])
+    auto.enable()
+    assert auto.is_enabled()  # the tray's checkbox must show the entry that GLib starts
+    keys = _glib_entry_keys(Path(auto.location()))
+    if keys is not None:
+        assert "Hidden" not in keys
+
+
+def test_linux_entry_lines_end_at_newline_only_as_glib_reads_them(tmp_path):
+    auto = linux(tmp_path, ["/usr/bin/trayupdater"])
+    auto.enable()
+    path = Path(auto.location())
+    # A lone CR and a form feed do not end a line for GLib; CRLF does.
+    text = path.read_text().replace("Name=trayupdater\n", "Name=a\rHidden=true\x0cHidden=true\r\n")
+    path.write_bytes(text.encode())
+    assert auto.is_enabled()
+    keys = _glib_entry_keys(path)
+    if keys is not None:
+        assert "Hidden" not in keys and "Name" in keys
+
+
 def test_linux_write_failure_names_the_path(tmp_path):
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "autostart").write_text("a file where the folder should be")
@@ -191,6 +248,31 @@ def test_macos_disabled_or_broken_agent_is_not_enabled(tmp_path):
     assert not auto.is_enabled()
     plist.write_bytes(b"<?xml version='1.0'?><plist><dict><key>Label")
     assert not auto.is_enabled()
+
+
+def test_macos_argument_plist_cannot_hold_is_refused_and_first_run_records_it_off(tmp_path):
+    # "\x1b" makes plistlib raise; "\r" would come back as "\n" (another command).
+    for arg in ["/Users/me/conf\x1b.toml", "/Users/me/a\rb"]:
+        auto = Autostart(
+            ["/Applications/T.app/Contents/MacOS/T", arg], platform="darwin", home=tmp_path
+        )
+        choice = LoginChoice(tmp_path / f"choice-{len(arg)}.json")
+        with pytest.raises(
+            AutostartError, match=r"cannot turn on start at login .*control character"
+        ):
+            enable_on_first_run(auto, choice)
+        assert not Path(auto.location()).exists() and not auto.is_enabled()
+        assert choice.decided()  # reported once, not at every start
+        assert json.loads(choice.path.read_text())["enabled"] is False
+
+
+def test_macos_tab_and_newline_survive_the_plist(tmp_path):
+    command = ["/Applications/T.app/Contents/MacOS/T", "--config", "/Users/me/a\tb\nc.toml"]
+    auto = Autostart(command, platform="darwin", home=tmp_path)
+    auto.enable()
+    with open(auto.location(), "rb") as fh:
+        assert plistlib.load(fh)["ProgramArguments"] == command
+    assert auto.is_enabled()
 
 
 # --- Windows: Run key ---
@@ -306,6 +388,23 @@ def test_windows_access_denied_is_a_clear_error():
     assert not auto.is_enabled()
 
 
+def test_windows_run_value_longer_than_260_characters_is_refused():
+    reg = FakeWinreg()
+    exe = "C:\\T\\trayupdater.exe"
+    longest = exe + " " + "x" * (RUN_VALUE_MAX - len(exe) - 1)
+    assert len(longest) == RUN_VALUE_MAX == 260
+    Autostart(longest.split(" "), platform="win32", winreg_module=reg).enable()
+    assert reg.value(RUN_KEY, "trayupdater") == (longest, reg.REG_SZ)
+
+    reg = FakeWinreg()
+    auto = Autostart([*longest.split(" "), "y"], platform="win32", winreg_module=reg)
+    with pytest.raises(AutostartError, match=r"262 characters long.* at most 260 characters"):
+        auto.enable()
+    assert reg.value(RUN_KEY, "trayupdater") is None
+    assert not auto.is_enabled()
+    assert reg.open_handles == set()
+
+
 def test_windows_without_winreg_is_a_clear_error():
     if sys.platform == "win32":
         pytest.skip("winreg exists here")
@@ -335,8 +434,6 @@ def test_launch_command_from_source_and_frozen(monkeypatch):
 
 
 def test_first_run_turns_it_on_once_and_never_after_the_user_turned_it_off(tmp_path):
-    from trayupdater.autostart import LoginChoice, enable_on_first_run
-
     auto = linux(tmp_path, ["/usr/bin/trayupdater"], XDG_CONFIG_HOME=str(tmp_path / "cfg"))
     choice = LoginChoice(tmp_path / "cfg" / "trayupdater" / "start-at-login.json")
     assert enable_on_first_run(auto, choice) is True
@@ -349,9 +446,22 @@ def test_first_run_turns_it_on_once_and_never_after_the_user_turned_it_off(tmp_p
     assert not auto.is_enabled()
 
 
-def test_an_older_versions_first_run_marker_counts_as_decided(tmp_path):
-    from trayupdater.autostart import LoginChoice, enable_on_first_run
+def test_a_failed_first_run_is_recorded_as_off_and_not_retried(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "autostart").write_text("a file where the folder should be")
+    auto = linux(tmp_path, ["/usr/bin/trayupdater"], XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    choice = LoginChoice(tmp_path / "choice.json")
+    with pytest.raises(AutostartError):
+        enable_on_first_run(auto, choice)
+    assert json.loads(choice.path.read_text()) | {"at": 0} == {
+        "enabled": False,
+        "by": "first run",
+        "at": 0,
+    }
+    assert enable_on_first_run(auto, choice) is False  # the error was shown once
 
+
+def test_an_older_versions_first_run_marker_counts_as_decided(tmp_path):
     auto = linux(tmp_path, ["/usr/bin/trayupdater"])
     legacy = tmp_path / "data" / ".first-run-done"
     legacy.parent.mkdir()

@@ -139,3 +139,83 @@ def test_logs_go_to_the_os_log_folder_or_the_chosen_data_folder(tmp_path, monkey
     assert chosen.logs_dir == tmp_path / "inst" / "logs"  # a self-contained instance
     explicit = load_config(none, overrides={"data_dir": "/x", "log_dir": str(tmp_path / "L")})
     assert explicit.logs_dir == tmp_path / "L"
+
+
+# --- the start-at-login entry starts the same instance ---
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No TRAYUPDATER_* variables, the default config and data folders inside tmp_path."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("TRAYUPDATER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _login_instance(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], Path]:
+    """The login arguments of a run with ``argv``, and the data folder they start with in a
+    login session, which has none of this shell's TRAYUPDATER_* variables."""
+    import os
+
+    from trayupdater.cli import _launch_args, build_parser, config_from_args
+
+    login = _launch_args(build_parser().parse_args(argv))
+    for name in [n for n in os.environ if n.startswith("TRAYUPDATER_")]:
+        monkeypatch.delenv(name)
+    return login, config_from_args(build_parser().parse_args([*login, "run"])).data_dir
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--set", "data_dir=inst", "run"],
+        ["run", "--set", "data_dir=inst"],
+        ["--data-dir", "inst", "run"],
+        ["run", "--data-dir", "inst"],
+        ["--set", "data-dir=inst", "run"],
+    ],
+)
+def test_login_entry_repeats_the_data_folder_however_it_was_given(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    login, data_dir = _login_instance(argv, monkeypatch)
+    assert login == ["--data-dir", str(clean_env / "inst")]  # absolute: login has another cwd
+    assert data_dir == clean_env / "inst"
+
+
+def test_login_entry_turns_the_environment_into_flags(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = clean_env / "my.toml"
+    cfg.write_text("[proxy]\nport = 26161\n")
+    monkeypatch.setenv("TRAYUPDATER_CONFIG", str(cfg))
+    monkeypatch.setenv("TRAYUPDATER_DATA_DIR", str(clean_env / "env-data"))
+    login, data_dir = _login_instance(["run"], monkeypatch)
+    assert login == ["--config", str(cfg), "--data-dir", str(clean_env / "env-data")]
+    assert data_dir == clean_env / "env-data"
+
+
+def test_login_entry_leaves_out_what_the_config_file_already_says(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _login_instance(["run"], monkeypatch)[0] == []  # all defaults: nothing to repeat
+    cfg = clean_env / "my.toml"
+    cfg.write_text(f"[store]\ndata_dir = {str(clean_env / 'from-file')!r}\n")
+    # Editing data_dir in the file must still count at the next login: no --data-dir.
+    assert _login_instance(["--config", str(cfg), "run"], monkeypatch) == (
+        ["--config", str(cfg)],
+        clean_env / "from-file",
+    )
+    # A flag that overrides the file is repeated, also when it names the default folder.
+    from trayupdater.config import default_data_dir
+
+    login, data_dir = _login_instance(
+        ["run", "--config", str(cfg), "--data-dir", str(default_data_dir())], monkeypatch
+    )
+    assert login == ["--config", str(cfg), "--data-dir", str(default_data_dir())]
+    assert data_dir == default_data_dir()

@@ -25,6 +25,9 @@ from trayupdater.errors import TrayUpdaterError
 RUN_KEY = r"Software\Microsoft\Windows\CurrentVersion\Run"
 # Where Task Manager's Startup tab records "disabled" without touching the Run value.
 STARTUP_APPROVED_KEY = r"Software\Microsoft\Windows\CurrentVersion\Explorer\StartupApproved\Run"
+# "Run and RunOnce Registry Keys" (learn.microsoft.com): the value is a command line no
+# longer than 260 characters. A longer one is refused rather than written to be ignored.
+RUN_VALUE_MAX = 260
 
 
 class AutostartError(TrayUpdaterError):
@@ -81,9 +84,14 @@ class Autostart:
         try:
             self._impl.enable()
         except OSError as exc:
-            raise AutostartError(
-                f"cannot turn on start at login ({self.location()}): {exc.strerror or exc}"
-            ) from None
+            detail = exc.strerror or str(exc)
+        except (AutostartError, ValueError) as exc:
+            # A command the mechanism cannot hold (a control character, too long). ValueError
+            # is what a serializer such as plistlib raises: it must not become a traceback.
+            detail = str(exc)
+        else:
+            return
+        raise AutostartError(f"cannot turn on start at login ({self.location()}): {detail}")
 
     def disable(self) -> None:
         try:
@@ -180,7 +188,12 @@ def enable_on_first_run(
     choice.record(enabled=True, by="first run")
     if autostart.is_enabled():
         return False
-    autostart.enable()
+    try:
+        autostart.enable()
+    except Exception:
+        # Still decided (no retry at every start), but the record says what is true: no entry.
+        choice.record(enabled=False, by="first run")
+        raise
     return True
 
 
@@ -188,6 +201,8 @@ def enable_on_first_run(
 
 # Characters that force quoting in an Exec value (Desktop Entry spec, "The Exec key").
 _EXEC_RESERVED = set(" \t\n\"'\\><~|&;$*?#()`")
+# Control characters (Unicode category Cc): C0, DEL and C1.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def desktop_exec(command: Sequence[str]) -> str:
@@ -195,17 +210,23 @@ def desktop_exec(command: Sequence[str]) -> str:
 
     Two layers apply: the Exec quoting rules (double quotes; backslash before ``"`` `` ` ``
     ``$`` ``\\``; ``%`` doubled because it starts field codes) and then the general string
-    escaping of the file, which doubles every backslash again.
+    escaping of the file, which doubles every backslash again and writes a tab as ``\\t``.
+    Other control characters have no escape there (desktop-file-validate rejects them raw).
     """
     words = []
     for arg in command:
         if "\n" in arg or "\r" in arg:
             raise AutostartError(f"autostart command argument contains a line break: {arg!r}")
+        if _CONTROL.search(arg.replace("\t", "")):
+            raise AutostartError(
+                f"autostart command argument contains a control character: {arg!r}"
+            )
         word = arg.replace("%", "%%")
         if any(ch in _EXEC_RESERVED for ch in arg) or not arg:
             word = '"' + re.sub(r'(["`$\\])', r"\\\1", word) + '"'
         words.append(word)
-    return " ".join(words).replace("\\", "\\\\")
+    # A tab is quoted above (it separates words) and escaped here: the spec's \t.
+    return " ".join(words).replace("\\", "\\\\").replace("\t", "\\t")
 
 
 def _desktop_string(value: str) -> str:
@@ -243,7 +264,8 @@ class _XdgAutostart:
 
     def is_enabled(self) -> bool:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            # Bytes, not read_text(): its universal newlines would split at a lone "\r" too.
+            text = self.path.read_bytes().decode("utf-8")
         except (FileNotFoundError, NotADirectoryError):
             return False
         except (OSError, UnicodeDecodeError):
@@ -279,12 +301,17 @@ class _XdgAutostart:
         self.path.unlink(missing_ok=True)
 
 
+_ASCII_SPACE = " \t\r\n\v\f"  # what GLib strips (g_ascii_isspace), not Unicode spaces
+
+
 def _desktop_entry_group(text: str) -> dict[str, str]:
     """Keys of the ``[Desktop Entry]`` group (later groups, comments and locales ignored)."""
     values: dict[str, str] = {}
     in_entry = False
-    for raw in text.splitlines():
-        line = raw.strip()
+    # Lines end at "\n" only, as GLib reads them: str.splitlines() would also split at
+    # U+2028, \x85, \x0c..., so an argument holding one could forge a key GLib never sees.
+    for raw in text.split("\n"):
+        line = raw.strip(_ASCII_SPACE)
         if not line or line.startswith("#"):
             continue
         if line.startswith("["):
@@ -292,7 +319,7 @@ def _desktop_entry_group(text: str) -> dict[str, str]:
             continue
         if in_entry and "=" in line:
             key, _, value = line.partition("=")
-            values.setdefault(key.strip(), value.strip())
+            values.setdefault(key.strip(_ASCII_SPACE), value.strip(_ASCII_SPACE))
     return values
 
 
@@ -323,6 +350,17 @@ class _LaunchAgent:
         )
 
     def enable(self) -> None:
+        for arg in self.command:
+            # XML cannot hold most control characters (plistlib raises) and turns "\r" into
+            # "\n": launchd would run another command than the one shown. Refuse instead.
+            try:
+                same = plistlib.loads(plistlib.dumps([arg])) == [arg]
+            except ValueError:
+                same = False
+            if not same:
+                raise AutostartError(
+                    f"autostart command argument contains a control character: {arg!r}"
+                )
         agent = {
             "Label": self.label,
             "ProgramArguments": self.command,
@@ -377,6 +415,11 @@ class _RunKey:
         return not (isinstance(approved, bytes) and approved and approved[0] & 1)
 
     def enable(self) -> None:
+        if len(self.command_line) > RUN_VALUE_MAX:
+            raise AutostartError(
+                f"the command line is {len(self.command_line)} characters long, but Windows "
+                f"runs a Run key command of at most {RUN_VALUE_MAX} characters"
+            )
         reg = self.winreg
         key = reg.CreateKeyEx(reg.HKEY_CURRENT_USER, RUN_KEY, 0, reg.KEY_SET_VALUE)
         try:

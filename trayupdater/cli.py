@@ -321,12 +321,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _launch_args(args: argparse.Namespace) -> list[str]:
-    """The options a start at login must repeat: the config file and data folder given."""
+    """The options a start at login must repeat so that the same instance starts: the
+    config file and the data folder this run resolved, however they were given (a flag,
+    ``--set``, before or after the command, or the environment)."""
+    import os
+
+    from trayupdater.config import ENV_PREFIX
+
     extra: list[str] = []
-    if args.config:
-        extra += ["--config", str(Path(args.config).expanduser().resolve())]
-    if args.cfg_data_dir:
-        extra += ["--data-dir", str(Path(args.cfg_data_dir).expanduser().resolve())]
+    # TRAYUPDATER_CONFIG and TRAYUPDATER_DATA_DIR become flags too: a login session starts
+    # without this shell's environment, and a flag cannot go missing there.
+    config_file: Path | None = None
+    if args.config is not None or os.environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = config_path_of(args).expanduser().resolve()
+        extra += ["--config", str(config_file)]
+    data_dir = config_from_args(args).data_dir.expanduser().resolve()
+    # The data folder is left out only when the config file alone names the same absolute
+    # one, so that editing data_dir in that file still takes effect at the next login.
+    try:
+        from_file: Path | None = load_config(config_file, env={}).data_dir
+    except TrayUpdaterError:
+        from_file = None
+    if from_file is None or not from_file.is_absolute() or from_file.resolve() != data_dir:
+        extra += ["--data-dir", str(data_dir)]
     return extra
 
 
