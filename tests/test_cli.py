@@ -219,3 +219,19 @@ def test_login_entry_leaves_out_what_the_config_file_already_says(
     )
     assert login == ["--config", str(cfg), "--data-dir", str(default_data_dir())]
     assert data_dir == default_data_dir()
+
+
+def test_status_text_from_a_server_cannot_drive_the_terminal(capsys) -> None:
+    """An error message holding a release's tag was printed raw: its escape sequences
+    retitled and cleared the terminal of whoever ran `trayupdater status`."""
+    from trayupdater.terminal import print_status
+
+    hostile = "v9\x1b]0;PWNED\x07\x1b[2J\x9b31m"
+    code = print_status(
+        {"headline": "simple-server 1.0.0 — running", "message": hostile, "error": hostile},
+        as_json=False,
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
+    assert "v9\\x1b]0;PWNED\\x07" in out  # shown, escaped

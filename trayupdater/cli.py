@@ -22,7 +22,9 @@ from trayupdater.control import ControlClient
 from trayupdater.errors import TrayUpdaterError
 from trayupdater.launch import run_app, start_failed, tray_here
 from trayupdater.publish import add_repo_parser, run_repo
+from trayupdater.shown import LogFormatter
 from trayupdater.status import Command
+from trayupdater.terminal import print_controls, print_status, say
 
 log = logging.getLogger("trayupdater")
 
@@ -241,7 +243,7 @@ def _check(args: argparse.Namespace) -> int:
     running = ControlClient.find(config.data_dir)
     if running is not None and not args.dry_run:
         # The running app owns the store: ask it, so it also switches to the new version.
-        return _print_status(running.command(Command.CHECK), as_json=args.json)
+        return print_status(running.command(Command.CHECK), as_json=args.json)
     store = VersionStore(config.data_dir)
     state = store.load_state()
     progress = None if args.json else _ProgressPrinter()
@@ -261,14 +263,14 @@ def _check(args: argparse.Namespace) -> int:
         "installed": None,
     }
     if not args.json:
-        print(
+        say(
             f"{config.repo} ({pipeline.platform}): current {plan.current or 'none'}, "
             f"latest {plan.latest or 'none'}"
         )
         for tag in plan.skipped_tags:
-            print(f"skipped tag {tag!r}: not a version")
-        print(f"asset: {plan.asset.name if plan.asset else '-'}")
-        print(plan.summary())
+            say(f"skipped tag {tag!r}: not a version")
+        say(f"asset: {plan.asset.name if plan.asset else '-'}")
+        say(plan.summary())
     if plan.should_install and not args.dry_run:
         release, asset = pipeline.require_asset(plan)
         installed = pipeline.install(release, asset)
@@ -413,9 +415,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(json.dumps(data, indent=2))
         else:
             print(f"not running; installed active version: {state.active or 'none'}")
-            _print_controls(data)
+            print_controls(data)
         return 3  # like systemctl status: not running
-    return _print_status(client.status(), as_json=args.json)
+    return print_status(client.status(), as_json=args.json)
 
 
 def _command(command: Command) -> Callable[[argparse.Namespace], int]:
@@ -435,7 +437,7 @@ def _command(command: Command) -> Callable[[argparse.Namespace], int]:
             except PreferenceError as exc:
                 raise TrayUpdaterError(str(exc)) from None
         status = client.command(command, wait=command is not Command.QUIT, **params)
-        return _print_status(status, as_json=False)
+        return print_status(status, as_json=False)
 
     return run
 
@@ -447,38 +449,6 @@ def _pending_version(status: dict[str, Any]) -> str:
             "no newer version is available to skip; name one: trayupdater skip VERSION"
         )
     return str(latest)
-
-
-def _print_status(status: dict[str, Any], *, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps(status, indent=2))
-        return 0
-    print(status.get("headline", ""))
-    if status.get("message"):
-        print(status["message"])
-    notice = status.get("notice")
-    if notice and notice not in (status.get("message") or ""):
-        print(notice)
-    if status.get("blocked"):
-        print("blocked versions: " + ", ".join(status["blocked"]))
-    _print_controls(status)
-    from trayupdater.about import when
-
-    print(
-        f"trayupdater {status.get('app_version') or __version__}; latest available: "
-        f"{status.get('latest') or 'unknown'}; last check: {when(status.get('last_check'))}"
-    )
-    return 1 if status.get("error") else 0
-
-
-def _print_controls(status: dict[str, Any]) -> None:
-    from trayupdater.about import when
-
-    if status.get("skipped"):
-        print(f"skipped version: {status['skipped']} (trayupdater allow {status['skipped']})")
-    if status.get("paused"):
-        until = status.get("paused_until")
-        print(f"updates paused until {'resumed' if until is None else when(until)}")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -505,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = logging.StreamHandler()
     console.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    console.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(console)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     command = args.command or "run"
@@ -516,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except TrayUpdaterError as exc:
-        print(f"trayupdater: error: {exc}", file=sys.stderr)
+        say(f"trayupdater: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
