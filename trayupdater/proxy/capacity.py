@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
+from trayupdater.proxy.sockets import readable_now
+
 if TYPE_CHECKING:
     from trayupdater.proxy.clients import Client
     from trayupdater.proxy.poller import Poller
@@ -103,8 +105,8 @@ class Room:
         for scanned, conn in enumerate(self._parked.values()):
             if scanned >= IDLE_SCAN:
                 return None
-            if conn.pending is not None or conn.lingering or conn.buf:
-                continue  # a request under way, or part of one
+            if conn.pending is not None or conn.lingering or conn.buf or readable_now(conn.sock):
+                continue  # a request under way, or part of one (maybe not read yet)
             # Kept alive after an answer, or connected a while ago without a word yet (a
             # new client has the moment it needs to send its request).
             if not conn.mid_head or now >= conn.deadline - self._header_timeout + SILENT_GRACE:

@@ -143,8 +143,8 @@ class Dispatcher:
 
     def _request_ended(self) -> None:
         """A worker finished a request and closed its connection: if connections wait for a
-        turn (the backlog), the loop must go round to serve them."""
-        if self._backlog:
+        turn (the backlog), or for room to be accepted (capacity.py), the loop must go round."""
+        if self._backlog or self._full:
             self.wake()
 
     def parked_count(self) -> int:
@@ -268,11 +268,13 @@ class Dispatcher:
     def _drop(self, data: object) -> None:
         """Close the connection an event that failed was about."""
         if type(data) is Task:
-            self._parked.pop(data.conn.fd, None)
+            if self._parked.get(data.conn.fd) is data.conn:
+                del self._parked[data.conn.fd]
             self._waits.end(data)
             self._end(data)
         elif type(data) is Client:
-            self._parked.pop(data.fd, None)
+            if self._parked.get(data.fd) is data:
+                del self._parked[data.fd]
             data.sock.close()
 
     def _in_flight(self) -> int:
@@ -405,7 +407,11 @@ class Dispatcher:
         if conn.held:
             self._held.readable(conn)
             return
-        self._parked.pop(conn.fd, None)
+        if self._parked.get(conn.fd) is not conn:
+            # Closed to make room earlier in this batch (its number may be a new
+            # connection's already): a stale event, not this connection's.
+            return
+        del self._parked[conn.fd]
         if conn.lingering:
             if linger_read(conn):
                 self._register(conn)
