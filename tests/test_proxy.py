@@ -550,6 +550,26 @@ def test_an_empty_line_between_requests_is_ignored_not_timed_out(make_backend, m
     sock.close()
 
 
+def test_empty_lines_do_not_keep_an_idle_connection_open(make_backend, make_proxy):
+    """Skipped empty lines are no request: one every 0.3 s restarted the idle timeout, so a
+    client could hold a connection for ever without asking anything."""
+    proxy = make_proxy(make_backend("v1").backend, client_idle_timeout=1)
+    sock = _raw(proxy)
+    sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    started = time.monotonic()
+    closed = False
+    while not closed and time.monotonic() - started < 4:
+        try:
+            sock.sendall(b"\r\n")
+        except OSError:
+            closed = True
+            break
+        closed = _wait_readable(sock, 0.3) and sock.recv(65536) == b""
+    assert closed and time.monotonic() - started < 2.5, "closed at its idle timeout"
+    sock.close()
+
+
 def test_many_idle_connections_do_not_block_a_fresh_client(make_backend, make_proxy):
     proxy = make_proxy(make_backend("v1").backend, workers=4)
     idle = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 
 from trayupdater import http11
 from trayupdater.http11 import BufferedSocket
@@ -14,13 +15,25 @@ from trayupdater.proxy.sockets import error_response
 class Client(BufferedSocket):
     """A client connection: its socket, unread bytes, and parking state."""
 
-    __slots__ = ("body_unread", "deadline", "fd", "held", "ip", "lingering", "mid_head", "pending")
+    __slots__ = (
+        "body_unread",
+        "deadline",
+        "fd",
+        "held",
+        "idle_since",
+        "ip",
+        "lingering",
+        "mid_head",
+        "pending",
+    )
 
     def __init__(self, sock: socket.socket, ip: str, deadline: float) -> None:
         super().__init__(sock)
         self.fd = sock.fileno()  # kept: a closed socket's fileno() is -1
         self.ip = ip
         self.deadline = deadline  # when the dispatcher gives up on it
+        # Since when it has had no request: its last answer went out (or it connected).
+        self.idle_since = time.monotonic()
         self.mid_head = True  # waiting for a head (a new connection counts): header_timeout
         self.lingering = False  # error sent and write side shut: read and discard until EOF
         self.body_unread = False  # the last request's body was not read to its end

@@ -104,7 +104,8 @@ class Service:
                     now = time.monotonic()
                     if not conn.buf:
                         conn.mid_head = False
-                        conn.deadline = now + self._idle_timeout
+                        # From its last answer: empty lines (skipped above) never extend it.
+                        conn.deadline = conn.idle_since + self._idle_timeout
                     elif not conn.mid_head:
                         conn.mid_head = True
                         conn.deadline = now + self._header_timeout
@@ -124,6 +125,7 @@ class Service:
                 # request (with "Connection: close") during its grace instead.
                 return self._finish(conn)
             conn.mid_head = False
+            conn.idle_since = time.monotonic()
             # A pipelined request may already be buffered; else a busy client usually sends
             # its next request within microseconds: the driver may wait a moment for it.
             got = True if conn.buf else (yield LINGER)
