@@ -1,7 +1,8 @@
 """Start, health-check and stop a child server process.
 
 A :class:`Child` is one version of the server program running on one loopback port. Its
-stdout and stderr go straight to a log file (no pipe, so nothing is lost if the app dies).
+stdout and stderr go straight to a log file (no pipe, so nothing is lost if the app dies);
+:mod:`trayupdater.child_logs` keeps that file from growing without limit.
 Restarting after a crash is the update worker's decision (it also moves the proxy), so it
 lives in updater.py; this module only reports the exit (:meth:`Child.wait_exit`).
 
@@ -27,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+from . import child_logs
 from .child_command import DEFAULT_COMMAND, child_environment, render_command
 from .errors import ChildError, ConfigError
 from .processes import (
@@ -158,7 +160,7 @@ class Child:
         self._adopted = False
         self._generation = 0  # bumped at each start: waits on an older process are ignored
         self._returncode: int | None = None
-        self._log_offset = 0
+        self._log_offset: int | None = 0  # where this run's lines start; None: rotated since
         self.started_at: float | None = None  # time.monotonic() of the last start
         self.exited_at: float | None = None  # time.monotonic() when its exit was noticed
         # Set by stop(): the exit that follows is on purpose and must not be restarted.
@@ -207,7 +209,8 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
         header = f"--- started {stamp} pid {{pid}} port {self.port}"
-        with open(self.log_path, "ab") as log:
+        child_logs.rotate_if_big(self.log_path)  # no process writes it now: rotate before
+        with child_logs.open_log(self.log_path) as log:
             self._log_offset = log.tell()
             try:
                 proc = SPAWNER.run(lambda: self._popen(argv, log, header))
@@ -230,6 +233,7 @@ class Child:
         self._generation += 1
         self.started_at = time.monotonic()
         self.exited_at = None
+        child_logs.WATCH.add(self, self._check_log)
         logger.info("started %s on port %d, pid %d", self.name, self.port, proc.pid)
 
     def _popen(self, argv: list[str], log: IO[bytes], header: str) -> subprocess.Popen[bytes]:
@@ -263,6 +267,8 @@ class Child:
             self.exited_at = None
             with contextlib.suppress(OSError):
                 self._log_offset = self.log_path.stat().st_size
+            # It appends (O_APPEND from the run that started it), so copy-truncate works.
+            child_logs.WATCH.add(self, self._check_log)
 
     # -- health ------------------------------------------------------------------------------
 
@@ -317,15 +323,18 @@ class Child:
         )
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        """The last lines this run wrote to the log (from its header on)."""
+        """The last lines this run wrote to the log (from its header on, unless the log was
+        rotated since: then the end of the rotated part comes first)."""
         try:
-            with open(self.log_path, "rb") as log:
-                size = log.seek(0, os.SEEK_END)
-                log.seek(max(self._log_offset, size - 16384))
-                text = log.read().decode("utf-8", "replace")
+            text = child_logs.read_tail(self.log_path, self._log_offset)
         except OSError as exc:
             return f"(log {self.log_path} unreadable: {exc})"
         return "\n".join(text.splitlines()[-lines:])
+
+    def _check_log(self) -> None:
+        """Rotate the log if it passed the limit (the watch thread, and at exit)."""
+        if child_logs.rotate_if_big(self.log_path):
+            self._log_offset = None
 
     # -- exit --------------------------------------------------------------------------------
 
@@ -370,6 +379,8 @@ class Child:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        child_logs.WATCH.discard(self)
+        self._check_log()  # a burst just before the exit would wait for the next start
         self._running = False
         self.exited_at = time.monotonic()
         logger.info("%s (pid %s) %s", self.name, self._pid, describe_exit(self._returncode))

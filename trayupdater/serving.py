@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from trayupdater import child_logs
 from trayupdater.cancel import Interrupt
 from trayupdater.children import Child
 from trayupdater.config import Config
@@ -78,7 +79,7 @@ def backend_of(child: Child) -> Backend:
 
 
 def child_log_path(config: Config, version: str) -> Path:
-    return config.logs_dir / f"child-{version}.log"
+    return child_logs.log_path(config.logs_dir, version)
 
 
 class Serving:
@@ -314,6 +315,8 @@ class Serving:
         removed = self.store.prune(self.config.keep_versions, protect)
         if removed:
             log.info("pruned old versions: %s", ", ".join(removed))
+        # Their logs go too, and those of versions removed before logs were cleaned up.
+        child_logs.remove_stale(self.config.logs_dir, self.store.installed())
 
     def _finish_warm(self) -> None:
         warm, self.warm = self.warm, None
