@@ -20,7 +20,7 @@ A new version goes live in five steps:
 Outside probation a dead child means *hold*: the proxy keeps requests waiting (up to
 ``hold_seconds``) while the child is restarted with back-off; ``crash_loop_exits`` exits
 within ``crash_loop_seconds`` roll back to the previous installed version instead, which is
-then blocked. Every transition is one atomic save of the state.
+then blocked (:mod:`restarts`). Every transition is one atomic save of the state.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +42,12 @@ from trayupdater.events import Events
 from trayupdater.monitor import PROBE_INTERVAL, ChildMonitor, probe
 from trayupdater.processes import kill_stale
 from trayupdater.proxy import Backend, Generation, ReverseProxy
+from trayupdater.restarts import Restarts
 from trayupdater.status import Phase
 from trayupdater.store import InstalledVersion, State, VersionStore, version_key
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-STABLE_AFTER = 60.0  # a child up this long resets the restart back-off
 DRAIN_TIMEOUT = 30.0
 
 
@@ -101,9 +99,8 @@ class Serving:
         self._warm_generation: Generation | None = None  # drained before the warm child stops
         self.probation_until: float | None = None  # monotonic
         self.restart_at: float | None = None
-        self._restart_attempt = 0
+        self._restarts = Restarts(config.crash_loop_exits, config.crash_loop_seconds)
         self._started_at = 0.0
-        self._exits: deque[float] = deque()  # exits of the active version, for crash loops
 
     @property
     def state(self) -> State:
@@ -215,7 +212,7 @@ class Serving:
             self.active = None
         state.previous = old_version
         state.active = installed.version
-        self._exits.clear()
+        self._restarts.reset()
         self._go_live(child, probation=probation, switched=True)
         self.hooks.save()
         log.info("updated %s -> %s", old_version, installed.version)
@@ -349,10 +346,7 @@ class Serving:
         if self._crash_loop_rolled_back(child.version):
             return
         now = time.monotonic()
-        if now - self._started_at > STABLE_AFTER:
-            self._restart_attempt = 0
-        delay = RESTART_BACKOFF[min(self._restart_attempt, len(RESTART_BACKOFF) - 1)]
-        self._restart_attempt += 1
+        delay = self._restarts.delay(now, self._started_at)
         self.restart_at = now + delay
         self.hooks.save()
         log.error("%s exited (code %s); restarting in %g s", child.version, code, delay)
@@ -381,14 +375,11 @@ class Serving:
     def _crash_loop_rolled_back(self, version: str) -> bool:
         """Count an exit (or a failed restart) of the active version; roll back from a
         crash loop. True if that happened."""
-        now = time.monotonic()
-        self._exits.append(now)
-        while self._exits and self._exits[0] < now - self.config.crash_loop_seconds:
-            self._exits.popleft()
-        if len(self._exits) < self.config.crash_loop_exits:
+        exits = self._restarts.crash_loop(time.monotonic())
+        if exits is None:
             return False
         minutes = self.config.crash_loop_seconds / 60
-        reason = f"{version} crashed {len(self._exits)} times in {minutes:g} minutes"
+        reason = f"{version} crashed {exits} times in {minutes:g} minutes"
         if not self.can_roll_back():
             log.error("%s; nothing to roll back to, so it keeps being restarted", reason)
             return False
@@ -408,8 +399,7 @@ class Serving:
         except ChildError as exc:
             if self._crash_loop_rolled_back(installed.version):
                 return
-            delay = RESTART_BACKOFF[min(self._restart_attempt, len(RESTART_BACKOFF) - 1)]
-            self._restart_attempt += 1
+            delay = self._restarts.delay(time.monotonic())
             self.restart_at = time.monotonic() + delay
             log.error("restarting %s failed: %s", installed.version, exc.for_log())
             self.hooks.publish(phase=Phase.RESTARTING, error=f"restart failed: {exc}")
@@ -482,8 +472,7 @@ class Serving:
         state.active = child.version
         state.previous = self.older_than(child.version)
         state.child_pid, state.child_port = child.pid, child.port
-        self._exits.clear()
-        self._restart_attempt = 0
+        self._restarts.reset()
         self.hooks.save()  # one save: "bad blocked" and "target active" together
         self.hooks.events.rolled_back(bad or "?", child.version, automatic, reason)
         kind = "Automatically rolled back" if automatic else "Rolled back"
