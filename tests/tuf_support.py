@@ -89,19 +89,29 @@ class Publisher:
         )
 
     def resign_expired(self, role: str) -> None:
-        """A newer ``role`` (and the roles above it) signed ten days ago for seven: expired."""
+        """A newer ``role`` signed ten days ago for seven (expired), and the roles above it
+        now. One repository object throughout: a new one would build on the verified
+        metadata only, which the half-done steps are not yet part of."""
         week = timedelta(days=7)
-        past = self.library(days_ago=10, root=week, targets=week, snapshot=week, timestamp=week)
-        now = self.library()
+        now = datetime.now(timezone.utc)
+        clock = [now - timedelta(days=10)]
+        repository = FolderRepository(
+            self.dir,
+            KeyStore(self.keys),
+            lifetimes={"root": week, "targets": week, "snapshot": week, "timestamp": week},
+            clock=lambda: clock[0],
+        )
         if role == "root":
-            with past.edit_root():
+            with repository.edit_root():
                 pass
             return
         if role == "targets":
-            with past.edit_targets():
+            with repository.edit_targets():
                 pass
-        (past if role == "snapshot" else now).do_snapshot(force=True)
-        (past if role == "timestamp" else now).do_timestamp(force=True)
+        clock[0] = now - timedelta(days=10 if role == "snapshot" else 0)
+        repository.do_snapshot(force=True)
+        clock[0] = now - timedelta(days=10 if role == "timestamp" else 0)
+        repository.do_timestamp(force=True)
 
 
 def tuf_config(server_url: str, publisher: Publisher, data_dir: Path, **overrides: Any) -> Config:

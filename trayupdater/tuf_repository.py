@@ -8,6 +8,13 @@ from the :class:`~trayupdater.tuf_keys.KeyStore` and writes the file where the l
 usable mid-way: targets first, then targets and snapshot metadata under new version
 numbers, and ``timestamp.json`` last, which is what makes a change visible to clients.
 
+Every change starts from the metadata python-tuf's client verifies from ``1.root.json``
+(:func:`~trayupdater.tuf_verify.trusted_metadata`), never from the files as they lie: the
+folder is often writable by more than the keys' holder (a CI cache, a shared drive, release
+assets), and whatever ``open`` returns gets signed. A folder that does not verify is refused,
+and so is a key that is not the only key of its role. A publish that stopped half-way is
+done again: files that no signed timestamp leads to are not trusted.
+
 :meth:`FolderRepository.verify` runs python-tuf's own client over the folder
 (:mod:`trayupdater.tuf_verify`), so a publish is checked the way a client will check it,
 before anything is uploaded.
@@ -27,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 from securesystemslib.signer import Signer
-from tuf.api import exceptions
 from tuf.api.metadata import (
     Metadata,
     MetaFile,
@@ -54,11 +60,10 @@ from trayupdater.tuf_format import (
     check_folder,
     custom_block,
     parse_target,
-    parse_time,
     target_path,
 )
 from trayupdater.tuf_keys import KeyStore
-from trayupdater.tuf_verify import verify_folder
+from trayupdater.tuf_verify import FolderUnverified, trusted_metadata, verify_folder
 
 if TYPE_CHECKING:
     from trayupdater.release_model import Rollout
@@ -108,21 +113,20 @@ class FolderRepository(Repository):
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._signers: dict[str, Signer] = {}  # loaded once per operation
         self._old_root_signers: list[Signer] = []  # a root key rotation: the old key signs too
+        # The metadata to build on, by role: as verified, then as this object signed it.
+        self._trusted: dict[str, bytes] | None = None
 
     # --- tuf.repository.Repository ---
 
     def open(self, role: str) -> Metadata:
-        path = self._current_file(role)
-        if path is None:
-            if role not in _NEW:
-                raise PublishError(f"{role}: delegated roles are not used by trayupdater")
+        if role not in _NEW:
+            raise PublishError(f"{role}: delegated roles are not used by trayupdater")
+        data = self._metadata().get(role)
+        if data is None:
             md = Metadata(_NEW[role]())
             md.signed.version = 0  # close() makes it version 1
             return md
-        try:
-            return Metadata.from_file(os.fspath(path))
-        except (exceptions.RepositoryError, OSError) as exc:
-            raise PublishError(f"cannot read {path}: {exc}") from None
+        return Metadata.from_bytes(data)
 
     def close(self, role: str, md: Metadata) -> None:
         md.signed.version += 1
@@ -139,19 +143,19 @@ class FolderRepository(Repository):
             self._write(self.metadata_dir / "timestamp.json", data)
         else:
             self._write(self.metadata_dir / f"{version}.{role}.json", data)
+        self._metadata()[role] = data  # what this operation signed is built on next
 
     @property
     def targets_infos(self) -> dict[str, MetaFile]:
-        return {"targets.json": MetaFile(self._current_version(Targets.type))}
+        return {"targets.json": MetaFile(self._version(Targets.type))}
 
     @property
     def snapshot_info(self) -> MetaFile:
-        path = self._current_file(Snapshot.type)
-        if path is None:
+        data = self._metadata().get(Snapshot.type)
+        if data is None:
             return MetaFile(0)
-        data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        return MetaFile(self._current_version(Snapshot.type), len(data), {HASH: digest})
+        return MetaFile(self._version(Snapshot.type), len(data), {HASH: digest})
 
     # --- operations ---
 
@@ -162,6 +166,11 @@ class FolderRepository(Repository):
         """Keys (made when missing) and version 1 of every role."""
         if self.exists():
             raise PublishError(f"{self.folder} already holds a repository; not overwriting it")
+        if self.metadata_dir.is_dir() and any(self.metadata_dir.glob("*.json")):
+            raise PublishError(
+                f"{self.metadata_dir} already holds metadata files but no root.json; "
+                "not creating a repository on top of them"
+            )
         outcome = Outcome()
         for role in ROLES:
             if self.keys.has(role):
@@ -186,7 +195,7 @@ class FolderRepository(Repository):
     ) -> Outcome:
         """Publish ``files`` as version ``folder``; the same files again are a no-op.
         ``rollout``: the share of installations that may take it (default: all)."""
-        self._require_repository()
+        self.require_repository()
         try:
             version = check_folder(folder)
         except TargetFormatError as exc:
@@ -209,9 +218,6 @@ class FolderRepository(Repository):
         published = self._published(version)
         if published:
             if published == {(folder, n, h) for n, h in wanted.items()}:
-                # Also finishes a publish that stopped after the targets metadata.
-                self.do_snapshot()
-                self.do_timestamp()
                 outcome.lines.append(f"{folder} is already published with these files")
                 return outcome
             raise PublishError(
@@ -242,14 +248,14 @@ class FolderRepository(Repository):
     def refresh(self) -> Outcome:
         """New timestamp and snapshot; targets and root too when they are due and their keys
         are at hand (the root key usually is not: it lives offline)."""
-        self._require_repository()
-        self._load_keys(Snapshot.type, Timestamp.type)
+        self.require_repository()
+        due = [role for role in (Root.type, Targets.type) if self._due(role)]
+        at_hand = [role for role in due if self.keys.has(role)]
+        self._load_keys(*at_hand, Snapshot.type, Timestamp.type)  # all, before any change
         outcome = Outcome()
-        for role in (Root.type, Targets.type):
-            if not self._due(role):
-                continue
+        for role in due:
             expires = self.open(role).signed.expires
-            if not self.keys.has(role):
+            if role not in at_hand:
                 outcome.warnings.append(
                     f"{role} metadata expires {expires:%Y-%m-%d}: run repo refresh with the "
                     f"{role} key in --keys to extend it"
@@ -269,14 +275,16 @@ class FolderRepository(Repository):
     def rotate_key(self, role: str) -> Outcome:
         """Replace ``role``'s key: a new root version lists the new key (signed by the old
         and the new root key when it is the root key), then the role is re-signed."""
-        self._require_repository()
+        self.require_repository()
         if role not in ROLES:
             raise PublishError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
-        old_root = self._signer(Root.type)  # the current root key must sign the change
-        # Every key the re-signing below needs is loaded before anything changes.
+        # The current root key signs the change; every key the re-signing below needs is
+        # loaded (and the folder verified) before anything changes, the new key included.
         self._load_keys(
-            *{"targets": ("snapshot", "timestamp"), "snapshot": ("timestamp",)}.get(role, ())
+            Root.type,
+            *{"targets": ("snapshot", "timestamp"), "snapshot": ("timestamp",)}.get(role, ()),
         )
+        old_root = self._signer(Root.type)
         new_signer, new_path = self.keys.generate(role, suffix=".new")
         self._signers[role] = new_signer
         if role == Root.type:
@@ -316,28 +324,30 @@ class FolderRepository(Repository):
     def now(self) -> datetime:
         return self._clock().astimezone(timezone.utc)
 
-    def _require_repository(self) -> None:
+    def require_repository(self) -> None:
         if not self.exists():
             raise PublishError(
                 f"{self.folder} holds no repository ({self.metadata_dir / 'root.json'} is "
                 "missing); create it with: trayupdater repo init"
             )
 
-    def _current_version(self, role: str) -> int:
-        """The newest version of snapshot or targets (their files carry it in the name)."""
-        path = self._current_file(role)
-        return int(path.name.split(".", 1)[0]) if path is not None else 0
+    def _version(self, role: str) -> int:
+        return self.open(role).signed.version if role in self._metadata() else 0
 
-    def _current_file(self, role: str) -> Path | None:
-        if role in (Root.type, Timestamp.type):
-            path = self.metadata_dir / f"{role}.json"
-            return path if path.is_file() else None
-        numbered = [
-            (int(p.name.split(".", 1)[0]), p)
-            for p in self.metadata_dir.glob(f"*.{role}.json")
-            if p.name.split(".", 1)[0].isdigit()
-        ]
-        return max(numbered)[1] if numbered else None
+    def _metadata(self) -> dict[str, bytes]:
+        """The metadata to build on, verified the first time it is needed."""
+        if self._trusted is None:
+            self._trusted = self._verified() if self.exists() else {}
+        return self._trusted
+
+    def _verified(self) -> dict[str, bytes]:
+        try:
+            return trusted_metadata(self.folder)
+        except FolderUnverified as exc:
+            raise PublishError(
+                f"{exc}, so nothing was signed: restore the metadata from the last upload "
+                "(it was changed without the keys, or damaged)"
+            ) from None
 
     def _signer(self, role: str) -> Signer:
         if role not in self._signers:
@@ -345,21 +355,35 @@ class FolderRepository(Repository):
         return self._signers[role]
 
     def _load_keys(self, *roles: str) -> None:
-        """Fail on a missing or unreadable key before anything is written, not half-way."""
+        """Fail on a missing, unreadable or foreign key before anything is written, not
+        half-way; and on a role that trusts another key besides ours: metadata that key
+        signed would verify, and we would sign over it."""
+        root = self.root()  # verifies the folder first
         for role in roles:
-            self._signer(role)
+            keyid = self._signer(role).public_key.keyid
+            listed = root.roles[role]
+            if keyid not in listed.keyids:
+                raise PublishError(self._foreign(role, keyid))
+            if listed.keyids != [keyid]:
+                raise PublishError(
+                    f"the signed root trusts {len(listed.keyids)} keys for the {role} role "
+                    f"where trayupdater uses one ({self.keys.path(role)}), so nothing was signed"
+                )
 
     def _signers_for(self, role: str, md: Metadata) -> list[Signer]:
         signer = self._signer(role)
         root = md.signed if role == Root.type else self.root()
         assert isinstance(root, Root)
         if signer.public_key.keyid not in root.roles[role].keyids:
-            raise PublishError(
-                f"{self.keys.path(role)} is not the {role} key of this repository "
-                f"(its key id {signer.public_key.keyid[:12]}… is not listed in root.json)"
-            )
+            raise PublishError(self._foreign(role, signer.public_key.keyid))
         extra = self._old_root_signers if role == Root.type else []
         return [signer, *extra]
+
+    def _foreign(self, role: str, keyid: str) -> str:
+        return (
+            f"{self.keys.path(role)} is not the {role} key of this repository "
+            f"(its key id {keyid[:12]}… is not listed in root.json)"
+        )
 
     def _due(self, role: str) -> bool:
         """Less than a quarter of its lifetime left, or expiring before a new timestamp."""
@@ -367,43 +391,22 @@ class FolderRepository(Repository):
         left = expires - self.now()
         return left < self.lifetimes[role] / 4 or left < self.lifetimes[Timestamp.type]
 
-    def _published(self, version: Version) -> set[tuple[str, str, str]]:
-        found = set()
-        for path, info in self.targets().targets.items():
-            entry = _entry(path, info)
-            if entry is not None and entry.version == version:
-                found.add((entry.folder, entry.name, info.hashes.get(HASH, "")))
-        return found
-
-    def versions(self) -> Iterator[Version]:
+    def entries(self) -> Iterator[tuple[TargetEntry, TargetFile]]:
+        """The targets in trayupdater's format (:func:`~trayupdater.tuf_format.parse_target`)."""
         for path, info in self.targets().targets.items():
             entry = _entry(path, info)
             if entry is not None:
-                yield entry.version
+                yield entry, info
 
-    def published_version(self, text: str) -> Version:
-        """The published version ``text`` names; PublishError if there is none."""
-        self._require_repository()
-        try:
-            version = check_folder(text)
-        except TargetFormatError as exc:
-            raise PublishError(str(exc)) from None
-        if not self._published(version):
-            raise PublishError(
-                f"version {version} is not published here; publish it first with repo add"
-            )
-        return version
+    def _published(self, version: Version) -> set[tuple[str, str, str]]:
+        return {
+            (entry.folder, entry.name, info.hashes.get(HASH, ""))
+            for entry, info in self.entries()
+            if entry.version == version
+        }
 
-    def published_time(self, version: Version) -> float:
-        """When ``version`` was published (time.time()), as its targets say."""
-        for path, info in self.targets().targets.items():
-            entry = _entry(path, info)
-            if entry is not None and entry.version == version and entry.published:
-                try:
-                    return parse_time(entry.published)
-                except TargetFormatError:
-                    break
-        return self.now().timestamp()
+    def versions(self) -> Iterator[Version]:
+        return (entry.version for entry, _ in self.entries())
 
     def edit_version(
         self, version: Version, change: Callable[[dict[str, Any]], None]
@@ -437,7 +440,7 @@ class FolderRepository(Repository):
         version: Version,
         rollout: Rollout | None = None,
     ) -> list[TargetFile]:
-        destination = self.targets_dir / folder
+        destination = self._version_folder(folder)
         destination.mkdir(parents=True, exist_ok=True)
         infos = []
         custom = custom_block(version, self.now(), rollout)
@@ -454,6 +457,20 @@ class FolderRepository(Repository):
             info.unrecognized_fields["custom"] = custom
             infos.append(info)
         return infos
+
+    def _version_folder(self, folder: str) -> Path:
+        """``targets/<folder>``, where published files are written: refused when it or
+        ``targets/`` is a link, or lies outside the repository (writes would land there)."""
+        destination = self.targets_dir / folder
+        for path in (self.targets_dir, destination):
+            if path.is_symlink():
+                raise PublishError(
+                    f"{path} is a symbolic link and published files are written only inside "
+                    f"{self.folder}; replace it with a folder"
+                )
+        if not destination.resolve().is_relative_to(self.folder.resolve()):  # a junction
+            raise PublishError(f"{destination} lies outside {self.folder}; refused")
+        return destination
 
     def _write(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

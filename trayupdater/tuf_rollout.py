@@ -14,8 +14,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from packaging.version import Version
+
 from trayupdater.release_model import Rollout
-from trayupdater.tuf_format import TargetFormatError, make_rollout, parse_rollout, rollout_field
+from trayupdater.tuf_format import (
+    TargetFormatError,
+    check_folder,
+    make_rollout,
+    parse_rollout,
+    parse_time,
+    rollout_field,
+)
 from trayupdater.tuf_repository import FolderRepository, Outcome, PublishError
 
 
@@ -69,10 +78,35 @@ def _rollout_of(ours: dict[str, Any]) -> Rollout | None:
         return None
 
 
+def published_version(repo: FolderRepository, text: str) -> Version:
+    """The published version ``text`` names; PublishError if there is none."""
+    repo.require_repository()
+    try:
+        version = check_folder(text)
+    except TargetFormatError as exc:
+        raise PublishError(str(exc)) from None
+    if version not in set(repo.versions()):
+        raise PublishError(
+            f"version {version} is not published here; publish it first with repo add"
+        )
+    return version
+
+
+def published_time(repo: FolderRepository, version: Version) -> float:
+    """When ``version`` was published (time.time()), as its targets say."""
+    for entry, _ in repo.entries():
+        if entry.version == version and entry.published:
+            try:
+                return parse_time(entry.published)
+            except TargetFormatError:
+                break
+    return repo.now().timestamp()
+
+
 def set_rollout(repo: FolderRepository, version_text: str, rollout: RolloutRequest) -> Outcome:
     """Sign a new rollout for a published version (every target of it)."""
-    version = repo.published_version(version_text)
-    published = repo.published_time(version)
+    version = published_version(repo, version_text)
+    published = published_time(repo, version)
     start = repo.now().timestamp() if rollout.from_now else published
     new = rollout.at(start)
     outcome = Outcome()
@@ -96,7 +130,7 @@ def set_rollout(repo: FolderRepository, version_text: str, rollout: RolloutReque
 
 def set_recalled(repo: FolderRepository, version_text: str, recalled: bool) -> Outcome:
     """Recall a published version (installations running it roll back) or lift that."""
-    version = repo.published_version(version_text)
+    version = published_version(repo, version_text)
     _, changed = repo.edit_version(
         version, lambda ours: _set(ours, "recalled", True if recalled else None)
     )
