@@ -198,11 +198,44 @@ FAR_FUTURE = {"schedule": [0, 100], "every": 366 * DAY, "start": "9999-12-31T00:
         # Dates no client can show (past year 9999), or that end past the sane bound.
         {"schedule": [0, 100], "every": 366 * DAY, "start": "9999-12-31T00:00:00Z"},
         {"schedule": [1, 5, 100], "every": 366 * DAY, "start": "8999-06-01T00:00:00Z"},
+        # Valid JSON integers too large for a float (they raised OverflowError).
+        {"percent": 10**400},
+        {"percent": -(10**400)},
+        {"schedule": [1, 10**400], "every": 60, "start": "2025-01-01T00:00:00Z"},
+        {"schedule": [1, 5], "every": 10**400, "start": "2025-01-01T00:00:00Z"},
+        {"schedule": [1, 5], "every": -(10**400), "start": "2025-01-01T00:00:00Z"},
     ],
 )
 def test_a_rollout_that_cannot_be_read_is_refused(value: object) -> None:
     with pytest.raises(TargetFormatError):
         parse_rollout(value)
+
+
+def test_a_signed_rollout_with_a_huge_integer_skips_that_version_only(
+    tmp_path: Path, publisher: Publisher, server: StaticServer
+) -> None:
+    """Another tool (or a hand) signed ``"percent": 1000…0`` (400 digits): the client skips
+    that version and reports it, and the publisher's commands go on working around it."""
+    from trayupdater.cli import main
+
+    publisher.add("1.0.0")
+    publisher.add("1.1.0")
+    publisher.library().edit_version(
+        Version("1.1.0"), lambda ours: ours.__setitem__("rollout", {"percent": 10**400})
+    )
+    source = TufSource(
+        metadata_url=server.url + "metadata/",
+        targets_url=server.url + "targets/",
+        cache_dir=tmp_path / "cache",
+        trusted_root=publisher.shipped_root,
+    )
+    result = source.check()
+    assert [r.version_text for r in result.releases] == ["1.0.0"]
+    assert result.skipped_tags == ["1.1.0"]
+    publisher.add("1.2.0")
+    refused = ["repo", "rollout", str(publisher.dir), "--version", "1.1.0", "--percent", "5"]
+    assert main(refused) == 1  # not published in a form it can read: said, not a crash
+    assert sorted(checked(server, publisher, tmp_path / "c2")) == ["1.0.0", "1.2.0"]
 
 
 def test_a_version_whose_rollout_or_recall_is_garbled_is_not_offered() -> None:

@@ -122,9 +122,9 @@ def check_percent(value: Any) -> float:
     """A share of installations: a number from 0 to 100 (TargetFormatError otherwise)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TargetFormatError(f"a rollout percent must be a number, not {type(value).__name__}")
-    number = float(value)
-    if not math.isfinite(number) or not 0 <= number <= 100:
-        raise TargetFormatError(f"a rollout percent must be between 0 and 100, not {value!r}")
+    number = _as_float(value)
+    if not 0 <= number <= 100:  # NaN and infinities fail too
+        raise TargetFormatError(f"a rollout percent must be between 0 and 100, not {_shown(value)}")
     return number
 
 
@@ -139,11 +139,26 @@ def make_rollout(steps: Sequence[Any], every: float = 0.0, start: float = 0.0) -
         return Rollout(percents)
     if isinstance(every, bool) or not isinstance(every, (int, float)):
         raise TargetFormatError("a rollout schedule's every must be a number of seconds")
-    if not math.isfinite(every) or not 1 <= every <= MAX_STEP_SECONDS:
+    seconds, begin = _as_float(every), _as_float(start)
+    if not 1 <= seconds <= MAX_STEP_SECONDS:  # NaN and infinities fail too
         raise TargetFormatError("a rollout step lasts from 1 second to a year")
-    if not math.isfinite(start) or start + (len(percents) - 1) * every >= LATEST_TIME:
+    if not math.isfinite(begin) or begin + (len(percents) - 1) * seconds >= LATEST_TIME:
         raise TargetFormatError(f"a rollout schedule must end before {format_time(LATEST_TIME)}")
-    return Rollout(percents, float(every), float(start))
+    return Rollout(percents, seconds, begin)
+
+
+def _shown(number: float) -> str:
+    text = repr(number)
+    return text if len(text) <= 20 else text[:20] + "…"
+
+
+def _as_float(number: float) -> float:
+    """``float(number)``; an integer too large for a float (valid JSON: 1e400 written out)
+    becomes an infinity, which every range check here refuses, instead of OverflowError."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
 
 
 def rollout_field(rollout: Rollout) -> dict[str, Any]:
