@@ -11,16 +11,23 @@ interruptible by a rollback or quit. On top of that:
   from the file's modification time in whole seconds, so a file changed twice within a
   second keeps them: like HTTP caches (RFC 9110 8.8.2.2), an answer whose ``Last-Modified``
   is less than :data:`MIN_VALIDATOR_AGE` before its ``Date`` is not validated later.
-- **Deadlines.** A timeout per read, and one for the whole file: a server that drips a byte
-  every few seconds cannot hold a check for ever. ngclient caps the length itself.
+- **Deadlines.** A timeout per read, and one for the whole request, from before it is sent
+  to the last byte of the body: a server that drips a byte every few seconds, of the body or
+  of the status line and headers, cannot hold a check (and the metadata cache's lock) for
+  ever. At the deadline a timer shuts down the request's sockets, which the fetcher's own
+  :class:`HttpClient` registers with it (:class:`_Watch`) as it does with an Interrupt.
+  ngclient caps the length itself.
 - **Errors that say what happened.** HTTP errors carry the status and ``Retry-After``;
   policy refusals and cancellations are kept as the cause for the source to report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +37,14 @@ from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface
 
 from trayupdater.cancel import Interrupt
-from trayupdater.http_client import NETWORK_ERRORS, HttpClient, describe, discard
+from trayupdater.http_client import (
+    NETWORK_ERRORS,
+    USER_AGENT,
+    HttpClient,
+    HttpFailed,
+    describe,
+    discard,
+)
 from trayupdater.numbers import ascii_int
 from trayupdater.urls import redact_url
 
@@ -59,6 +73,77 @@ class _Remembered:
     body: bytes
 
 
+class _Cutoff:
+    """One request's deadline: when it passes, the sockets the request has used are shut
+    down, so a blocked read returns at once (also one waiting for the headers)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self.expired:
+                self._sockets.append(sock)
+                return
+        _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._sockets.clear()  # back in the pool: no longer ours to cut
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shut(sock)
+
+
+class _Watch(Interrupt):
+    """What the fetcher's connections register their sockets with (``http_client``'s hook
+    for an Interrupt): each goes on to the app's Interrupt, if any, so a rollback or quit
+    still cuts in, and to the deadline of the request under way."""
+
+    def __init__(self, outer: Interrupt | None) -> None:
+        super().__init__()
+        self.outer = outer
+        self.cutoff: _Cutoff | None = None
+
+    def request(self, why: str) -> None:
+        if self.outer is not None:
+            self.outer.request(why)
+
+    def handled(self, why: str) -> None:
+        if self.outer is not None:
+            self.outer.handled(why)
+
+    @property
+    def pending(self) -> bool:
+        return self.outer is not None and self.outer.pending
+
+    def check(self) -> None:
+        if self.outer is not None:
+            self.outer.check()
+
+    def watch(self, sock: socket.socket) -> None:
+        if self.outer is not None:
+            self.outer.watch(sock)
+        cutoff = self.cutoff
+        if cutoff is not None:
+            cutoff.add(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class HttpFetcher(FetcherInterface):
     def __init__(
         self,
@@ -67,7 +152,15 @@ class HttpFetcher(FetcherInterface):
         timeout: tuple[float, float] = (5.0, 20.0),
         deadline: float = 120.0,
     ) -> None:
-        self.client = client
+        """Requests go out on a client of the fetcher's own with ``client``'s settings (trust,
+        proxy, user agent) and Interrupt: only its own connections tell it their sockets."""
+        self._watch = _Watch(client.interrupt)
+        self.client = HttpClient(
+            interrupt=self._watch,
+            user_agent=str(client.session.headers.get("User-Agent", USER_AGENT)),
+            verify=client.verify,
+            network=client.network,
+        )
         self.timeout = timeout
         self.deadline = deadline
         self._remembered: dict[str, _Remembered] = {}
@@ -78,7 +171,10 @@ class HttpFetcher(FetcherInterface):
 
     @property
     def interrupt(self) -> Interrupt | None:
-        return self.client.interrupt
+        return self._watch.outer
+
+    def close(self) -> None:
+        self.client.close()
 
     def reset(self) -> None:
         """Start a new check: forget what the previous one saw (validators stay)."""
@@ -97,25 +193,48 @@ class HttpFetcher(FetcherInterface):
                 headers["If-None-Match"] = remembered.etag
             if remembered.last_modified:
                 headers["If-Modified-Since"] = remembered.last_modified
-        # HttpRefused / HttpFailed / CancelledError propagate: ngclient wraps them in a
-        # DownloadError whose __cause__ the source reads.
-        response = self.client.get(url, headers=headers, timeout=self.timeout)
-        status = response.status_code
-        if status == 304 and remembered is not None:
-            discard(response)
-            self.not_modified.add(url)
-            self.fetched[url] = remembered.body
-            return iter([remembered.body])
-        if status != 200:
-            retry_after = _retry_after(response)
-            discard(response)
-            raise HttpStatusError(url, status, retry_after)
-        return self._chunks(url, response)
+        cutoff = self._watch.cutoff = _Cutoff(self.deadline)
+        reading = False
+        try:
+            # HttpRefused / HttpFailed / CancelledError propagate: ngclient wraps them in a
+            # DownloadError whose __cause__ the source reads.
+            try:
+                response = self.client.get(url, headers=headers, timeout=self.timeout)
+            except HttpFailed:
+                self._check_cutoff(url, cutoff)  # a shut-down socket: say why
+                raise
+            if cutoff.expired:  # headers cut short can still parse as an answer
+                response.close()
+                self._check_cutoff(url, cutoff)
+            status = response.status_code
+            if status == 304 and remembered is not None:
+                discard(response)
+                self._check_cutoff(url, cutoff)
+                self.not_modified.add(url)
+                self.fetched[url] = remembered.body
+                return iter([remembered.body])
+            if status != 200:
+                retry_after = _retry_after(response)
+                discard(response)
+                self._check_cutoff(url, cutoff)
+                raise HttpStatusError(url, status, retry_after)
+            reading = True
+            return self._chunks(url, response, cutoff)
+        finally:
+            if not reading:
+                cutoff.cancel()
 
-    def _chunks(self, url: str, response: requests.Response) -> Iterator[bytes]:
-        """The body, read under the deadline; remembered when small and complete."""
+    def _check_cutoff(self, url: str, cutoff: _Cutoff) -> None:
+        """SlowRetrievalError once the deadline has cut the request off: what ended it is
+        not an answer (a 200 with headers cut short, an empty body, a reset)."""
+        if cutoff.expired:
+            raise exceptions.SlowRetrievalError(
+                f"{redact_url(url)}: not finished after {self.deadline:g} s"
+            )
+
+    def _chunks(self, url: str, response: requests.Response, cutoff: _Cutoff) -> Iterator[bytes]:
+        """The body, read under the request's deadline; remembered when small and complete."""
         shown = redact_url(url)
-        deadline = time.monotonic() + self.deadline
         body = bytearray()
         complete = False
         try:
@@ -123,25 +242,24 @@ class HttpFetcher(FetcherInterface):
                 if self.interrupt is not None:
                     self.interrupt.check()
                 try:
-                    # read1: whatever has arrived, so a drip still meets the deadline.
+                    # read1: whatever has arrived, so an interrupt is noticed between drips.
                     chunk = response.raw.read1(READ_SIZE, decode_content=True)
                 except NETWORK_ERRORS as exc:
                     if self.interrupt is not None:
                         self.interrupt.check()
+                    self._check_cutoff(url, cutoff)
                     raise exceptions.DownloadError(
                         f"{shown}: reading the answer failed ({describe(exc)})"
                     ) from None
+                self._check_cutoff(url, cutoff)  # also when the cut ended the body early
                 if not chunk:
                     complete = True
                     break
                 if len(body) <= KEEP_BYTES:
                     body += chunk
-                if time.monotonic() > deadline:
-                    raise exceptions.SlowRetrievalError(
-                        f"{shown}: not finished after {self.deadline:g} s"
-                    )
                 yield chunk
         finally:
+            cutoff.cancel()
             response.close()
             if complete:
                 self._remember(url, response, bytes(body))

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -190,6 +189,7 @@ class TufSource:
 
     def close(self) -> None:
         self.client.close()
+        self.fetcher.close()
 
     # --- one check ---
 
@@ -347,22 +347,29 @@ class TufSource:
         return target
 
     def _fetch_text(self, release: Release, asset: Asset) -> str:
+        """A small target (a ``.minisig``), checked as ngclient's ``download_target`` does,
+        but fetched from the quoted URL the asset itself comes from: ngclient joins the
+        raw path, so a space, ``#`` or ``%41`` in a name would ask for another URL."""
         target = self._target(release, asset)
         if target.length > MAX_TEXT_TARGET_BYTES:
             raise SourceError(f"{asset.name} is larger than {MAX_TEXT_TARGET_BYTES} bytes")
-        assert self._updater is not None
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "text"
-            try:
-                self._updater.download_target(target, os.fspath(path))
-            except exceptions.RepositoryError as exc:
-                raise VerificationError(f"{asset.name}: {_short(exc)}; refused") from None
-            except exceptions.DownloadError as exc:
-                failure = self._download_failure(exc)
-                if isinstance(failure, _RetryableError):
-                    failure = failure.error
-                raise failure from None
-            return path.read_text(encoding="utf-8", errors="replace")
+        url = target_url(self.targets_url, target.path)
+        try:
+            # Capped at the signed length; the fetcher's deadline covers the whole request.
+            with self.fetcher.download_file(url, target.length) as fh:
+                target.verify_length_and_hashes(fh)
+                fh.seek(0)
+                data = fh.read()
+        except (exceptions.RepositoryError, exceptions.DownloadLengthMismatchError) as exc:
+            raise VerificationError(
+                f"{asset.name} does not match its signed TUF metadata ({_short(exc)}); refused"
+            ) from None
+        except exceptions.DownloadError as exc:
+            failure = self._download_failure(exc)
+            if isinstance(failure, _RetryableError):
+                failure = failure.error
+            raise failure from None
+        return data.decode("utf-8", errors="replace")
 
 
 class _RetryableError(Exception):
