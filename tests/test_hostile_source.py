@@ -556,3 +556,48 @@ def test_latest_answering_a_draft_or_prerelease_installs_nothing(
     else:
         with pytest.raises(SourceError, match=error):
             source.check()
+
+
+def _dripping_head() -> ScriptedBackend:
+    """Answers with a status line, then a header a byte every 0.2 s, never finishing it:
+    every read comes within its timeout."""
+
+    def script(conn: socket.socket, requests: Callable[[], bytes | None]) -> None:
+        if requests() is not None:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            for _ in range(300):
+                conn.sendall(b"x")
+                time.sleep(0.2)
+
+    return ScriptedBackend(script)
+
+
+def test_an_api_answer_whose_headers_drip_is_given_up_at_its_deadline() -> None:
+    server = _dripping_head()
+    try:
+        source = GitHubSource(
+            "acme/app", api_url=_url(server), retries=0, timeout=(5.0, 5.0), answer_deadline=1.0
+        )
+        started = time.monotonic()
+        with pytest.raises(SourceError, match="took more than 1 s"):
+            source.check()
+        assert time.monotonic() - started < 4
+    finally:
+        server.close()
+
+
+def test_a_download_whose_headers_drip_ends_at_its_deadline(tmp_path: Path) -> None:
+    server = _dripping_head()
+    try:
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match="not finished after 1 s"):
+            download(
+                HttpClient(),
+                _url(server) + "/asset",
+                tmp_path / "a",
+                max_bytes=1000,
+                pace=Pace(timeout=5.0, deadline=1.0, min_rate=0),
+            )
+        assert time.monotonic() - started < 4
+    finally:
+        server.close()

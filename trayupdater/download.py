@@ -117,42 +117,58 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_parts(dest, keep=part)  # of another release: never resumed into this one
 
-    # Two rounds at most: the second one starts from zero after a reply that could not be
-    # trusted to continue the part.
-    for attempt in range(2):
-        offset, hasher = _hash_existing_part(part, max_bytes, expected_size)
-        with _get(client, url, headers, offset, pace.timeout) as resp:
-            plan = _plan(resp, offset, expected_size, shown)
-            if plan.restart:
-                if attempt == 0 and offset > 0:
+    # The deadline also cuts a read that waits (see http_client): the status line and
+    # headers included, which the per-read timeout alone lets a server drip for hours.
+    cutoff = client.deadline(pace.deadline) if pace.deadline is not None else None
+    try:
+        # Two rounds at most: the second one starts from zero after a reply that could not be
+        # trusted to continue the part.
+        for attempt in range(2):
+            offset, hasher = _hash_existing_part(part, max_bytes, expected_size)
+            with _get(client, url, headers, offset, pace.timeout) as resp:
+                plan = _plan(resp, offset, expected_size, shown)
+                if plan.restart:
+                    if attempt == 0 and offset > 0:
+                        _remove(part)
+                        continue
+                    raise DownloadError(f"{shown}: {plan.restart}")
+                total = plan.total
+                if total is not None and total > max_bytes:
                     _remove(part)
-                    continue
-                raise DownloadError(f"{shown}: {plan.restart}")
-            total = plan.total
-            if total is not None and total > max_bytes:
-                _remove(part)
-                raise DownloadError(
-                    f"{shown} is {total} bytes, more than the limit of {max_bytes} bytes"
-                )
-            if expected_size is not None and total is not None and total != expected_size:
-                _remove(part)
-                raise DownloadError(
-                    f"{shown} is {total} bytes according to the server, "
-                    f"but the release lists {expected_size} bytes"
-                )
-            if plan.complete:
-                size = offset
-                if progress:
-                    progress(size, size)
-            else:
-                if plan.start == 0:
-                    hasher = hashlib.sha256()
-                # From here on the size is known if either side said it (they agree).
-                total = total if total is not None else expected_size
-                limit = min(max_bytes, total if total is not None else max_bytes)
-                body = _Body(part, plan.start, hasher, limit, total, shown)
-                size = body.stream(resp, clock, progress)
-        break
+                    raise DownloadError(
+                        f"{shown} is {total} bytes, more than the limit of {max_bytes} bytes"
+                    )
+                if expected_size is not None and total is not None and total != expected_size:
+                    _remove(part)
+                    raise DownloadError(
+                        f"{shown} is {total} bytes according to the server, "
+                        f"but the release lists {expected_size} bytes"
+                    )
+                if plan.complete:
+                    size = offset
+                    if progress:
+                        progress(size, size)
+                else:
+                    if plan.start == 0:
+                        hasher = hashlib.sha256()
+                    # From here on the size is known if either side said it (they agree).
+                    total = total if total is not None else expected_size
+                    limit = min(max_bytes, total if total is not None else max_bytes)
+                    body = _Body(part, plan.start, hasher, limit, total, shown)
+                    size = body.stream(resp, clock, progress)
+            break
+        if cutoff is not None and cutoff.expired:  # what the cut ended is not an answer
+            raise DownloadError("cut off")
+    except DownloadError:
+        if cutoff is not None and cutoff.expired:
+            raise DownloadError(
+                f"{shown}: not finished after {pace.deadline:g} s; "
+                "the partial file is kept to resume"
+            ) from None
+        raise
+    finally:
+        if cutoff is not None:
+            cutoff.cancel()
 
     os.replace(part, dest)
     _fsync_dir(dest.parent)

@@ -15,6 +15,10 @@ rules are applied *before* a byte goes to a server, on every hop:
   per-read timeout alone would let 8 MiB take weeks).
 - **Interruptible**: sockets are registered with the :class:`~trayupdater.cancel.Interrupt`
   given, so a rollback or quit stops a request that is waiting on a slow server.
+- **Deadlines**: a :class:`Deadline` started with :meth:`HttpClient.deadline` covers all a
+  thread then does with the client, status line and headers included: when it passes, the
+  sockets used meanwhile are shut down, so a server that drips a byte within each read
+  timeout is cut off (the per-read timeout alone restarts with every byte).
 - **Trust and proxies** come from :class:`~trayupdater.network.Network` alone: certificates
   are checked against the system trust store (plus ``[network] ca_bundle``), and each hop
   goes through the proxy it names. requests' own environment handling (``trust_env``:
@@ -28,7 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 import ssl
+import threading
 import time
 import zlib
 from collections.abc import Mapping
@@ -105,6 +111,67 @@ def origin(url: str) -> tuple[str, str, int]:
     return scheme, (parts.hostname or "").lower(), port
 
 
+class Deadline:
+    """The deadline of what one thread does with a client (see the module doc): when it
+    passes, the sockets used meanwhile are shut down, so a blocked read returns at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.expired = False
+        self._done = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._done:
+                return
+            if not self.expired:
+                self._sockets.append(sock)
+                return
+        _shut(sock)
+
+    def cancel(self) -> None:
+        """Done in time (or given up): nothing is cut any more."""
+        self._timer.cancel()
+        with self._lock:
+            self._done = True
+            self._sockets.clear()  # back in the pool: no longer ours to cut
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shut(sock)
+
+
+class _Sockets:
+    """What the client's connections tell their sockets to: the Interrupt, if any, and the
+    deadline this thread has started, if any."""
+
+    def __init__(self, interrupt: Interrupt | None) -> None:
+        self.interrupt = interrupt
+        self.local = threading.local()
+
+    def watch(self, sock: socket.socket) -> None:
+        if self.interrupt is not None:
+            self.interrupt.watch(sock)
+        deadline: Deadline | None = getattr(self.local, "deadline", None)
+        if deadline is not None:
+            deadline.add(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class HttpClient:
     """A requests session with the policy above; one per release source."""
 
@@ -125,9 +192,16 @@ class HttpClient:
         self.network = network or Network()
         self.session.headers["User-Agent"] = user_agent
         self.interrupt = interrupt
-        adapter = _PolicyAdapter(self.network.tls_context(), interrupt)
+        self._sockets = _Sockets(interrupt)
+        adapter = _PolicyAdapter(self.network.tls_context(), self._sockets)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
+
+    def deadline(self, seconds: float) -> Deadline:
+        """Start a deadline for what this thread does with the client from now on (the
+        requests it sends and the answers it reads), until :meth:`Deadline.cancel`."""
+        deadline = self._sockets.local.deadline = Deadline(seconds)
+        return deadline
 
     def get(
         self,
@@ -303,12 +377,12 @@ def describe(exc: BaseException) -> str:
 
 
 class _PolicyAdapter(HTTPAdapter):
-    """HTTPS verified with the trust-store context; with an Interrupt, connection pools whose
-    connections register their sockets with it."""
+    """HTTPS verified with the trust-store context, and connection pools whose connections
+    register their sockets (with the Interrupt, and with this thread's deadline)."""
 
-    def __init__(self, tls: ssl.SSLContext, interrupt: Interrupt | None, **kwargs: Any) -> None:
+    def __init__(self, tls: ssl.SSLContext, sockets: _Sockets, **kwargs: Any) -> None:
         self._tls = tls
-        self._interrupt = interrupt
+        self._sockets = sockets
         super().__init__(**kwargs)
 
     def build_connection_pool_key_attributes(
@@ -327,8 +401,7 @@ class _PolicyAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        if self._interrupt is not None:
-            self.poolmanager.pool_classes_by_scheme = _pool_classes(self._interrupt)
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self._sockets)
 
     def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
         if proxy.lower().startswith("https:"):
@@ -337,13 +410,12 @@ class _PolicyAdapter(HTTPAdapter):
             # company proxy whose CA only ca_bundle names.
             kwargs.setdefault("proxy_ssl_context", self._tls)
         manager = super().proxy_manager_for(proxy, **kwargs)
-        if self._interrupt is not None:
-            with contextlib.suppress(AttributeError):  # SOCKS managers build their own pools
-                manager.pool_classes_by_scheme = _pool_classes(self._interrupt)
+        with contextlib.suppress(AttributeError):  # SOCKS managers build their own pools
+            manager.pool_classes_by_scheme = _pool_classes(self._sockets)
         return manager
 
 
-def _pool_classes(interrupt: Interrupt) -> dict[str, type[HTTPConnectionPool]]:
+def _pool_classes(interrupt: _Sockets) -> dict[str, type[HTTPConnectionPool]]:
     class Watched(HTTPConnection):
         def connect(self) -> None:
             super().connect()

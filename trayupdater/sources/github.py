@@ -152,22 +152,37 @@ class GitHubSource:
     def fetch_text(self, asset: Asset) -> str:
         """A small text asset (a checksums file, a signature) as text, size capped."""
         url, headers = self.download_headers(asset)
+        deadline = self.client.deadline(self.answer_deadline)
         try:
-            response = self.client.get(url, headers=headers, timeout=self.timeout)
-        except (HttpRefused, HttpFailed) as exc:
-            raise SourceError(f"{asset.name}: {exc}") from None
-        if response.status_code != 200:
-            discard(response)
-            raise SourceError(f"{asset.name}: download answered HTTP {response.status_code}")
-        body = read_capped(
-            response,
-            MAX_TEXT_ASSET_BYTES,
-            error=SourceError,
-            what=asset.name,
-            interrupt=self._interrupt,
-            deadline=self.answer_deadline,
-        )
+            try:
+                response = self.client.get(url, headers=headers, timeout=self.timeout)
+            except (HttpRefused, HttpFailed) as exc:
+                raise SourceError(f"{asset.name}: {exc}") from None
+            if response.status_code != 200:
+                discard(response)
+                raise SourceError(f"{asset.name}: download answered HTTP {response.status_code}")
+            body = read_capped(
+                response,
+                MAX_TEXT_ASSET_BYTES,
+                error=SourceError,
+                what=asset.name,
+                interrupt=self._interrupt,
+                deadline=self.answer_deadline,
+            )
+            if deadline.expired:  # a head or body the cut ended is not an answer
+                raise self._too_slow(asset.name)
+        except SourceError:
+            if deadline.expired:
+                raise self._too_slow(asset.name) from None
+            raise
+        finally:
+            deadline.cancel()
         return body.decode("utf-8", errors="replace")
+
+    def _too_slow(self, what: str) -> SourceError:
+        return SourceError(
+            f"{what} took more than {self.answer_deadline:g} s to arrive (the server is too slow)"
+        )
 
     # --- the Source interface beyond check() ---
 
@@ -284,12 +299,16 @@ class GitHubSource:
 
         attempt = 0
         while True:
+            # The whole answer in time, status line and headers too (see http_client).
+            deadline = self.client.deadline(self.answer_deadline)
             try:
                 response = self.client.get(url, headers=headers, timeout=self.timeout)
             except HttpRefused as exc:
                 raise SourceError(str(exc)) from None
             except HttpFailed as exc:
                 error: SourceError = SourceError(f"cannot reach {self.api_url}: {exc.why}")
+                if deadline.expired:
+                    error = self._too_slow(f"the answer of {self.api_url}")
             else:
                 if response.status_code != 200:
                     discard(response)
@@ -301,12 +320,22 @@ class GitHubSource:
                         skipped_tags=list(cache.result.skipped_tags),
                     )
                 if response.status_code == 200:
-                    return _Answer(self._decode(response), url, _etag(response))
+                    try:
+                        answer = _Answer(self._decode(response), url, _etag(response))
+                    except SourceError:
+                        if deadline.expired:
+                            raise self._too_slow(f"the answer of {self.api_url}") from None
+                        raise
+                    if deadline.expired:  # a head or body the cut ended is not an answer
+                        raise self._too_slow(f"the answer of {self.api_url}")
+                    return answer
                 if response.status_code == 404:
                     raise _NotFoundError
                 error = self._status_error(response)
                 if not _retryable(response.status_code):
                     raise error
+            finally:
+                deadline.cancel()
             if attempt >= self.retries:
                 raise error
             delay = self.backoff_base * (2**attempt) * random.uniform(0.5, 1.5)  # noqa: S311

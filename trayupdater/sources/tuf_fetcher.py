@@ -14,8 +14,7 @@ interruptible by a rollback or quit. On top of that:
 - **Deadlines.** A timeout per read, and one for the whole request, from before it is sent
   to the last byte of the body: a server that drips a byte every few seconds, of the body or
   of the status line and headers, cannot hold a check (and the metadata cache's lock) for
-  ever. At the deadline a timer shuts down the request's sockets, which the fetcher's own
-  :class:`HttpClient` registers with it (:class:`_Watch`) as it does with an Interrupt.
+  ever: :meth:`HttpClient.deadline` shuts the request's sockets down when it passes.
   ngclient caps the length itself.
 - **Errors that say what happened.** HTTP errors carry the status and ``Retry-After``;
   policy refusals and cancellations are kept as the cause for the source to report.
@@ -23,11 +22,8 @@ interruptible by a rollback or quit. On top of that:
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import logging
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +35,7 @@ from tuf.ngclient import FetcherInterface
 from trayupdater.cancel import Interrupt
 from trayupdater.http_client import (
     NETWORK_ERRORS,
-    USER_AGENT,
+    Deadline,
     HttpClient,
     HttpFailed,
     describe,
@@ -73,77 +69,6 @@ class _Remembered:
     body: bytes
 
 
-class _Cutoff:
-    """One request's deadline: when it passes, the sockets the request has used are shut
-    down, so a blocked read returns at once (also one waiting for the headers)."""
-
-    def __init__(self, seconds: float) -> None:
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self.expired = False
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def add(self, sock: socket.socket) -> None:
-        with self._lock:
-            if not self.expired:
-                self._sockets.append(sock)
-                return
-        _shut(sock)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-        with self._lock:
-            self._sockets.clear()  # back in the pool: no longer ours to cut
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            _shut(sock)
-
-
-class _Watch(Interrupt):
-    """What the fetcher's connections register their sockets with (``http_client``'s hook
-    for an Interrupt): each goes on to the app's Interrupt, if any, so a rollback or quit
-    still cuts in, and to the deadline of the request under way."""
-
-    def __init__(self, outer: Interrupt | None) -> None:
-        super().__init__()
-        self.outer = outer
-        self.cutoff: _Cutoff | None = None
-
-    def request(self, why: str) -> None:
-        if self.outer is not None:
-            self.outer.request(why)
-
-    def handled(self, why: str) -> None:
-        if self.outer is not None:
-            self.outer.handled(why)
-
-    @property
-    def pending(self) -> bool:
-        return self.outer is not None and self.outer.pending
-
-    def check(self) -> None:
-        if self.outer is not None:
-            self.outer.check()
-
-    def watch(self, sock: socket.socket) -> None:
-        if self.outer is not None:
-            self.outer.watch(sock)
-        cutoff = self.cutoff
-        if cutoff is not None:
-            cutoff.add(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
 class HttpFetcher(FetcherInterface):
     def __init__(
         self,
@@ -152,15 +77,7 @@ class HttpFetcher(FetcherInterface):
         timeout: tuple[float, float] = (5.0, 20.0),
         deadline: float = 120.0,
     ) -> None:
-        """Requests go out on a client of the fetcher's own with ``client``'s settings (trust,
-        proxy, user agent) and Interrupt: only its own connections tell it their sockets."""
-        self._watch = _Watch(client.interrupt)
-        self.client = HttpClient(
-            interrupt=self._watch,
-            user_agent=str(client.session.headers.get("User-Agent", USER_AGENT)),
-            verify=client.verify,
-            network=client.network,
-        )
+        self.client = client
         self.timeout = timeout
         self.deadline = deadline
         self._remembered: dict[str, _Remembered] = {}
@@ -171,10 +88,7 @@ class HttpFetcher(FetcherInterface):
 
     @property
     def interrupt(self) -> Interrupt | None:
-        return self._watch.outer
-
-    def close(self) -> None:
-        self.client.close()
+        return self.client.interrupt
 
     def reset(self) -> None:
         """Start a new check: forget what the previous one saw (validators stay)."""
@@ -193,7 +107,7 @@ class HttpFetcher(FetcherInterface):
                 headers["If-None-Match"] = remembered.etag
             if remembered.last_modified:
                 headers["If-Modified-Since"] = remembered.last_modified
-        cutoff = self._watch.cutoff = _Cutoff(self.deadline)
+        cutoff = self.client.deadline(self.deadline)
         reading = False
         try:
             # HttpRefused / HttpFailed / CancelledError propagate: ngclient wraps them in a
@@ -224,7 +138,7 @@ class HttpFetcher(FetcherInterface):
             if not reading:
                 cutoff.cancel()
 
-    def _check_cutoff(self, url: str, cutoff: _Cutoff) -> None:
+    def _check_cutoff(self, url: str, cutoff: Deadline) -> None:
         """SlowRetrievalError once the deadline has cut the request off: what ended it is
         not an answer (a 200 with headers cut short, an empty body, a reset)."""
         if cutoff.expired:
@@ -232,7 +146,7 @@ class HttpFetcher(FetcherInterface):
                 f"{redact_url(url)}: not finished after {self.deadline:g} s"
             )
 
-    def _chunks(self, url: str, response: requests.Response, cutoff: _Cutoff) -> Iterator[bytes]:
+    def _chunks(self, url: str, response: requests.Response, cutoff: Deadline) -> Iterator[bytes]:
         """The body, read under the request's deadline; remembered when small and complete."""
         shown = redact_url(url)
         body = bytearray()

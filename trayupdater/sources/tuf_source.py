@@ -189,7 +189,6 @@ class TufSource:
 
     def close(self) -> None:
         self.client.close()
-        self.fetcher.close()
 
     # --- one check ---
 
