@@ -1,4 +1,4 @@
-"""Shared fixtures: a real local release feed and the verbatim data in ../shared/data."""
+"""Shared fixtures: a real local release feed, a real HTTP backend, the data in ../shared/data."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from proxy_support import RealBackend
 
 from trayupdater.app import App
 from trayupdater.feed import ReleaseFeed
@@ -49,3 +50,11 @@ def app_factory(feed: ReleaseFeed, tmp_path: Path) -> Iterator[Callable[..., App
     yield start
     for app in apps:
         app.stop()
+
+
+@pytest.fixture
+def backend() -> Iterator[RealBackend]:
+    """A real HTTP backend in this process (proxy_support.RealBackend), labelled v1."""
+    real = RealBackend("v1")
+    yield real
+    real.close()

@@ -51,13 +51,6 @@ SERVE = textwrap.dedent(
 REQUEST = b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-@pytest.fixture
-def backend() -> Iterator[RealBackend]:
-    made = RealBackend("v1")
-    yield made
-    made.close()
-
-
 @contextlib.contextmanager
 def _serve(backend: RealBackend, **options: object) -> Iterator[tuple[subprocess.Popen, int]]:
     """A proxy in a process of its own (its descriptor limit, or paused with SIGSTOP)."""

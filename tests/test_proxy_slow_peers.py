@@ -9,7 +9,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from proxy_support import TIMEOUT, PausingBackend, RealBackend, wait_until
@@ -19,13 +18,6 @@ from trayupdater.proxy import ReverseProxy, steps, workers
 
 WORKERS = 2  # also the requests in flight: four slow peers are twice what it allows
 SLOW = 4
-
-
-@pytest.fixture
-def backend() -> Iterator[RealBackend]:
-    real = RealBackend("v1")
-    yield real
-    real.close()
 
 
 def _request(

@@ -28,13 +28,6 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Kept: yes\r\n\r\n"
 
 
 @pytest.fixture
-def backend() -> Iterator[RealBackend]:
-    server = RealBackend("v1")
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def proxy(backend: RealBackend) -> Iterator[ReverseProxy]:
     with ReverseProxy("127.0.0.1", 0) as proxy:
         proxy.switch(backend.backend)

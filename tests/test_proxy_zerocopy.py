@@ -25,13 +25,6 @@ linux_only = pytest.mark.skipif(not zerocopy.AVAILABLE, reason="os.splice is Lin
 
 
 @pytest.fixture
-def backend() -> Iterator[RealBackend]:
-    real = RealBackend("v1")
-    yield real
-    real.close()
-
-
-@pytest.fixture
 def proxy(backend: RealBackend) -> Iterator[ReverseProxy]:
     # One worker: what a slow client hands over is finished by the same thread.
     with ReverseProxy("127.0.0.1", 0, workers=1) as proxy:

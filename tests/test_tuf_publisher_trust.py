@@ -128,13 +128,9 @@ def test_a_root_trusting_a_second_key_for_a_role_is_refused(
         CryptoSigner.generate_ed25519(),
         CryptoSigner.generate_ed25519(),
     )
-    root_md = Metadata.from_file(str(publisher.metadata / "1.root.json"))
-    root = root_md.signed
-    assert isinstance(root, Root)
-    (ours,) = root.roles["root"].keyids
-    root.add_key(stranger_root.public_key, "root")
-    root.revoke_key(ours, "root")
-    root.add_key(stranger_targets.public_key, "targets")
+    root_md = _root_taken_over(publisher.metadata / "1.root.json", stranger_root)
+    assert isinstance(root_md.signed, Root)
+    root_md.signed.add_key(stranger_targets.public_key, "targets")
     root_md.signatures.clear()
     root_md.sign(stranger_root)
     write(root_md, publisher.metadata / "1.root.json")
@@ -155,13 +151,9 @@ def test_a_root_trusting_a_second_key_for_a_role_is_refused(
     assert files(publisher.dir) == before
 
 
-def test_a_root_json_that_is_not_the_newest_signed_root_is_refused(
-    publisher: Publisher, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """metadata/root.json is what new builds ship: one whose root key was swapped (self-signed
-    by a stranger, online keys kept) must not pass a routine publish unnoticed."""
-    stranger = CryptoSigner.generate_ed25519()
-    root_md = Metadata.from_file(str(publisher.metadata / "root.json"))
+def _root_taken_over(path: Path, stranger: CryptoSigner) -> Metadata:
+    """The root at ``path`` with its root key swapped for ``stranger``'s, self-signed."""
+    root_md = Metadata.from_file(str(path))
     root = root_md.signed
     assert isinstance(root, Root)
     (ours,) = root.roles["root"].keyids
@@ -169,6 +161,16 @@ def test_a_root_json_that_is_not_the_newest_signed_root_is_refused(
     root.revoke_key(ours, "root")
     root_md.signatures.clear()
     root_md.sign(stranger)
+    return root_md
+
+
+def test_a_root_json_that_is_not_the_newest_signed_root_is_refused(
+    publisher: Publisher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """metadata/root.json is what new builds ship: one whose root key was swapped (self-signed
+    by a stranger, online keys kept) must not pass a routine publish unnoticed."""
+    stranger = CryptoSigner.generate_ed25519()
+    root_md = _root_taken_over(publisher.metadata / "root.json", stranger)
     write(root_md, publisher.metadata / "root.json")
     code, err = run(
         capsys, "add", str(publisher.dir), "--version", "1.1.0", str(publisher.archive("1.1.0"))
