@@ -10,9 +10,7 @@ rules are applied *before* a byte goes to a server, on every hop:
   ``Proxy-Authorization`` given for a URL are sent only to that URL's origin (scheme, host,
   port). A hop to another origin gets none of them, including any set on the session.
 - **Capped bodies**: :func:`read_capped` reads a body *after* decoding and stops at the cap,
-  so a small gzip answer cannot expand into gigabytes in memory, and within a deadline for
-  the whole body, so a server that sends a byte now and then cannot hold the caller (the
-  per-read timeout alone would let 8 MiB take weeks).
+  so a small gzip answer cannot expand into gigabytes in memory.
 - **Interruptible**: sockets are registered with the :class:`~trayupdater.cancel.Interrupt`
   given, so a rollback or quit stops a request that is waiting on a slow server.
 - **Deadlines**: a :class:`Deadline` started with :meth:`HttpClient.deadline` covers all a
@@ -35,7 +33,6 @@ import re
 import socket
 import ssl
 import threading
-import time
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -65,7 +62,6 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Headers that identify the user: they go to the origin they were given for, and nowhere else.
 SENSITIVE_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
 READ_SIZE = 64 * 1024
-ANSWER_DEADLINE = 60.0  # seconds for a whole capped answer (API JSON, checksums, signatures)
 _USERINFO = re.compile(r"//[^/\s@'\"]*@")
 
 # What a misbehaving peer can make requests/urllib3 raise while a body is read.
@@ -311,10 +307,9 @@ def read_capped(
     error: type[TrayUpdaterError],
     what: str,
     interrupt: Interrupt | None = None,
-    deadline: float = ANSWER_DEADLINE,
 ) -> bytes:
-    """The decoded body of ``response``, or ``error`` once it passes ``cap`` bytes or takes
-    longer than ``deadline`` seconds.
+    """The decoded body of ``response``, or ``error`` once it passes ``cap`` bytes. (How long
+    it may take is the caller's :meth:`HttpClient.deadline`.)
 
     Decoded here, with zlib's ``max_length``, not by urllib3: a chunk of a gzip bomb may
     expand a thousandfold, and only a decoder told how much room is left stays small.
@@ -328,17 +323,14 @@ def read_capped(
         response.close()
         raise error(f"{what} uses the unsupported Content-Encoding {encoding[:30]!r}")
     out = bytearray()
-    give_up = time.monotonic() + deadline
     try:
         while True:
             if interrupt is not None:
                 interrupt.check()
-            # read1: what has arrived (read() would wait for READ_SIZE bytes past the deadline).
+            # read1: what has arrived, so an interrupt is noticed between drips.
             raw = response.raw.read1(READ_SIZE, decode_content=False)
             if not raw:
                 break
-            if time.monotonic() > give_up:
-                raise error(f"{what} took more than {deadline:g} s to arrive (too slow)")
             if decoder is None:
                 out += raw
             while raw and decoder is not None:

@@ -27,7 +27,6 @@ from trayupdater.cancel import Interrupt, pause
 from trayupdater.download import DownloadResult, Pace, ProgressCallback, download
 from trayupdater.errors import RateLimitedError, SourceError
 from trayupdater.http_client import (
-    ANSWER_DEADLINE,
     HttpClient,
     HttpFailed,
     HttpRefused,
@@ -46,6 +45,10 @@ if TYPE_CHECKING:
     from trayupdater.config import Config
 
 log = logging.getLogger(__name__)
+
+# Seconds for a whole answer (API JSON, checksums, signatures), headers included: a server
+# dripping a byte within each read timeout is cut off then (HttpClient.deadline).
+ANSWER_DEADLINE = 60.0
 
 MAX_TEXT_ASSET_BYTES = 1024 * 1024  # checksums files and signatures are small; cap what we read
 MAX_API_BYTES = 8 * 1024 * 1024  # 30 releases with 1,000 assets each fit; a bomb does not
@@ -167,7 +170,6 @@ class GitHubSource:
                 error=SourceError,
                 what=asset.name,
                 interrupt=self._interrupt,
-                deadline=self.answer_deadline,
             )
             if deadline.expired:  # a head or body the cut ended is not an answer
                 raise self._too_slow(asset.name)
@@ -358,7 +360,6 @@ class GitHubSource:
             error=SourceError,
             what=f"the answer of {self.api_url}",
             interrupt=self._interrupt,
-            deadline=self.answer_deadline,
         )
         try:
             return loads(body)
