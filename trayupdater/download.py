@@ -158,13 +158,10 @@ def download(
                     size = body.stream(resp, clock, progress)
             break
         if cutoff is not None and cutoff.expired:  # what the cut ended is not an answer
-            raise DownloadError("cut off")
+            raise _not_finished(shown, pace.deadline)
     except DownloadError:
         if cutoff is not None and cutoff.expired:
-            raise DownloadError(
-                f"{shown}: not finished after {pace.deadline:g} s; "
-                "the partial file is kept to resume"
-            ) from None
+            raise _not_finished(shown, pace.deadline) from None
         raise
     finally:
         if cutoff is not None:
@@ -237,10 +234,7 @@ class _Clock:
         now = time.monotonic()
         pace = self.pace
         if pace.deadline is not None and now - self.started > pace.deadline:
-            raise DownloadError(
-                f"{shown}: not finished after {pace.deadline:g} s; "
-                "the partial file is kept to resume"
-            )
+            raise _not_finished(shown, pace.deadline)
         if not pace.min_rate:
             return
         recent = self._recent
@@ -254,6 +248,12 @@ class _Clock:
                     f"{shown}: too slow ({got} bytes in the last {pace.rate_window:g} s, "
                     f"less than {pace.min_rate:g} bytes/s); the partial file is kept to resume"
                 )
+
+
+def _not_finished(shown: str, deadline: float) -> DownloadError:
+    return DownloadError(
+        f"{shown}: not finished after {deadline:g} s; the partial file is kept to resume"
+    )
 
 
 @dataclass
