@@ -76,17 +76,10 @@ class Room:
     """The dispatcher's side: is there room for one more client connection, and which idle
     one gives it up (see the module doc). Only the dispatcher thread calls in."""
 
-    def __init__(
-        self,
-        capacity: int,
-        parked: dict[int, Client],
-        poller: Poller,
-        header_timeout: float,
-    ) -> None:
+    def __init__(self, capacity: int, parked: dict[int, Client], poller: Poller) -> None:
         self.capacity = capacity
         self._parked = parked  # the dispatcher's: the longest parked come first
         self._poller = poller
-        self._header_timeout = header_timeout
 
     def has_room(self, open_clients: int, now: float) -> bool:
         return open_clients < self.capacity or self._idle(now) is not None
@@ -109,6 +102,6 @@ class Room:
                 continue  # a request under way, or part of one (maybe not read yet)
             # Kept alive after an answer, or connected a while ago without a word yet (a
             # new client has the moment it needs to send its request).
-            if not conn.mid_head or now >= conn.deadline - self._header_timeout + SILENT_GRACE:
+            if not conn.mid_head or now - conn.idle_since >= SILENT_GRACE:
                 return conn
         return None

@@ -119,7 +119,7 @@ class Dispatcher:
         self._stopping = False
         self._paused_until = 0.0  # accept() failed (out of descriptors): retry later
         capacity = client_capacity(max_in_flight, self._poller.select_based)
-        self._room = Room(capacity, self._parked, self._poller, header_timeout)
+        self._room = Room(capacity, self._parked, self._poller)
         self._full = False  # no room for another connection: not accepting (capacity.py)
         self._full_logged = -math.inf  # when that (or a poll failure) was last logged
 
@@ -268,14 +268,20 @@ class Dispatcher:
     def _drop(self, data: object) -> None:
         """Close the connection an event that failed was about."""
         if type(data) is Task:
-            if self._parked.get(data.conn.fd) is data.conn:
-                del self._parked[data.conn.fd]
+            self._unpark(data.conn)
             self._waits.end(data)
             self._end(data)
         elif type(data) is Client:
-            if self._parked.get(data.fd) is data:
-                del self._parked[data.fd]
+            self._unpark(data)
             data.sock.close()
+
+    def _unpark(self, conn: Client) -> bool:
+        """Take ``conn`` off the parked ones; False if it is not there (closed to make room
+        earlier in this batch: its number may be a new connection's already)."""
+        if self._parked.get(conn.fd) is not conn:
+            return False
+        del self._parked[conn.fd]
+        return True
 
     def _in_flight(self) -> int:
         return len(self._service.serving) - self._waits.paused()
@@ -407,11 +413,8 @@ class Dispatcher:
         if conn.held:
             self._held.readable(conn)
             return
-        if self._parked.get(conn.fd) is not conn:
-            # Closed to make room earlier in this batch (its number may be a new
-            # connection's already): a stale event, not this connection's.
-            return
-        del self._parked[conn.fd]
+        if not self._unpark(conn):
+            return  # a stale event of a connection closed to make room
         if conn.lingering:
             if linger_read(conn):
                 self._register(conn)
