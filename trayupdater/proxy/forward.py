@@ -33,9 +33,9 @@ from trayupdater.proxy.steps import BLOCK, Steps
 
 log = logging.getLogger(__name__)
 
-# Error kinds as words, for log lines that have no better detail.
 _STOPPED_READING = -1  # _send_request_body: the backend stopped taking the body
 
+# Error kinds as words, for log lines that have no better detail.
 _WORDS = {
     ERR_CONNECT: "connection refused",
     ERR_STALE: "a kept-alive connection was closed",
