@@ -304,25 +304,41 @@ class ChildBackend:
         self._watcher.join(TIMEOUT)
 
 
-class PausingBackend:
-    """Answers every request with a head promising ``length`` bytes and ``first`` of them,
-    then sends the rest once ``resume`` is set (never, if it is not): a backend sending a
-    large body slowly. The proxy may have given up on a connection by then."""
+class _RawBackend:
+    """A loopback listener whose every connection ``_serve`` handles on a thread of its own:
+    the base of the backends that write raw bytes. Subclasses set their fields first."""
 
-    def __init__(self, length: int, first: int) -> None:
+    def __init__(self, label: str) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.backend = Backend("127.0.0.1", self.listener.getsockname()[1], "pausing")
-        self.body = os.urandom(length)
-        self.first = first
-        self.resume = threading.Event()
-        self.answering = 0
+        self.backend = Backend("127.0.0.1", self.listener.getsockname()[1], label)
+        self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
         with contextlib.suppress(OSError):
             while True:
                 conn, _ = self.listener.accept()
+                self.connections += 1
                 threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class PausingBackend(_RawBackend):
+    """Answers every request with a head promising ``length`` bytes and ``first`` of them,
+    then sends the rest once ``resume`` is set (never, if it is not): a backend sending a
+    large body slowly. The proxy may have given up on a connection by then."""
+
+    def __init__(self, length: int, first: int) -> None:
+        self.body = os.urandom(length)
+        self.first = first
+        self.resume = threading.Event()
+        self.answering = 0
+        super().__init__("pausing")
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
@@ -336,28 +352,15 @@ class PausingBackend:
                 conn.sendall(self.body[self.first :])
                 conn.recv(1)  # until the proxy closes or reuses it
 
-    def close(self) -> None:
-        self.listener.close()
 
-
-class ScriptedBackend:
+class ScriptedBackend(_RawBackend):
     """A raw backend: every connection it accepts is served by ``script(conn, requests)``,
     where ``requests()`` returns the next request head it received (None at EOF). For
     answers no HTTP library would write: bytes after a response, odd status lines."""
 
     def __init__(self, script: Callable[[socket.socket, Callable[[], bytes | None]], None]):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.backend = Backend("127.0.0.1", self.listener.getsockname()[1], "scripted")
         self.script = script
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.listener.accept()
-                self.connections += 1
-                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__("scripted")
 
     def _serve(self, conn: socket.socket) -> None:
         buf = bytearray()
@@ -376,9 +379,6 @@ class ScriptedBackend:
         with conn, contextlib.suppress(OSError):
             conn.settimeout(TIMEOUT)
             self.script(conn, next_request)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def open_client(proxy: HasAddress) -> http.client.HTTPConnection:
