@@ -164,7 +164,8 @@ def _login_instance(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[l
 
     from trayupdater.cli import _launch_args, build_parser, config_from_args
 
-    login = _launch_args(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    login = _launch_args(args, config_from_args(args))
     for name in [n for n in os.environ if n.startswith("TRAYUPDATER_")]:
         monkeypatch.delenv(name)
     return login, config_from_args(build_parser().parse_args([*login, "run"])).data_dir

@@ -318,14 +318,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         config,
         headless=args.headless,
         config_path=config_path_of(args),
-        launch_args=_launch_args(args),
+        launch_args=_launch_args(args, config),
     )
 
 
-def _launch_args(args: argparse.Namespace) -> list[str]:
+def _launch_args(args: argparse.Namespace, config: Config) -> list[str]:
     """The options a start at login must repeat so that the same instance starts: the
     config file and the data folder this run resolved, however they were given (a flag,
-    ``--set``, before or after the command, or the environment)."""
+    ``--set``, before or after the command, or the environment); ``config`` is what this run
+    resolved from ``args``."""
     import os
 
     from trayupdater.config import ENV_PREFIX
@@ -337,7 +338,7 @@ def _launch_args(args: argparse.Namespace) -> list[str]:
     if args.config is not None or os.environ.get(ENV_PREFIX + "CONFIG"):
         config_file = config_path_of(args).expanduser().resolve()
         extra += ["--config", str(config_file)]
-    data_dir = config_from_args(args).data_dir.expanduser().resolve()
+    data_dir = config.data_dir.expanduser().resolve()
     # The data folder is left out only when the config file alone names the same absolute
     # one, so that editing data_dir in that file still takes effect at the next login.
     try:
