@@ -23,12 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from static_server import StaticServer  # shared with the tests
-from tuf_support import Publisher
+from tuf_support import Publisher, tuf_source
 
 from trayupdater.demo import DEMO_REPO, publish_version
 from trayupdater.feed import ReleaseFeed
 from trayupdater.sources.github import GitHubSource
-from trayupdater.sources.tuf_source import TufSource
 
 
 def timed(check: Callable[[], object]) -> float:
@@ -73,12 +72,7 @@ def bench_tuf(checks: int, versions: int, base: Path) -> tuple[str, dict[str, st
             publisher.add(f"1.{n}.0")
     publisher.age(60)  # published a minute ago: validators are trusted (see tuf_fetcher)
     with StaticServer(publisher.dir, base / "server") as server:
-        source = TufSource(
-            metadata_url=server.url + "metadata/",
-            targets_url=server.url + "targets/",
-            cache_dir=base / "cache",
-            trusted_root=publisher.shipped_root,
-        )
+        source = tuf_source(server.url, publisher, base / "cache")
 
         def measure(runs: int) -> tuple[float, float, float]:
             seen = len(server.hits())

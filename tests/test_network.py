@@ -25,7 +25,7 @@ import truststore
 from forward_proxy import ForwardProxy
 from static_server import StaticServer
 from tls import CA, https_server, make_ca
-from tuf_support import Publisher
+from tuf_support import Publisher, tuf_source
 
 from trayupdater import network
 from trayupdater.config import describe, load_config
@@ -37,7 +37,6 @@ from trayupdater.http_client import HttpClient, HttpFailed, HttpUntrusted
 from trayupdater.network import Network, NetworkSettingError
 from trayupdater.platforms import Platform
 from trayupdater.sources.github import GitHubSource
-from trayupdater.sources.tuf_source import TufSource
 
 TOKEN = "ghp_" + "s3cr3t" * 6
 PROXY_PASSWORD = "pr0xy-pa55"
@@ -257,12 +256,8 @@ def test_plain_http_to_loopback_never_goes_through_a_proxy(
         net_env.setenv("HTTP_PROXY", proxy.url)
         net_env.setenv("HTTPS_PROXY", proxy.url)
         net_env.setenv("ALL_PROXY", proxy.url)
-        source = TufSource(
-            metadata_url=server.url + "metadata/",
-            targets_url=server.url + "targets/",
-            cache_dir=tmp_path / "cache",
-            trusted_root=publisher.shipped_root,
-            network=Network(proxy=proxy.url),
+        source = tuf_source(
+            server.url, publisher, tmp_path / "cache", network=Network(proxy=proxy.url)
         )
         assert source.check().release is not None
     assert proxy.seen == []
@@ -331,12 +326,7 @@ def test_the_asset_installed_through_the_proxy_is_the_published_one(
     net_env.setenv("SSL_CERT_FILE", str(system_store_with(ca, tmp_path)))
     with https_server(ca, files_handler(publisher.dir)) as base, ForwardProxy() as proxy:
         net_env.setenv("HTTPS_PROXY", proxy.url)
-        source = TufSource(
-            metadata_url=base + "/metadata/",
-            targets_url=base + "/targets/",
-            cache_dir=tmp_path / "cache",
-            trusted_root=publisher.shipped_root,
-        )
+        source = tuf_source(base, publisher, tmp_path / "cache")
         release = source.check().release
         assert release is not None
         asset = release.asset(asset_name(Platform.current()))
@@ -403,13 +393,7 @@ def test_a_proxy_variable_that_is_not_an_http_proxy_is_named_by_both_sources(
     with pytest.raises(SourceError, match=r"socks5://127\.0\.0\.1:1080 .* HTTPS_PROXY") as one:
         github.check()
     publisher = Publisher(tmp_path).init()
-    tuf = TufSource(
-        metadata_url="https://127.0.0.1:9/metadata/",
-        targets_url="https://127.0.0.1:9/targets/",
-        cache_dir=tmp_path / "cache",
-        trusted_root=publisher.shipped_root,
-        retries=0,
-    )
+    tuf = tuf_source("https://127.0.0.1:9/", publisher, tmp_path / "cache", retries=0)
     with pytest.raises(SourceError, match=r"not an http:// or https:// proxy URL") as two:
         tuf.check()
     assert "pw" not in str(one.value) + str(two.value)

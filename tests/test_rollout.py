@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from packaging.version import Version
 from static_server import StaticServer
 from tuf.api.metadata import Metadata
-from tuf_support import Publisher, pipeline, tuf_config
+from tuf_support import Publisher, pipeline, tuf_config, tuf_source
 
 from trayupdater.release_model import Release, Rollout
 from trayupdater.rollout import (
@@ -30,7 +30,6 @@ from trayupdater.rollout import (
     note_recalls,
     takes,
 )
-from trayupdater.sources.tuf_source import TufSource
 from trayupdater.sources.tuf_targets import index_targets
 from trayupdater.store import State
 from trayupdater.tuf_format import TargetFormatError, parse_rollout
@@ -60,12 +59,7 @@ def newest_targets(publisher: Publisher) -> dict[str, dict[str, object]]:
 
 def checked(server: StaticServer, publisher: Publisher, cache: Path) -> dict[str, Release]:
     """The releases the real client sees, by version (signatures and all checked)."""
-    source = TufSource(
-        metadata_url=server.url + "metadata/",
-        targets_url=server.url + "targets/",
-        cache_dir=cache,
-        trusted_root=publisher.shipped_root,
-    )
+    source = tuf_source(server.url, publisher, cache)
     return {r.version_text: r for r in source.check().releases}
 
 
@@ -223,12 +217,7 @@ def test_a_signed_rollout_with_a_huge_integer_skips_that_version_only(
     publisher.library().edit_version(
         Version("1.1.0"), lambda ours: ours.__setitem__("rollout", {"percent": 10**400})
     )
-    source = TufSource(
-        metadata_url=server.url + "metadata/",
-        targets_url=server.url + "targets/",
-        cache_dir=tmp_path / "cache",
-        trusted_root=publisher.shipped_root,
-    )
+    source = tuf_source(server.url, publisher, tmp_path / "cache")
     result = source.check()
     assert [r.version_text for r in result.releases] == ["1.0.0"]
     assert result.skipped_tags == ["1.1.0"]

@@ -16,10 +16,9 @@ from securesystemslib.signer import CryptoSigner
 from static_server import StaticServer
 from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
-from tuf_support import Publisher
+from tuf_support import Publisher, tuf_source
 
 from trayupdater.cli import main
-from trayupdater.sources.tuf_source import TufSource
 from trayupdater.tuf_verify import verify_folder
 
 EVIL = b"#!/bin/sh\necho pwned\n"
@@ -54,12 +53,7 @@ def evil_target() -> TargetFile:
 def offered(publisher: Publisher, tmp_path: Path) -> list[str]:
     """The versions a client anchored at the shipped root is offered."""
     with StaticServer(publisher.dir, tmp_path / "server") as server:
-        source = TufSource(
-            metadata_url=server.url + "metadata/",
-            targets_url=server.url + "targets/",
-            cache_dir=tmp_path / "cache",
-            trusted_root=publisher.shipped_root,
-        )
+        source = tuf_source(server.url, publisher, tmp_path / "cache")
         return [r.version_text for r in source.check().releases]
 
 

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from minisign_tool import generate_keypair, public_key_line, sign
 from static_server import StaticServer
-from tuf_support import Publisher
+from tuf_support import Publisher, tuf_source
 
 from trayupdater.download import Pace
 from trayupdater.errors import VerificationError
-from trayupdater.sources.tuf_source import TufSource
 
 DATA = b"payload " * 50
 
@@ -32,22 +31,13 @@ def published(tmp_path: Path, name: str) -> tuple[Publisher, str]:
     return publisher, public_key_line(secret, key_id)
 
 
-def source_for(server: StaticServer, publisher: Publisher, cache: Path) -> TufSource:
-    return TufSource(
-        metadata_url=server.url + "metadata/",
-        targets_url=server.url + "targets/",
-        cache_dir=cache,
-        trusted_root=publisher.shipped_root,
-    )
-
-
 @pytest.mark.parametrize("name", ["my app.tar.gz", "app#1.tar.gz", "app%41.tar.gz", "app?x.tar.gz"])
 def test_a_signature_is_found_whatever_the_file_is_called(tmp_path: Path, name: str) -> None:
     """ngclient's download_target glued the raw name onto the URL: a space was refused by
     the URL policy, ``#`` and ``?`` cut the URL short, ``%41`` named another file."""
     publisher, public_key = published(tmp_path, name)
     with StaticServer(publisher.dir, tmp_path / "server") as server:
-        source = source_for(server, publisher, tmp_path / "cache")
+        source = tuf_source(server.url, publisher, tmp_path / "cache")
         release = source.check().release
         assert release is not None
         asset = release.asset(name)
@@ -69,7 +59,7 @@ def test_a_signature_changed_on_the_host_is_refused(tmp_path: Path, change: str)
     text = served.read_bytes()
     served.write_bytes(text.swapcase() if change == "other bytes" else text + b"\n" * 10)
     with StaticServer(publisher.dir, tmp_path / "server") as server:
-        source = source_for(server, publisher, tmp_path / "cache")
+        source = tuf_source(server.url, publisher, tmp_path / "cache")
         release = source.check().release
         assert release is not None
         asset = release.asset("app.tar.gz")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from static_server import NGINX, StaticServer
 from tuf.api.metadata import Metadata, Root
-from tuf_support import Publisher, pipeline, tuf_config
+from tuf_support import Publisher, pipeline, tuf_config, tuf_source
 
 from trayupdater.demo import asset_name
 from trayupdater.errors import (
@@ -42,18 +42,6 @@ def publisher(tmp_path: Path) -> Publisher:
 def server(tmp_path: Path, publisher: Publisher) -> Iterator[StaticServer]:
     with StaticServer(publisher.dir, tmp_path / "server") as running:
         yield running
-
-
-def source_for(
-    server: StaticServer, publisher: Publisher, cache: Path, **kwargs: object
-) -> TufSource:
-    return TufSource(
-        metadata_url=server.url + "metadata/",
-        targets_url=server.url + "targets/",
-        cache_dir=cache,
-        trusted_root=publisher.shipped_root,
-        **kwargs,  # type: ignore[arg-type]
-    )
 
 
 # --- what a user gets ------------------------------------------------------------------------
@@ -95,7 +83,7 @@ def test_repeated_checks_are_conditional_requests(
 ) -> None:
     publisher.add("1.0.0")
     publisher.age(60)  # published a minute ago: its validators can be trusted (see tuf_fetcher)
-    source = source_for(server, publisher, tmp_path / "cache")
+    source = tuf_source(server.url, publisher, tmp_path / "cache")
     first = source.check()
     second = source.check()
     assert first.release is not None and second.release is not None
@@ -123,7 +111,7 @@ def test_a_file_changed_within_the_same_second_is_not_taken_for_unchanged(
     path = publisher.metadata / "timestamp.json"
     stamp = time.time()
     os.utime(path, (stamp, stamp))
-    source = source_for(server, publisher, tmp_path / "cache")
+    source = tuf_source(server.url, publisher, tmp_path / "cache")
     assert source.check().release.version_text == "1.0.0"  # type: ignore[union-attr]
     size = path.stat().st_size
     publisher.add("1.1.0")
@@ -148,7 +136,7 @@ def test_a_target_that_does_not_follow_the_format_is_skipped(
         targets.targets["nightly/" + ASSET] = TargetFile.from_file(f"nightly/{ASSET}", str(stray))
     repository.do_snapshot()
     repository.do_timestamp()
-    result = source_for(server, publisher, tmp_path / "cache").check()
+    result = tuf_source(server.url, publisher, tmp_path / "cache").check()
     assert result.release is not None and result.release.version_text == "1.0.0"
     assert result.skipped_tags == ["nightly"]
 
@@ -162,7 +150,7 @@ def test_an_older_timestamp_is_refused(
     publisher.add("1.0.0")
     old = publisher.save()
     publisher.add("1.1.0")
-    source = source_for(server, publisher, tmp_path / "cache")
+    source = tuf_source(server.url, publisher, tmp_path / "cache")
     assert source.check().release.version_text == "1.1.0"  # type: ignore[union-attr]
     # A stale mirror serves the repository as it was before 1.1.0 (all validly signed).
     for path, data in old.items():
@@ -171,14 +159,14 @@ def test_an_older_timestamp_is_refused(
         source.check()
     # The refusal is remembered across restarts: the cache holds the newest timestamp.
     with pytest.raises(UntrustedMetadataError):
-        source_for(server, publisher, tmp_path / "cache").check()
+        tuf_source(server.url, publisher, tmp_path / "cache").check()
 
 
 def test_an_older_snapshot_is_refused(
     tmp_path: Path, publisher: Publisher, server: StaticServer
 ) -> None:
     publisher.add("1.0.0")
-    source = source_for(server, publisher, tmp_path / "cache")
+    source = tuf_source(server.url, publisher, tmp_path / "cache")
     source.check()
     publisher.refresh()  # timestamp v3 -> snapshot v3
     old_snapshot = (publisher.metadata / "2.snapshot.json").read_bytes()
@@ -196,7 +184,7 @@ def test_an_older_targets_is_refused(
         (publisher.metadata / "2.targets.json").read_bytes()  # v2: only 1.0.0
     )
     with pytest.raises(UntrustedMetadataError, match=r"Expected targets v3, got v2"):
-        source_for(server, publisher, tmp_path / "cache").check()
+        tuf_source(server.url, publisher, tmp_path / "cache").check()
 
 
 def test_metadata_edited_without_its_key_is_refused(
@@ -208,7 +196,7 @@ def test_metadata_edited_without_its_key_is_refused(
     data["signed"]["expires"] = "2099-01-01T00:00:00Z"  # a freeze made to look fresh
     path.write_text(json.dumps(data))
     with pytest.raises(UntrustedMetadataError, match="signed by 0/1 keys"):
-        source_for(server, publisher, tmp_path / "cache").check()
+        tuf_source(server.url, publisher, tmp_path / "cache").check()
 
 
 def test_an_endless_metadata_file_is_cut_off(
@@ -216,7 +204,7 @@ def test_an_endless_metadata_file_is_cut_off(
 ) -> None:
     (publisher.metadata / "timestamp.json").write_bytes(b" " * (2 * 1024 * 1024))
     with pytest.raises(UntrustedMetadataError, match="longer than"):
-        source_for(server, publisher, tmp_path / "cache").check()
+        tuf_source(server.url, publisher, tmp_path / "cache").check()
 
 
 # --- expiry: no new installs, keep serving, say why --------------------------------------------
@@ -273,7 +261,7 @@ def test_a_rotated_root_key_is_followed_along_the_chain(
     tmp_path: Path, publisher: Publisher, server: StaticServer
 ) -> None:
     publisher.add("1.0.0")
-    source = source_for(server, publisher, tmp_path / "cache")
+    source = tuf_source(server.url, publisher, tmp_path / "cache")
     assert source.check().release.version_text == "1.0.0"  # type: ignore[union-attr]
     old_root_key = publisher.keys / "root.pem"
     old_keyid = publisher.library().root().roles["root"].keyids[0]
@@ -283,7 +271,7 @@ def test_a_rotated_root_key_is_followed_along_the_chain(
     assert old_root_key.exists()  # the new key took its place
     assert (publisher.keys / "retired").is_dir()
     # A client that only ships root v1 walks 2.root.json and 3.root.json.
-    fresh = source_for(server, publisher, tmp_path / "fresh-cache")
+    fresh = tuf_source(server.url, publisher, tmp_path / "fresh-cache")
     assert fresh.check().release.version_text == "1.1.0"  # type: ignore[union-attr]
     assert source.check().release.version_text == "1.1.0"  # type: ignore[union-attr]
     assert [h.status for h in server.hits("/metadata/4.root.json")][-1] == 404
@@ -302,7 +290,7 @@ def test_a_new_root_not_signed_by_the_old_root_key_is_refused(
     md.signatures = {k: v for k, v in md.signatures.items() if k == new_keyid}
     md.to_file(str(path))  # what an attacker holding only a key of their own could make
     with pytest.raises(UntrustedMetadataError, match="root"):
-        source_for(server, publisher, tmp_path / "cache").check()
+        tuf_source(server.url, publisher, tmp_path / "cache").check()
 
 
 def test_a_retired_key_can_no_longer_sign(
@@ -311,7 +299,7 @@ def test_a_retired_key_can_no_longer_sign(
     publisher.add("1.0.0")
     retired_dir = publisher.keys / "retired"
     publisher.repo("rotate-key", str(publisher.dir), "--role", "timestamp")
-    source = source_for(server, publisher, tmp_path / "cache")
+    source = tuf_source(server.url, publisher, tmp_path / "cache")
     source.check()
     # Whoever leaked the old timestamp key signs a "newer" timestamp with it.
     from tuf.api.metadata import Timestamp
@@ -366,7 +354,7 @@ def test_a_redirect_to_a_plain_http_host_is_not_followed(
         StaticServer(publisher.dir, tmp_path / "server", extra=extra) as server,
         pytest.raises(SourceError, match="plain http is only allowed for loopback"),
     ):
-        source_for(server, publisher, tmp_path / "cache").check()
+        tuf_source(server.url, publisher, tmp_path / "cache").check()
 
 
 def test_too_many_requests_pauses_checks_without_asking(
@@ -374,7 +362,7 @@ def test_too_many_requests_pauses_checks_without_asking(
 ) -> None:
     extra = "location = /metadata/timestamp.json { add_header Retry-After 120 always; return 429; }"
     with StaticServer(publisher.dir, tmp_path / "server", extra=extra) as server:
-        source = source_for(server, publisher, tmp_path / "cache")
+        source = tuf_source(server.url, publisher, tmp_path / "cache")
         with pytest.raises(RateLimitedError) as caught:
             source.check()
         assert 100 < caught.value.retry_at - time.time() <= 121
@@ -387,7 +375,7 @@ def test_server_errors_are_retried_with_back_off(tmp_path: Path, publisher: Publ
     extra = "location = /metadata/timestamp.json { return 502; }"
     waits: list[float] = []
     with StaticServer(publisher.dir, tmp_path / "server", extra=extra) as server:
-        source = source_for(server, publisher, tmp_path / "cache", sleep=waits.append)
+        source = tuf_source(server.url, publisher, tmp_path / "cache", sleep=waits.append)
         with pytest.raises(SourceError, match="HTTP 502"):
             source.check()
         assert len(server.hits("/metadata/timestamp.json")) == 3
@@ -429,7 +417,7 @@ def test_an_unreachable_repository_is_a_source_error(tmp_path: Path, publisher: 
 def test_without_a_trusted_root_the_check_says_where_it_looked(
     tmp_path: Path, publisher: Publisher, server: StaticServer
 ) -> None:
-    source = source_for(server, publisher, tmp_path / "cache")
+    source = tuf_source(server.url, publisher, tmp_path / "cache")
     source.trusted_root = None
     source.root_locations = [tmp_path / "nowhere" / "root.json"]
     with pytest.raises(SourceError, match=re.escape(str(tmp_path / "nowhere" / "root.json"))):
@@ -442,7 +430,7 @@ def test_a_trusted_root_that_is_not_root_metadata_is_refused(
 ) -> None:
     fake = tmp_path / "root.json"
     fake.write_bytes((publisher.metadata / "timestamp.json").read_bytes())
-    source = source_for(server, publisher, tmp_path / "cache")
+    source = tuf_source(server.url, publisher, tmp_path / "cache")
     source.trusted_root = fake
     with pytest.raises(SourceError, match="not valid TUF root metadata"):
         source.check()
@@ -493,7 +481,7 @@ def test_two_checks_on_one_cache_at_once_do_not_trip_over_each_other(
     errors: list[BaseException] = []
 
     def checks() -> None:
-        source = source_for(server, publisher, tmp_path / "cache")
+        source = tuf_source(server.url, publisher, tmp_path / "cache")
         for _ in range(30):
             try:
                 assert source.check().release is not None

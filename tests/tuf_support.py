@@ -20,6 +20,7 @@ from trayupdater.cli import main
 from trayupdater.config import Config, load_config
 from trayupdater.demo import DEMO_REPO, child_archive
 from trayupdater.pipeline import ReleasePipeline
+from trayupdater.sources.tuf_source import TufSource
 from trayupdater.store import VersionStore
 from trayupdater.tuf_keys import KeyStore
 from trayupdater.tuf_repository import FolderRepository
@@ -127,6 +128,20 @@ def tuf_config(server_url: str, publisher: Publisher, data_dir: Path, **override
         **overrides,
     }
     return load_config(none, env={}, overrides=values)
+
+
+def tuf_source(url: str, publisher: Publisher, cache: Path, **options: Any) -> TufSource:
+    """A client of the repository served at ``url`` (its ``metadata/`` and ``targets/``),
+    anchored at the root a build would ship; ``options`` go to :class:`TufSource` as they are
+    (``network``, ``retries``, ``sleep`` ...)."""
+    base = url if url.endswith("/") else url + "/"
+    return TufSource(
+        metadata_url=base + "metadata/",
+        targets_url=base + "targets/",
+        cache_dir=cache,
+        trusted_root=publisher.shipped_root,
+        **options,
+    )
 
 
 def pipeline(config: Config) -> ReleasePipeline:
