@@ -8,7 +8,8 @@ A new version goes live in five steps:
 
 1. **Start** on a free loopback port and wait for ``GET health_path`` to answer its version.
 2. **Soak**: it must keep answering (probed every 250 ms) for ``min_ready_seconds``. A child
-   that exits or fails here never took traffic; it is blocked like a crash at start.
+   that exits or fails here never took traffic; it is blocked like a crash at start. (Steps
+   1 and 2 are :mod:`child_start`'s.)
 3. **Switch** the proxy to it with the previous child as the *warm fallback*: still running,
    no new traffic.
 4. **Probation** (``probation_seconds``): its monitor probes health. If it exits or stops
@@ -20,31 +21,32 @@ A new version goes live in five steps:
 Outside probation a dead child means *hold*: the proxy keeps requests waiting (up to
 ``hold_seconds``) while the child is restarted with back-off; ``crash_loop_exits`` exits
 within ``crash_loop_seconds`` roll back to the previous installed version instead, which is
-then blocked (:mod:`restarts`). Every transition is one atomic save of the state.
+then blocked (:mod:`restarts`). When to roll back, and to which version, is :mod:`rollback`'s;
+moving the traffic is done here. Every transition is one atomic save of the state.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from trayupdater import child_logs
 from trayupdater.cancel import Interrupt
+from trayupdater.child_start import child_log_path as child_log_path  # updater's import
+from trayupdater.child_start import start_healthy
 from trayupdater.children import Child
 from trayupdater.config import Config
-from trayupdater.errors import ChildError, StorageError
+from trayupdater.errors import ChildError
 from trayupdater.events import Events
-from trayupdater.monitor import PROBE_INTERVAL, ChildMonitor, probe
+from trayupdater.monitor import ChildMonitor
 from trayupdater.processes import kill_stale
 from trayupdater.proxy import Backend, Generation, ReverseProxy
 from trayupdater.restarts import Restarts
+from trayupdater.rollback import Rollbacks, block, older_than
 from trayupdater.status import Phase
-from trayupdater.store import InstalledVersion, State, VersionStore, version_key
+from trayupdater.store import InstalledVersion, State, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +78,6 @@ def backend_of(child: Child) -> Backend:
     return Backend(child.host, child.port, child.version)
 
 
-def child_log_path(config: Config, version: str) -> Path:
-    return child_logs.log_path(config.logs_dir, version)
-
-
 class Serving:
     def __init__(
         self,
@@ -100,6 +98,7 @@ class Serving:
         self.probation_until: float | None = None  # monotonic
         self.restart_at: float | None = None
         self._restarts = Restarts(config.crash_loop_exits, config.crash_loop_seconds)
+        self._rollbacks = Rollbacks(config, store, hooks, self._restarts, self)
         self._started_at = 0.0
 
     @property
@@ -139,9 +138,9 @@ class Serving:
                 if version != state.active:
                     # The active version would not start: never fall back to it again.
                     if state.active:
-                        self._block(state.active)
+                        block(state, state.active)
                     state.active = version
-                    state.previous = self.older_than(version)
+                    state.previous = older_than(state, self.store, version)
                     remaining = 0.0
                 self._go_live(child, probation=remaining if remaining > 0 else None)
                 self.hooks.save()
@@ -191,7 +190,7 @@ class Serving:
             # Nothing serves yet on a first install: no reason to keep clients waiting.
             child = self.start_child(installed, soak=self.active is not None)
         except ChildError as exc:
-            self._block(installed.version)
+            block(state, installed.version)
             self.hooks.save()
             raise ChildError(
                 f"{installed.version} was not started: {exc}; it is blocked", details=exc.details
@@ -221,56 +220,9 @@ class Serving:
 
     def start_child(self, installed: InstalledVersion, *, soak: bool) -> Child:
         """A healthy child of ``installed`` (soaked first when ``soak``); ChildError if not."""
-        log_path = child_log_path(self.config, installed.version)
-        try:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot write the child's log in {log_path.parent}: {exc.strerror or exc}"
-            ) from None
-        child = Child(
-            installed.executable,
-            installed.version,
-            command=self.config.command,
-            log_path=log_path,
-            cwd=installed.folder,
-            env=dict(self.config.env),
-            secrets=[self.config.token] if self.config.token else [],
-            # simple-server (Go) shuts down gracefully on Interrupt only; SIGTERM kills it.
-            stop_signal=getattr(signal, "SIGINT", None) if os.name == "posix" else None,
+        return start_healthy(
+            self.config, installed, soak=soak, publish=self.hooks.publish, interrupt=self.interrupt
         )
-        started = time.monotonic()
-        child.start()
-        try:
-            child.wait_healthy(
-                path=self.config.health_path,
-                expect=self.config.health_expect,
-                timeout=self.config.health_timeout,
-            )
-            log.info(
-                "%s healthy %.0f ms after start",
-                installed.version,
-                (time.monotonic() - started) * 1000,
-            )
-            if soak and self.config.min_ready_seconds > 0:
-                self._soak(child)
-        except BaseException:
-            child.stop()
-            raise
-        return child
-
-    def _soak(self, child: Child) -> None:
-        seconds = self.config.min_ready_seconds
-        self.hooks.publish(message=f"Checking that {child.version} stays healthy…")
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if child.wait_exit(min(PROBE_INTERVAL, left)):
-                raise child.exit_error(f"during its {seconds:g} s readiness check")
-            self.interrupt.check()
-            why = probe(child, self.config.health_path)
-            if why is not None:
-                raise ChildError(f"{child.name} {why} during its {seconds:g} s readiness check")
-        log.info("%s stayed healthy for %g s", child.version, seconds)
 
     def _go_live(self, child: Child, *, probation: float | None, switched: bool = False) -> None:
         """``child`` is the active one now (the proxy points at it unless ``switched``)."""
@@ -335,7 +287,9 @@ class Serving:
         if self.active is None or child is not self.active.child:
             return  # a child we stopped on purpose
         bad = self.active
-        if self.probation_until is not None and self._probation_failed(bad, why):
+        if self.probation_until is not None and self._rollbacks.probation_failed(
+            child.version, why
+        ):
             return
         self._stop(bad)
         self.active = None
@@ -343,7 +297,7 @@ class Serving:
         state.child_pid = state.child_port = None
         code = child.returncode
         self.hooks.events.failed("child_exit", f"{child.version} {why}")
-        if self._crash_loop_rolled_back(child.version):
+        if self._rollbacks.crash_looped(child.version):
             return
         now = time.monotonic()
         delay = self._restarts.delay(now, self._started_at)
@@ -354,36 +308,6 @@ class Serving:
             phase=Phase.RESTARTING,
             error=f"{child.version} {why}; restarting in {delay:g} s",
         )
-
-    def _probation_failed(self, bad: _Running, why: str) -> bool:
-        """Roll back from a version that failed probation; False if there is nothing to
-        roll back to (it is then restarted like any crash)."""
-        reason = f"{bad.child.version} {why} during probation"
-        log.error("%s; rolling back", reason)
-        if self.warm is not None and self.warm.child.is_alive():
-            # The proxy is on the warm child already; make it the active one.
-            warm, self.warm = self.warm, None
-            self._warm_generation = None
-            self._stop(bad)
-            self.active = warm
-            self._set_probation(None)
-            self._commit_rollback(bad.child.version, warm.child, automatic=True, reason=reason)
-            return True
-        self._set_probation(None)
-        return self.rollback(automatic=True, reason=reason)
-
-    def _crash_loop_rolled_back(self, version: str) -> bool:
-        """Count an exit (or a failed restart) of the active version; roll back from a
-        crash loop. True if that happened."""
-        exits = self._restarts.crash_loop(time.monotonic())
-        if exits is None:
-            return False
-        minutes = self.config.crash_loop_seconds / 60
-        reason = f"{version} crashed {exits} times in {minutes:g} minutes"
-        if not self.can_roll_back():
-            log.error("%s; nothing to roll back to, so it keeps being restarted", reason)
-            return False
-        return self.rollback(automatic=True, reason=reason)
 
     def restart(self) -> None:
         """The back-off delay is over: start the active version again."""
@@ -397,7 +321,7 @@ class Serving:
         try:
             child = self.start_child(installed, soak=False)
         except ChildError as exc:
-            if self._crash_loop_rolled_back(installed.version):
+            if self._rollbacks.crash_looped(installed.version):
                 return
             delay = self._restarts.delay(time.monotonic())
             self.restart_at = time.monotonic() + delay
@@ -410,36 +334,33 @@ class Serving:
             phase=Phase.RUNNING, message=f"Restarted {installed.version}", error=None
         )
 
-    # --- rollback ----------------------------------------------------------------------------
+    # --- rollback: rollback.py decides, these move the traffic (its Children) ---------------
 
     def rollback(self, *, automatic: bool, reason: str) -> bool:
         """Serve the previous version instead of the active one, which is blocked."""
-        state = self.state
-        target, current = state.previous, state.active
-        installed = self.store.get(target) if target else None
-        if installed is None:
-            message = "Nothing to roll back to"
-            self.hooks.publish(message=message)
-            return False
+        return self._rollbacks.rollback(automatic=automatic, reason=reason)
+
+    def leave_recalled(self, reason: str) -> bool:
+        """The publisher recalled the active version: roll back from it if anything is left
+        to roll back to (:meth:`Rollbacks.leave_recalled`); False if it keeps running."""
+        return self._rollbacks.leave_recalled(reason)
+
+    def switch_to_warm(self, version: str) -> Child | None:
+        """Traffic back to the warm child if it is ``version`` and alive; None if not."""
         warm = self.warm
-        if warm is not None and warm.child.version == target and warm.child.is_alive():
-            # On probation with the previous child still warm: switch at once.
-            self.warm = None
-            self._warm_generation = None
-            generation = self.proxy.switch(warm.backend)
-            old, self.active = self.active, warm
-            self._set_probation(None)
-            if old is not None:
-                self._drain_and_stop(old, generation)
-            self._commit_rollback(current, warm.child, automatic=automatic, reason=reason)
-            return True
-        self.hooks.publish(phase=Phase.ROLLING_BACK, message=f"Rolling back to {target}…")
-        try:
-            child = self.start_child(installed, soak=False)
-        except ChildError as exc:
-            log.error("rollback to %s failed: %s", target, exc.for_log())
-            self.hooks.publish(error=f"rollback to {target} failed: {exc}")
-            return False
+        if warm is None or warm.child.version != version or not warm.child.is_alive():
+            return None
+        self.warm = None
+        self._warm_generation = None
+        generation = self.proxy.switch(warm.backend)
+        old, self.active = self.active, warm
+        self._set_probation(None)
+        if old is not None:
+            self._drain_and_stop(old, generation)
+        return warm.child
+
+    def switch_to_started(self, child: Child) -> None:
+        """Traffic to ``child``, just started; every other child drained and stopped."""
         self._set_probation(None)
         old = self.active
         self._finish_warm()
@@ -448,59 +369,23 @@ class Serving:
             self._drain_and_stop(old, generation)
         self.active = None
         self._go_live(child, probation=None, switched=True)
-        self._commit_rollback(current, child, automatic=automatic, reason=reason)
-        return True
 
-    def leave_recalled(self, reason: str) -> bool:
-        """The publisher recalled the active version: roll back to the newest installed one
-        that is neither blocked nor recalled (the caller blocks those first), with the same
-        zero-failure switch. False when there is none: it keeps running."""
-        state = self.state
-        if not state.active:
-            return False
-        state.previous = self.older_than(state.active)
-        if not self.can_roll_back():
-            return False
-        return self.rollback(automatic=True, reason=reason)
-
-    def _commit_rollback(
-        self, bad: str | None, child: Child, *, automatic: bool, reason: str
-    ) -> None:
-        state = self.state
-        if bad:
-            self._block(bad)
-        state.active = child.version
-        state.previous = self.older_than(child.version)
-        state.child_pid, state.child_port = child.pid, child.port
-        self._restarts.reset()
-        self.hooks.save()  # one save: "bad blocked" and "target active" together
-        self.hooks.events.rolled_back(bad or "?", child.version, automatic, reason)
-        kind = "Automatically rolled back" if automatic else "Rolled back"
-        self.hooks.publish(
-            phase=Phase.RUNNING,
-            message=f"{kind} to {child.version}" + (f": {reason}" if automatic else ""),
-            error=None,
-        )
+    def end_failed_probation(self) -> Child | None:
+        """Stop the child that failed probation; the warm child, if alive, replaces it."""
+        warm = self.warm
+        if warm is not None and warm.child.is_alive():
+            # The proxy is on the warm child already; make it the active one.
+            self.warm = None
+            self._warm_generation = None
+            if self.active is not None:
+                self._stop(self.active)
+            self.active = warm
+            self._set_probation(None)
+            return warm.child
+        self._set_probation(None)
+        return None
 
     # --- helpers -----------------------------------------------------------------------------
-
-    def can_roll_back(self) -> bool:
-        previous = self.state.previous
-        return bool(previous) and self.store.get(previous) is not None
-
-    def older_than(self, version: str) -> str | None:
-        blocked = self.state.blocked
-        older = [
-            v
-            for v in self.store.installed()
-            if version_key(v) < version_key(version) and v not in blocked
-        ]
-        return older[-1] if older else None
-
-    def _block(self, version: str) -> None:
-        """Mark ``version`` blocked (the caller saves, once, with the rest of the change)."""
-        if version not in self.state.blocked:
-            self.state.blocked.append(version)
 
     def _stop(self, running: _Running) -> None:
         running.monitor.stop()
