@@ -336,6 +336,45 @@ def test_forwarded_headers_added_and_hop_by_hop_removed(make_backend, make_proxy
         assert hop not in names, f"{hop} must not be forwarded"
     assert names.count("x-forwarded-for") == 1
 
+
+def test_underscored_twins_of_framing_and_forwarding_headers_are_not_forwarded(
+    make_backend, make_proxy
+):
+    # CGI, WSGI and PHP backends read "_" as "-": Transfer_Encoding arrives as
+    # HTTP_TRANSFER_ENCODING, X_Forwarded_For as the client address the proxy vouches for.
+    proxy = make_proxy(make_backend().backend)
+    conn = _client(proxy)
+    conn.request(
+        "POST",
+        "/headers",
+        body=b"hello",
+        headers={
+            "Host": "example.test",
+            "Transfer_Encoding": "chunked",
+            "Content_Length": "0",
+            "X_Forwarded_For": "6.6.6.6",
+            "X_Forwarded_Host": "evil.test",
+            "Proxy_Authorization": "Basic Zm9vOmJhcg==",
+            "Keep_Alive": "timeout=5",
+            "X_Api_Key": "kept",  # an ordinary name with an underscore goes on
+        },
+    )
+    fields = json.loads(conn.getresponse().read())
+    names = [name.lower() for name, _ in fields]
+    for twin in (
+        "transfer_encoding",
+        "content_length",
+        "x_forwarded_for",
+        "x_forwarded_host",
+        "proxy_authorization",
+        "keep_alive",
+    ):
+        assert twin not in names, f"{twin} must not be forwarded"
+    got = {name.lower(): value for name, value in fields}
+    assert got["x_api_key"] == "kept"
+    assert got["x-forwarded-for"] == "127.0.0.1"
+    assert got["content-length"] == "5"
+
     conn.request("GET", "/hop")
     response = conn.getresponse()
     response.read()

@@ -262,6 +262,12 @@ def forwarded_fields(head: Head, extra_drop: frozenset[str] = frozenset()) -> li
     out = []
     for name, value in head.fields:
         lower = name.lower()
+        if "_" in lower:
+            # CGI, WSGI and PHP read "_" as "-" (HTTP_TRANSFER_ENCODING): a field they would
+            # take for one the proxy writes or drops, or for Host, goes too (as nginx does).
+            lower = lower.replace("_", "-")
+            if lower in _PROTECTED:
+                continue
         if lower in drop or lower in named or lower.startswith("proxy-"):
             continue
         out.append(f"{name}: {value}\r\n")
