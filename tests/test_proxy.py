@@ -191,6 +191,27 @@ def test_malformed_chunked_answer_in_one_write_is_cut_short_like_a_streamed_one(
         listener.close()
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\nHost: x\n\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\n",
+        b"GET / HTTP/1.1\nHost: x\n\r\n",
+    ],
+)
+def test_a_head_ended_by_a_bare_lf_is_refused_at_once(make_backend, make_proxy, head):
+    # Bare LF line ends are refused (400); one ending the head must not leave the client
+    # waiting for a CRLF CRLF until the header timeout (10 s) and then a 408.
+    proxy = make_proxy(make_backend().backend)
+    sock = _raw(proxy)
+    sock.settimeout(5)
+    sock.sendall(head)
+    started = time.monotonic()
+    answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    assert time.monotonic() - started < 5
+
+
 def test_response_without_length_is_rechunked_for_http11_and_close_delimited_for_10(
     make_backend, make_proxy
 ):

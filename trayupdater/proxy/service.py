@@ -99,6 +99,10 @@ class Service:
                     del conn.buf[: len(conn.buf) - len(conn.buf.lstrip(b"\r\n"))]
                 end = conn.buf.find(b"\r\n\r\n")
                 limit = self._max_header_bytes
+                if end < 0 and (b"\n\n" in conn.buf or b"\n\r\n" in conn.buf):
+                    # A head ended by a bare LF: refused now (as any bare LF in a head), not
+                    # with a 408 after header_timeout while waiting for a CRLF CRLF.
+                    return (yield from self._reject(conn, 400, head_request=False))
                 if end < 0 and len(conn.buf) <= limit:
                     # Wait for more in the dispatcher, never in a worker (slow-loris).
                     now = time.monotonic()
