@@ -55,6 +55,7 @@ def test_init_lays_out_a_repository_with_its_keys_beside_it(tmp_path: Path) -> N
     keys = tmp_path / "keys"
     assert sorted(p.name for p in keys.iterdir()) == [
         "root.pem",
+        "signed-versions.json",  # what the keys signed: an older folder is refused
         "snapshot.pem",
         "targets.pem",
         "timestamp.pem",

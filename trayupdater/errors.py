@@ -110,3 +110,9 @@ class UntrustedMetadataError(SourceError):
     versions, a bad signature, a file that does not match what signed metadata says)."""
 
     reason = "untrusted_metadata"
+
+
+class PublishError(TrayUpdaterError):
+    """A ``trayupdater repo`` command could not go ahead, or what it left does not verify."""
+
+    reason = "publish"

@@ -12,8 +12,9 @@ Every change starts from the metadata python-tuf's client verifies from ``1.root
 (:func:`~trayupdater.tuf_verify.trusted_metadata`), never from the files as they lie: the
 folder is often writable by more than the keys' holder (a CI cache, a shared drive, release
 assets), and whatever ``open`` returns gets signed. A folder that does not verify is refused,
-and so is a key that is not the only key of its role. A publish that stopped half-way is
-done again: files that no signed timestamp leads to are not trusted.
+so is an older copy of it put back (:mod:`~trayupdater.tuf_signed_versions`), a ``metadata/``
+or ``targets/`` that is a link, and a key that is not the only key of its role. A publish
+that stopped half-way is done again: files that no signed timestamp leads to are not trusted.
 
 :meth:`FolderRepository.verify` runs python-tuf's own client over the folder
 (:mod:`trayupdater.tuf_verify`), so a publish is checked the way a client will check it,
@@ -47,7 +48,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import AbortEdit, Repository
 
-from trayupdater.errors import TrayUpdaterError
+from trayupdater.errors import PublishError
 from trayupdater.sources.github_json import file_name_problem
 from trayupdater.tuf_format import (
     CUSTOM_NAMESPACE,
@@ -63,6 +64,7 @@ from trayupdater.tuf_format import (
     target_path,
 )
 from trayupdater.tuf_keys import KeyStore
+from trayupdater.tuf_signed_versions import SignedVersions
 from trayupdater.tuf_verify import FolderUnverified, trusted_metadata, verify_folder
 
 if TYPE_CHECKING:
@@ -82,10 +84,6 @@ _NEW: dict[str, Callable[[], Signed]] = {
     Snapshot.type: Snapshot,
     Timestamp.type: Timestamp,
 }
-
-
-class PublishError(TrayUpdaterError):
-    reason = "publish"
 
 
 @dataclass
@@ -115,6 +113,7 @@ class FolderRepository(Repository):
         self._old_root_signers: list[Signer] = []  # a root key rotation: the old key signs too
         # The metadata to build on, by role: as verified, then as this object signed it.
         self._trusted: dict[str, bytes] | None = None
+        self._record = SignedVersions(keys.folder, self.metadata_dir)  # refuses older folders
 
     # --- tuf.repository.Repository ---
 
@@ -144,6 +143,7 @@ class FolderRepository(Repository):
         else:
             self._write(self.metadata_dir / f"{version}.{role}.json", data)
         self._metadata()[role] = data  # what this operation signed is built on next
+        self._record.signed(role, self._metadata())
 
     @property
     def targets_infos(self) -> dict[str, MetaFile]:
@@ -166,6 +166,7 @@ class FolderRepository(Repository):
         """Keys (made when missing) and version 1 of every role."""
         if self.exists():
             raise PublishError(f"{self.folder} already holds a repository; not overwriting it")
+        self._inside(self.metadata_dir, self.targets_dir)
         if self.metadata_dir.is_dir() and any(self.metadata_dir.glob("*.json")):
             raise PublishError(
                 f"{self.metadata_dir} already holds metadata files but no root.json; "
@@ -337,17 +338,20 @@ class FolderRepository(Repository):
     def _metadata(self) -> dict[str, bytes]:
         """The metadata to build on, verified the first time it is needed."""
         if self._trusted is None:
+            self._inside(self.metadata_dir, self.targets_dir)
             self._trusted = self._verified() if self.exists() else {}
         return self._trusted
 
     def _verified(self) -> dict[str, bytes]:
         try:
-            return trusted_metadata(self.folder)
+            trusted = trusted_metadata(self.folder)
         except FolderUnverified as exc:
             raise PublishError(
                 f"{exc}, so nothing was signed: restore the metadata from the last upload "
                 "(it was changed without the keys, or damaged)"
             ) from None
+        self._record.check(trusted)  # not older than what these keys signed for it
+        return trusted
 
     def _signer(self, role: str) -> Signer:
         if role not in self._signers:
@@ -440,7 +444,7 @@ class FolderRepository(Repository):
         version: Version,
         rollout: Rollout | None = None,
     ) -> list[TargetFile]:
-        destination = self._version_folder(folder)
+        destination = self._inside(self.targets_dir, self.targets_dir / folder)
         destination.mkdir(parents=True, exist_ok=True)
         infos = []
         custom = custom_block(version, self.now(), rollout)
@@ -458,19 +462,18 @@ class FolderRepository(Repository):
             infos.append(info)
         return infos
 
-    def _version_folder(self, folder: str) -> Path:
-        """``targets/<folder>``, where published files are written: refused when it or
-        ``targets/`` is a link, or lies outside the repository (writes would land there)."""
-        destination = self.targets_dir / folder
-        for path in (self.targets_dir, destination):
+    def _inside(self, *folders: Path) -> Path:
+        """The last of ``folders`` the publisher writes in (``metadata/``, ``targets/``, a
+        version folder); refused when one is a link or lies outside the repository."""
+        for path in folders:
             if path.is_symlink():
                 raise PublishError(
-                    f"{path} is a symbolic link and published files are written only inside "
+                    f"{path} is a symbolic link and the publisher writes only inside "
                     f"{self.folder}; replace it with a folder"
                 )
-        if not destination.resolve().is_relative_to(self.folder.resolve()):  # a junction
-            raise PublishError(f"{destination} lies outside {self.folder}; refused")
-        return destination
+            if not path.resolve().is_relative_to(self.folder.resolve()):  # a junction
+                raise PublishError(f"{path} lies outside {self.folder}; refused")
+        return folders[-1]
 
     def _write(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
