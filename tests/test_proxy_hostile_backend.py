@@ -148,6 +148,37 @@ def test_a_bodiless_answer_that_declares_a_body_is_not_reused(
         assert (status, body) == (200, f"answer for /n{i}".encode())
 
 
+def test_a_head_answer_with_conflicting_lengths_is_not_reused(make_proxy, scripted) -> None:
+    """``Content-Length: 0`` then ``Content-Length: 38`` on a HEAD answer, and 38 bytes (a
+    whole response) 200 ms later: only the first field was looked at, so the connection went
+    back to the pool as clean, and the pipelined GET took those bytes for its answer."""
+    evil = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+
+    def script(conn: socket.socket, requests: Requests) -> None:
+        while (head := requests()) is not None:
+            if head.startswith(b"HEAD "):
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n"
+                    % len(evil)
+                )
+                time.sleep(0.2)
+                conn.sendall(evil)
+            else:
+                conn.sendall(_answer(b"answer for " + _path(head)))
+
+    proxy = make_proxy(scripted(script).backend)
+    with socket.create_connection(proxy.address, timeout=TIMEOUT) as sock:
+        sock.sendall(
+            b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert b"EVIL" not in data, data
+    assert data.endswith(b"\r\n\r\nanswer for /next"), data
+
+
 # --- answers that cannot be passed on faithfully are 502 ---------------------------------------
 
 

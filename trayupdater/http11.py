@@ -235,9 +235,9 @@ def response_framing(head: Head, request_method: str) -> tuple[Framing, int, boo
     if request_method == "HEAD" or status in (204, 304) or status < 200:
         # A head that announces a body (legal for HEAD and 304) may be followed by one
         # anyway (``do_HEAD = do_GET``): the connection then holds bytes of no request.
-        announced = "transfer-encoding" in head.index or head.get("content-length") not in (
-            None,
-            "0",
+        # Every Content-Length field counts: "0" then "38" announces 38 bytes too.
+        announced = "transfer-encoding" in head.index or any(
+            value != "0" for value in head.index.get("content-length", ())
         )
         return Framing.NONE, 0, reusable and not announced
     if "transfer-encoding" in head.index:
