@@ -216,6 +216,31 @@ def test_an_answer_that_cannot_be_passed_on_faithfully_is_502(
     assert data.startswith(b"HTTP/1.1 502 "), data[:80]
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\r\nok"],
+    ids=["lf-lf", "lf-crlf"],
+)
+def test_an_answer_head_ended_by_a_bare_lf_is_502_at_once(
+    make_proxy, scripted, answer: bytes
+) -> None:
+    # Not a 504 after backend_timeout (30 s) spent waiting for a CRLF CRLF.
+    def script(conn: socket.socket, requests: Requests) -> None:
+        if requests() is not None:
+            conn.sendall(answer)
+            requests()  # holds the connection open until the proxy gives up on it
+
+    proxy = make_proxy(scripted(script).backend)
+    with socket.create_connection(proxy.address, timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed without an answer after {data!r}"
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 502 "), data[:80]
+
+
 # --- a backend that answers before it has read the whole request body ------------------------
 
 

@@ -229,6 +229,10 @@ def _read_head(up: BufferedSocket, limit: int) -> Steps[bytes | None]:
             return head
         if len(up.buf) > limit:
             raise HttpError(502, f"message head larger than {limit} bytes")
+        if up.buf.find(b"\n\n", start) >= 0 or up.buf.find(b"\n\r\n", start) >= 0:
+            # Ended by a bare LF: refused now (as any bare LF in a head), not with a 504
+            # after backend_timeout while waiting for a CRLF CRLF that never comes.
+            raise HttpError(502, "a message head ended by a bare LF")
         start = max(0, len(up.buf) - 3)
         had = bool(up.buf)
         if not (yield from _wait_and_fill(up)):
