@@ -46,7 +46,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-import os
 import re
 import socket
 import threading
@@ -55,29 +54,24 @@ from dataclasses import dataclass, field
 
 import h11
 import pytest
-from hypothesis import HealthCheck, given, settings
+from framing_support import (
+    HOP_BY_HOP,
+    chunked_body,
+    end_to_end,
+    framing_settings,
+    hostile,
+    length_fields,
+    without_chunk_size_blanks,
+)
+from hypothesis import given
 from hypothesis import strategies as st
 from proxy_support import TIMEOUT, wait_until
 
 from trayupdater.proxy import Backend, ReverseProxy
 
-EXAMPLES = int(os.environ.get("TRAYUPDATER_FRAMING_EXAMPLES", "0"))
 REFUSALS = {400, 411, 413, 417, 431, 501, 505}
-# Not end-to-end: the proxy drops, rewrites or adds these.
-_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"content-length",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-    b"expect",
-}
+# Not end-to-end in a request: the hop-by-hop fields, and those the proxy writes or answers.
+_HOP = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"expect"}
 OBS_TEXT = b"\xe9"  # the only byte above 0x7F the generator writes: in request targets
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -194,8 +188,6 @@ class H11Backend:
 
 # --- the oracle: h11 reading the client's stream as a server ----------------------------------
 
-_CHUNK_LINE = re.compile(rb"(?m)^[ \t]*([0-9A-Fa-f]+)[ \t]*(;[^\r\n]*)?\r$")
-
 
 @dataclass
 class Reading:
@@ -279,7 +271,7 @@ def _leniencies(stream: bytes) -> bytes:
 
     stream = stream.replace(OBS_TEXT, b"~")
     stream = _TE_LINE.sub(_without_empty_elements, stream)
-    return _CHUNK_LINE.sub(lambda m: m.group(1) + (m.group(2) or b"") + b"\r", stream)
+    return without_chunk_size_blanks(stream)
 
 
 # --- what the client got back -----------------------------------------------------------------
@@ -332,86 +324,7 @@ def _read_answers(data: bytes, methods: list[bytes]) -> tuple[list[tuple[int, by
 # --- the attacker's parts ---------------------------------------------------------------------
 
 
-def hostile(forms: list) -> st.SearchStrategy:
-    """One of ``forms``: the first (the plain, valid one) half the time, so that valid
-    pipelines deep enough to desync are generated as often as hostile parts."""
-    return st.one_of(st.just(forms[0]), st.sampled_from(forms))
-
-
 bodies = st.sampled_from([b"", b"hello", SMUGGLED, b"0\r\n\r\n", b"x" * 20, b"a\r\nb"])
-
-
-@st.composite
-def length_fields(draw: st.DrawFn, body: bytes) -> list[bytes]:
-    """Content-Length field lines for ``body``, as an attacker writes them."""
-    n = max(0, len(body) + draw(st.sampled_from([0, 0, 0, -1, 1, 5])))
-    value = draw(
-        hostile(
-            [
-                b"%d" % n,
-                b" %d " % n,
-                b"\t%d" % n,
-                b"0%d" % n,
-                b"000000000000000000%d" % n,
-                b"+%d" % n,
-                b"-%d" % n,
-                b"%d,%d" % (n, n),
-                b"%d, %d" % (n, n),
-                b"%d, %d" % (n, n + 1),
-                b"%d,," % n,
-                b"0x%x" % n,
-                b"%d %d" % (n, n),
-                b"%d_0" % n,
-                b"99999999999",
-                b"99999999999999999999",
-                b"\xd9\xa3",  # an Arabic-Indic digit in UTF-8
-                b"",
-            ]
-        )
-    )
-    name = draw(st.sampled_from([b"Content-Length", b"content-length", b"Content-Length "]))
-    lines = [name + b":" + value]
-    extra = draw(st.sampled_from([None, None, b"%d" % n, b"%d" % (n + 1), b"0"]))
-    if extra is not None:
-        lines.append(b"Content-Length: " + extra)
-    return lines
-
-
-@st.composite
-def chunked_body(draw: st.DrawFn, body: bytes) -> bytes:
-    """``body`` in chunks, with the chunk lines an attacker varies."""
-    cut = draw(st.integers(0, len(body)))
-    pieces = [p for p in (body[:cut], body[cut:]) if p]
-    out = b""
-    for piece in pieces:
-        size = len(piece) + draw(st.sampled_from([0, 0, 0, 0, -1, 1]))
-        size_text = draw(
-            hostile(
-                [
-                    b"%x" % size,
-                    b"%X" % size,
-                    b"00%x" % size,
-                    b"0x%x" % size,
-                    b" %x" % size,
-                    b"%x " % size,
-                    b"%x ;a" % size,
-                    b"%x;a=b" % size,
-                    b'%x;a="x;y"' % size,
-                    b"%x\t" % size,
-                    b"-%x" % size,
-                    b"%xg" % size,
-                    b"0000000000000000%x" % size,
-                ]
-            )
-        )
-        end = draw(st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b""]))
-        out += size_text + b"\r\n" + piece + end
-    last = draw(st.sampled_from([b"0", b"0", b"00", b"0;ext=1", b"0 ", b" 0"]))
-    trailers = draw(
-        st.sampled_from([b"", b"", b"X-T: 1\r\n", b"X-T: 1\r\n folded\r\n", b"X-T : 1\r\n"])
-    )
-    final = draw(st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"", b"\n"]))
-    return out + last + b"\r\n" + trailers + final
 
 
 @st.composite
@@ -457,7 +370,19 @@ def requests(draw: st.DrawFn, number: int) -> bytes:
             )
         )
         lines += te
-        payload = draw(chunked_body(body))
+        payload = draw(
+            chunked_body(
+                body,
+                hostile,
+                offsets=st.sampled_from([0, 0, 0, 0, -1, 1]),
+                ends=st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b""]),
+                lasts=st.sampled_from([b"0", b"0", b"00", b"0;ext=1", b"0 ", b" 0"]),
+                trailers=st.sampled_from(
+                    [b"", b"", b"X-T: 1\r\n", b"X-T: 1\r\n folded\r\n", b"X-T : 1\r\n"]
+                ),
+                finals=st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"", b"\n"]),
+            )
+        )
     oddity = draw(
         st.sampled_from(
             [
@@ -542,29 +467,16 @@ def exchange(proxy: ReverseProxy, stream: bytes) -> tuple[bytes, bytes]:
     return address.encode(), data
 
 
-def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    named = {
-        t.strip().lower() for n, v in headers if n.lower() == b"connection" for t in v.split(b",")
-    }
-    return [(n.lower(), v) for n, v in headers if n.lower() not in _HOP | named]
-
-
 def check_forwarded(seen: Seen, meant: Seen, stream: bytes) -> None:
     assert seen.key() == meant.key(), (
         f"the backend got {seen.key()!r}, the client stream means {meant.key()!r}: {stream!r}"
     )
-    got = _end_to_end(seen.headers)
-    for header in _end_to_end(meant.headers):
+    got = end_to_end(seen.headers, _HOP)
+    for header in end_to_end(meant.headers, _HOP):
         assert header in got, f"{header!r} lost on the way: {got!r} for {stream!r}"
 
 
-@settings(
-    max_examples=EXAMPLES or 400,
-    derandomize=not EXAMPLES,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@framing_settings(400)
 @given(stream=client_streams())
 def test_the_proxy_forwards_exactly_the_requests_a_strict_parser_reads(
     proxy: ReverseProxy, h11_backend: H11Backend, stream: bytes

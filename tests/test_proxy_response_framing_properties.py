@@ -64,27 +64,24 @@ from dataclasses import dataclass, field
 
 import h11
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from framing_support import (
+    chunked_body,
+    end_to_end,
+    framing_settings,
+    hostile,
+    length_fields,
+    plain_only,
+    without_chunk_size_blanks,
+)
+from hypothesis import event, given
 from hypothesis import strategies as st
 from proxy_support import TIMEOUT
-from test_proxy_framing_properties import EXAMPLES, hostile, length_fields
 
 from trayupdater.proxy import Backend, ReverseProxy
 
 LATE_DELAY = 0.03  # a late second response comes this long after the first
 LATE_WAIT = 0.15  # a client that asks again after a late response waits this long first
 LATE_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Late: yes\r\n\r\nLATE"
-# Not end-to-end: the proxy drops, rewrites or adds these.
-_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"content-length",
-}
 
 
 # --- the backend: writes the scripted bytes for each request ----------------------------------
@@ -235,7 +232,6 @@ def strict(script: Script) -> Answer:
     return read_response(script.stream, script.method, script.close)
 
 
-_CHUNK_LINE = re.compile(rb"(?m)^[ \t]*([0-9A-Fa-f]+)[ \t]*(;[^\r\n]*)?\r$")
 _FRAMING_LINE = re.compile(rb"(?i)^(content-length|transfer-encoding)[ \t]*:")
 
 
@@ -258,7 +254,7 @@ def lenient(script: Script) -> Answer:
             line = name_part + b":" + b",".join(e for e in value.split(b",") if e.strip(b" \t"))
         kept.append(line)
     stream = script.stream.replace(script.head, b"\r\n".join(kept), 1)
-    stream = _CHUNK_LINE.sub(lambda m: m.group(1) + (m.group(2) or b"") + b"\r", stream)
+    stream = without_chunk_size_blanks(stream)
     return read_response(stream, script.method, script.close)
 
 
@@ -420,54 +416,13 @@ TRAILERS = [
 ]
 
 
-def _plain(forms: list) -> st.SearchStrategy:
-    """The first (the plain, valid) of ``forms``: ``hostile``'s counterpart."""
-    return st.just(forms[0])
-
-
-@st.composite
-def chunked_body(draw: st.DrawFn, body: bytes, plain: bool) -> bytes:
-    """``body`` in chunks, with the chunk lines a broken backend writes (``plain``: valid)."""
-    pick = _plain if plain else hostile
-    cut = draw(st.integers(0, len(body)))
-    pieces = [p for p in (body[:cut], body[cut:]) if p]
-    out = b""
-    for piece in pieces:
-        size = len(piece) + draw(pick([0, -1, 1]))
-        size_text = draw(
-            pick(
-                [
-                    b"%x" % size,
-                    b"%X" % size,
-                    b"00%x" % size,
-                    b"0x%x" % size,
-                    b" %x" % size,
-                    b"%x " % size,
-                    b"%x ;a" % size,
-                    b"%x;a=b" % size,
-                    b'%x;a="x;y"' % size,
-                    b"%x\t" % size,
-                    b"-%x" % size,
-                    b"%xg" % size,
-                    b"0000000000000000%x" % size,
-                ]
-            )
-        )
-        end = draw(pick([b"\r\n", b"\n", b"", b"XX"]))
-        out += size_text + b"\r\n" + piece + end
-    last = draw(pick([b"0", b"00", b"0;ext=1", b"0 ", b" 0", b"000000000000000000000"]))
-    trailers = draw(st.sampled_from(TRAILERS[:2]) if plain else hostile(TRAILERS))
-    final = draw(pick([b"\r\n", b"", b"\n"]))
-    return out + last + b"\r\n" + trailers + final
-
-
 @st.composite
 def scripts(draw: st.DrawFn, number: int, method: bytes, pipelined: bool) -> Script:
     """The backend's bytes for request ``number``: half the time a valid answer (which may
     still carry a body after HEAD, 204 or 304, or bytes after its end), else each part as a
     broken backend writes it."""
     plain = draw(st.booleans())
-    pick = _plain if plain else hostile
+    pick = plain_only if plain else hostile
     interim = draw(st.sampled_from(INTERIM[:3]) if plain else hostile(INTERIM))
     status_line = draw(st.sampled_from(STATUS_LINES[:5]) if plain else hostile(STATUS_LINES))
     lines = [status_line, b"X-Id: %d" % number]
@@ -488,7 +443,17 @@ def scripts(draw: st.DrawFn, number: int, method: bytes, pipelined: bool) -> Scr
     payload = body
     if framing in ("chunked", "both"):
         lines += draw(pick(TE_LINES))
-        payload = draw(chunked_body(body, plain))
+        payload = draw(
+            chunked_body(
+                body,
+                pick,
+                offsets=pick([0, -1, 1]),
+                ends=pick([b"\r\n", b"\n", b"", b"XX"]),
+                lasts=pick([b"0", b"00", b"0;ext=1", b"0 ", b" 0", b"000000000000000000000"]),
+                trailers=st.sampled_from(TRAILERS[:2]) if plain else hostile(TRAILERS),
+                finals=pick([b"\r\n", b"", b"\n"]),
+            )
+        )
     if framing in ("length", "both"):
         # With Transfer-Encoding too (which wins): the length of the body, or of the chunks.
         length = draw(st.sampled_from([body, payload]))
@@ -632,11 +597,6 @@ def converse(
         return answers, reader.rest()
 
 
-def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    named = {t.strip().lower() for n, v in headers if n == b"connection" for t in v.split(b",")}
-    return [(n, v) for n, v in headers if n not in _HOP | named]
-
-
 def check_answer(got: Answer, meant: Answer, script: Script) -> None:
     """``got`` (complete, or cut short) is the response the backend's bytes mean."""
     what = f"for {script.method!r} {script.stream[:400]!r}"
@@ -645,7 +605,7 @@ def check_answer(got: Answer, meant: Answer, script: Script) -> None:
         assert got.body == meant.body, f"body {got.body[:200]!r}, meant {meant.body[:200]!r} {what}"
     else:
         assert meant.body.startswith(got.body), f"cut body {got.body[:200]!r} is not {what}"
-    for header in _end_to_end(meant.headers):
+    for header in end_to_end(meant.headers):
         assert header in got.headers, f"{header!r} lost: {got.headers!r} {what}"
     assert got.informational == [s for s in meant.informational if s != 100], what
     declared = meant.value_of(b"content-length")
@@ -686,13 +646,7 @@ def judge(got: Answer | None, script: Script) -> bool:
     return got.complete
 
 
-@settings(
-    max_examples=EXAMPLES or 300,
-    derandomize=not EXAMPLES,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@framing_settings(300)
 @given(case=cases())
 def test_the_proxy_passes_on_exactly_the_responses_a_strict_client_reads(
     proxy: ReverseProxy, script_backend: ScriptBackend, case: Case
