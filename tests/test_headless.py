@@ -42,6 +42,24 @@ def test_sigterm_stops_cleanly(feed: ReleaseFeed, instance: Instance) -> None:
     assert state.active == "1.0.0" and state.child_pid is None
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads in /proc (Linux)")
+def test_sigterm_taken_by_another_thread_still_stops_it(
+    feed: ReleaseFeed, instance: Instance
+) -> None:
+    # The kernel may hand a process's signal to any thread (one whose main thread has a
+    # signal pending already, say). Python runs the handler in the main thread only when
+    # that thread wakes: one asleep in Event.wait() for ever slept through it, and the app
+    # never stopped. kill() on a thread's id makes the kernel try that thread first.
+    publish_version(feed, "1.0.0")
+    proc = instance.start()
+    wait_for(lambda: instance.version() == "1.0.0", what="serving 1.0.0")
+    child_pid = recorded_child_pid(instance.data)
+    others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+    os.kill(others[-1], signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert not alive(child_pid)
+
+
 def test_cli_talks_to_the_running_app(feed: ReleaseFeed, instance: Instance) -> None:
     publish_version(feed, "1.0.0")
     proc = instance.start()

@@ -10,11 +10,9 @@ import errno
 import logging
 import logging.handlers
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 
 from trayupdater.config import Config
 from trayupdater.control import ControlClient, ControlServer
@@ -27,6 +25,7 @@ from trayupdater.selfupdate import SelfUpdater, finish_pending_update
 from trayupdater.shown import LogFormatter
 from trayupdater.sources.github import rate_limit_note
 from trayupdater.status import Command
+from trayupdater.stop_signals import StopSignals
 from trayupdater.store import VersionStore
 from trayupdater.updater import Updater
 
@@ -179,26 +178,19 @@ class App:
 
     def run_headless(self) -> int:
         """Run until SIGINT/SIGTERM (or a quit command); stop everything cleanly; exit 0."""
-        stop = threading.Event()
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        self.start()
-        # Wake on a signal or when the worker stops after a QUIT command, never on a timer:
-        # on POSIX a signal interrupts the wait; on Windows Ctrl+C does not, so poll there.
-        threading.Thread(
-            target=lambda: (self.updater.wait(), stop.set()), name="quit-watch", daemon=True
-        ).start()
-        timeout = None if os.name == "posix" else 0.5
-        try:
-            while not stop.wait(timeout):
-                pass
-        finally:
-            self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        # Wake on a signal, whichever thread took it, or when the worker stops after a QUIT
+        # command; never on a timer on POSIX (see stop_signals).
+        with StopSignals() as signals:
+            self.start()
+            try:
+                threading.Thread(
+                    target=lambda: (self.updater.wait(), signals.stop()),
+                    name="quit-watch",
+                    daemon=True,
+                ).start()
+                signals.wait()
+            finally:
+                self.stop()
         return 0
 
     def quit(self) -> None:
