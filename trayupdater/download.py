@@ -120,7 +120,12 @@ def download(
     # The deadline also cuts a read that waits (see http_client): the status line and
     # headers included, which the per-read timeout alone lets a server drip for hours.
     cutoff = client.deadline(pace.deadline) if pace.deadline is not None else None
-    try:
+    in_time = (
+        cutoff.enforced(lambda: _not_finished(shown, cutoff.seconds), DownloadError)
+        if cutoff is not None
+        else contextlib.nullcontext()
+    )
+    with in_time:
         # Two rounds at most: the second one starts from zero after a reply that could not be
         # trusted to continue the part.
         for attempt in range(2):
@@ -157,15 +162,6 @@ def download(
                     body = _Body(part, plan.start, hasher, limit, total, shown)
                     size = body.stream(resp, clock, progress)
             break
-        if cutoff is not None and cutoff.expired:  # what the cut ended is not an answer
-            raise _not_finished(shown, pace.deadline)
-    except DownloadError:
-        if cutoff is not None and cutoff.expired:
-            raise _not_finished(shown, pace.deadline) from None
-        raise
-    finally:
-        if cutoff is not None:
-            cutoff.cancel()
 
     os.replace(part, dest)
     _fsync_dir(dest.parent)

@@ -34,7 +34,7 @@ import socket
 import ssl
 import threading
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -129,6 +129,25 @@ class Deadline:
                 self._sockets.append(sock)
                 return
         _shut(sock)
+
+    @contextlib.contextmanager
+    def enforced(
+        self, too_slow: Callable[[], BaseException], *errors: type[BaseException]
+    ) -> Iterator[None]:
+        """Raise ``too_slow()`` once the deadline has cut the block off, instead of what the
+        cut ended in: one of ``errors`` (a reset, a body cut short), or what came out fine
+        (a head or body cut short can still parse). Cancels the deadline at the end."""
+        try:
+            try:
+                yield
+            except errors:
+                if self.expired:
+                    raise too_slow() from None
+                raise
+            if self.expired:
+                raise too_slow()
+        finally:
+            self.cancel()
 
     def cancel(self) -> None:
         """Done in time (or given up): nothing is cut any more."""

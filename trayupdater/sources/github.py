@@ -13,6 +13,7 @@ to another origin (:mod:`trayupdater.http_client` enforces it on every hop).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -156,7 +157,7 @@ class GitHubSource:
         """A small text asset (a checksums file, a signature) as text, size capped."""
         url, headers = self.download_headers(asset)
         deadline = self.client.deadline(self.answer_deadline)
-        try:
+        with deadline.enforced(lambda: self._too_slow(asset.name), SourceError):
             try:
                 response = self.client.get(url, headers=headers, timeout=self.timeout)
             except (HttpRefused, HttpFailed) as exc:
@@ -171,14 +172,6 @@ class GitHubSource:
                 what=asset.name,
                 interrupt=self._interrupt,
             )
-            if deadline.expired:  # a head or body the cut ended is not an answer
-                raise self._too_slow(asset.name)
-        except SourceError:
-            if deadline.expired:
-                raise self._too_slow(asset.name) from None
-            raise
-        finally:
-            deadline.cancel()
         return body.decode("utf-8", errors="replace")
 
     def _too_slow(self, what: str) -> SourceError:
@@ -322,14 +315,9 @@ class GitHubSource:
                         skipped_tags=list(cache.result.skipped_tags),
                     )
                 if response.status_code == 200:
-                    try:
+                    too_slow = functools.partial(self._too_slow, f"the answer of {self.api_url}")
+                    with deadline.enforced(too_slow, SourceError):
                         answer = _Answer(self._decode(response), url, _etag(response))
-                    except SourceError:
-                        if deadline.expired:
-                            raise self._too_slow(f"the answer of {self.api_url}") from None
-                        raise
-                    if deadline.expired:  # a head or body the cut ended is not an answer
-                        raise self._too_slow(f"the answer of {self.api_url}")
                     return answer
                 if response.status_code == 404:
                     raise _NotFoundError
