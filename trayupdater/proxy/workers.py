@@ -68,6 +68,9 @@ class Workers:
                 outcome = self._finish(task)
             except Exception:
                 log.exception("proxy worker failed; closing that connection")
+                # A failure outside the generator leaves it suspended: close it, so that its
+                # finally blocks give back the backend connection and the in-flight count.
+                task.gen.close()
                 task.conn.sock.close()
             if not isinstance(outcome, bool):  # the dispatcher runs it on: not ours any more
                 self._give_back(task, outcome)
@@ -110,6 +113,9 @@ class Workers:
                 if step is LINGER:
                     value = read_within(task.conn, LINGER_NEXT_REQUEST, SPIN_SECONDS)
                 elif isinstance(step, BufferedSocket):
-                    spin_fill(step, SPIN_SECONDS)
+                    try:
+                        spin_fill(step, SPIN_SECONDS)
+                    except OSError as error:  # a reset: thrown into the read it was polling for
+                        exc = error
         except StopIteration as stop:
             return bool(stop.value)
