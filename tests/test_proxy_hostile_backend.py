@@ -7,7 +7,9 @@ Real parts: a real ReverseProxy, and raw scripted backends on loopback
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import logging
 import socket
 import threading
 import time
@@ -283,3 +285,40 @@ def test_an_early_answer_to_a_streamed_upload_reaches_the_client(make_proxy, scr
                 data += chunk
             statuses.append(data[9:12])
     assert statuses == [b"413"] * 5
+
+
+# --- what the log says about a backend that never answers ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", id="read by the dispatcher"),
+        pytest.param(
+            b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n" + b"u" * 300_000,
+            id="read by a worker (a streamed upload)",
+        ),
+    ],
+)
+def test_a_backend_that_never_answers_is_logged_as_timed_out(
+    make_proxy, scripted, caplog, request_bytes: bytes
+) -> None:
+    """A worker's read that runs into its kernel timeout fails with EAGAIN: the log said the
+    request 'could not reach' the version '(resource temporarily unavailable)', which sends
+    a user looking for a resource shortage instead of a backend that hangs."""
+
+    def script(conn: socket.socket, requests: Requests) -> None:
+        if requests() is not None:
+            with contextlib.suppress(OSError):
+                while conn.recv(65536):  # takes the body, never answers
+                    pass
+
+    caplog.set_level(logging.WARNING, logger="trayupdater.proxy")
+    proxy = make_proxy(scripted(script).backend, backend_timeout=0.5, max_buffered_body=1000)
+    with socket.create_connection(proxy.address, timeout=TIMEOUT) as sock:
+        sock.sendall(request_bytes)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 504 ")
+    proxy.close()  # writes the summary lines still counted
+    lines = [r.getMessage() for r in caplog.records if "could not reach" in r.getMessage()]
+    assert lines, [r.getMessage() for r in caplog.records]
+    assert all(line.endswith("(timed out)") for line in lines), lines

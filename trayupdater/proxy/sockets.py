@@ -168,6 +168,8 @@ def read_within(conn: http11.BufferedSocket, seconds: float, spin: float = 0.0) 
 
 def reason(exc: BaseException) -> str:
     """An exception as a few words for a log line: "connection refused"."""
+    if is_timeout(exc):  # a kernel timeout is EAGAIN: "resource temporarily unavailable"
+        return "timed out"
     text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
     text = text or type(exc).__name__
     return text[:1].lower() + text[1:]
