@@ -42,6 +42,7 @@ from trayupdater.errors import ExtractionError
 
 CHUNK_SIZE = 64 * 1024
 MAX_LINK_TARGET = 4096  # bytes of a symlink target stored in a zip entry
+MAX_TAR_HEADER = 1024 * 1024  # bytes of a PAX or GNU long-name header's data
 
 _TAR_MODES = {
     ".tar.gz": "r:gz",
@@ -64,6 +65,10 @@ _NOT_PROGRAMS = (
     *(".7z", ".rar", ".zst", ".sig", ".asc", ".minisig", ".pem", ".sbom.json"),
 )
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_TAR_METADATA = (
+    *(tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE),
+    *(tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK),
+)
 
 
 def archive_kind(asset_name: str) -> str:
@@ -295,10 +300,21 @@ def _copy_single(archive: Path, asset_name: str, kind: str, out: _Writer) -> Non
         out.write_file(parts, src, 0o755)
 
 
+class _TarInfo(tarfile.TarInfo):
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        # tarfile reads such a header's data in one read() of the size it declares: 1 TiB
+        # was a MemoryError, gigabytes of compressed zeros a bomb in memory past max_total_bytes.
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _TAR_METADATA and info.size > MAX_TAR_HEADER:
+            raise tarfile.HeaderError(f"a {info.size}-byte header")
+        return info
+
+
 def _extract_tar(archive: Path, asset_name: str, out: _Writer) -> None:
     mode = next(m for s, m in _TAR_MODES.items() if asset_name.lower().endswith(s))
     data_filter = getattr(tarfile, "data_filter", None)  # 3.12+, and late 3.10/3.11 patches
-    with tarfile.open(archive, mode) as tar:  # type: ignore[call-overload]
+    with tarfile.open(archive, mode, tarinfo=_TarInfo) as tar:  # type: ignore[call-overload]
         for member in tar:
             out.count()
             parts = out.parts(member.name)
@@ -354,7 +370,8 @@ def _extract_zip(archive: Path, out: _Writer) -> None:
 def _empty(folder: Path) -> None:
     """Remove what a failed extraction left; links are removed, never followed."""
     for entry in list(folder.iterdir()):
-        if entry.is_dir() and not entry.is_symlink():
+        # is_symlink() first: is_dir() stats a link's target, an OSError for a too-long name.
+        if not entry.is_symlink() and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
@@ -368,7 +385,10 @@ def _files(folder: Path) -> list[Path]:
     for here, _dirs, names in os.walk(folder):
         for name in names:
             path = Path(here) / name
-            if path.is_file() and os.path.realpath(path).startswith(root.rstrip(os.sep) + os.sep):
+            # os.path.isfile: Path.is_file() raises on a link to a too-long name.
+            if os.path.isfile(path) and (
+                os.path.realpath(path).startswith(root.rstrip(os.sep) + os.sep)
+            ):
                 found.append(path)
     return sorted(found, key=lambda p: (len(p.relative_to(folder).parts), str(p).lower()))
 
@@ -394,7 +414,7 @@ def _by_path(folder: Path, relative: str) -> Path | None:
     path = folder.joinpath(*re.split(r"[\\/]", relative))
     root = os.path.realpath(folder)
     inside = os.path.realpath(path).startswith(root.rstrip(os.sep) + os.sep)
-    return path if inside and path.is_file() else None
+    return path if inside and os.path.isfile(path) else None
 
 
 def _only_executable(files: list[Path], windows: bool) -> Path | None:
