@@ -1,12 +1,14 @@
 """Unpack a downloaded asset into a fresh folder without trusting it, and find the program.
 
 The archive is hostile until proven otherwise. Every entry is checked by hand (tarfile's
-``data`` filter, where this Python has it, is applied on top, not instead):
+``data`` filter, where this Python has it, is applied on top, not instead, except to links:
+it would resolve every link on the way again for each, see real_paths):
 - names: no absolute paths, drive letters, ``..`` or NUL; backslashes count as separators,
   so ``..\\evil`` is refused like ``../evil``;
 - nothing is ever written through a symlink, and a symlink or hard link may only point
   inside the folder (checked again on disk once everything is unpacked, so link chains
-  cannot escape either); devices, FIFOs and other special files are refused;
+  cannot escape either; links that loop or nest deeper than the kernel follows are
+  refused); devices, FIFOs and other special files are refused;
 - at most ``max_files`` entries and ``max_total_bytes`` bytes actually written (declared
   sizes are never trusted), which defuses zip and tar bombs.
 On any refusal ExtractionError is raised and ``dest`` is emptied again (the folder itself
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import IO
 
 from trayupdater.errors import ExtractionError
+from trayupdater.real_paths import RealPaths, TangledLinks
 
 CHUNK_SIZE = 64 * 1024
 MAX_LINK_TARGET = 4096  # bytes of a symlink target stored in a zip entry
@@ -253,10 +256,14 @@ class _Writer:
             self.write_file(parts, src, stat.S_IMODE(os.stat(path).st_mode))
 
     def check_links(self) -> None:
-        root = os.path.realpath(self.root)
+        # Not os.path.realpath per link: that resolves the others again for each (real_paths).
+        real = RealPaths(self.root)
         for link in self.links:
-            real = os.path.realpath(link)
-            if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+            try:
+                inside = real.inside(link)
+            except TangledLinks as exc:
+                raise self.fail(f"link {link.relative_to(self.root)}: {exc}") from None
+            if not inside:
                 raise self.fail(f"link {link.relative_to(self.root)} resolves outside the folder")
 
     def _new_entry(self, parts: tuple[str, ...]) -> Path:
@@ -320,7 +327,9 @@ def _extract_tar(archive: Path, asset_name: str, out: _Writer) -> None:
             parts = out.parts(member.name)
             if not (member.isdir() or member.isreg() or member.issym() or member.islnk()):
                 raise out.fail(f"{member.name} is a device, FIFO or other special file")
-            if data_filter is not None:
+            # Not for links: the filter calls os.path.realpath, which walks every link on the
+            # way again for each member (quadratic, see real_paths); check_links() does it.
+            if data_filter is not None and not (member.issym() or member.islnk()):
                 try:
                     data_filter(member, str(out.root))
                 except tarfile.FilterError as exc:
@@ -380,17 +389,22 @@ def _empty(folder: Path) -> None:
 
 def _files(folder: Path) -> list[Path]:
     """Regular files (and links to files inside ``folder``), shallowest first."""
-    root = os.path.realpath(folder)
+    real = RealPaths(folder)  # not os.path.realpath per file: see real_paths
     found: list[Path] = []
     for here, _dirs, names in os.walk(folder):
         for name in names:
             path = Path(here) / name
             # os.path.isfile: Path.is_file() raises on a link to a too-long name.
-            if os.path.isfile(path) and (
-                os.path.realpath(path).startswith(root.rstrip(os.sep) + os.sep)
-            ):
+            if os.path.isfile(path) and _really_inside(real, path):
                 found.append(path)
     return sorted(found, key=lambda p: (len(p.relative_to(folder).parts), str(p).lower()))
+
+
+def _really_inside(real: RealPaths, path: Path) -> bool:
+    try:
+        return real.inside(path)
+    except TangledLinks:
+        return False
 
 
 def _by_name(folder: Path, files: list[Path], name: str, windows: bool) -> Path | None:
