@@ -7,6 +7,8 @@ import http.client
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -252,6 +254,24 @@ def test_start_healthy_then_graceful_stop(make_exe, spawn) -> None:
     assert log.startswith("--- started ")
     assert f" pid {pid} port {child.port}\n" in log.splitlines(keepends=True)[0]
     assert "signal 15" in log and "shut down cleanly" in log
+
+
+def test_a_client_reset_is_no_traceback_in_the_child_log(make_exe, spawn) -> None:
+    """The proxy cuts connections at a switch; the demo child printed socketserver's
+    traceback for each reset into its log, which reads like a crash."""
+    child = spawn(make_exe("1.3.0"))
+    child.start()
+    child.wait_healthy(timeout=20)
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", child.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(0.1)  # the handler is reading its request line
+        sock.close()  # RST
+    time.sleep(0.2)
+    assert get(child.port, "/version") == "1.3.0"
+    assert child.stop() == 0
+    log = child.log_path.read_text()
+    assert "Traceback" not in log and "ConnectionResetError" not in log, log
 
 
 def test_log_is_appended_with_one_header_per_start(make_exe, spawn) -> None:

@@ -157,6 +157,12 @@ def serve(port: int, host: str = "127.0.0.1") -> int:
         request_queue_size = 1024  # listen backlog: the default of 5 stalls bursts of clients
         daemon_threads = True  # idle keep-alive connections must not block exit
 
+        def handle_error(self, request: object, client_address: object) -> None:
+            # A client resetting its connection (the proxy cutting one at a switch, a test)
+            # is normal: not a traceback in the child's log, as socketserver would print.
+            if not isinstance(sys.exc_info()[1], ConnectionError):
+                super().handle_error(request, client_address)  # type: ignore[arg-type]
+
     server = Server((host, port), _Handler)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
