@@ -156,12 +156,24 @@ def _apply(values: dict[str, Any], raw: Mapping[str, Any], origin: Callable[[str
             raise ConfigError(f"{origin(name)}: invalid {name}: {exc}") from None
 
 
+def _shown(text: object) -> str:
+    """``text`` as written, or quoted and escaped if it is empty, has spaces around it, a
+    line break or another unprintable character (a quoted TOML key may): an error message
+    stays one line and shows the key."""
+    text = str(text)
+    return text if text.isprintable() and text and text == text.strip() else repr(text)
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:
+        # TOMLDecodeError, and what tomllib lets through: UnicodeDecodeError (bytes that
+        # are not UTF-8) and the ValueError of an integer over 4300 digits.
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses into each nested array or inline table
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
     flat: dict[str, Any] = {}
@@ -172,7 +184,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             spec = SPECS.get(key)
             if spec is None or spec.section != section:
                 where = f" (it belongs in [{spec.section}])" if spec else ""
-                raise ConfigError(f"{path}: unknown setting [{section}] {key}{where}")
+                raise ConfigError(
+                    f"{path}: unknown setting [{_shown(section)}] {_shown(key)}{where}"
+                )
             flat[key] = value
     return flat
 
@@ -220,8 +234,9 @@ def load_config(
     _apply(values, dict(overrides or {}), lambda key: f"command line --{key.replace('_', '-')}")
     config = replace(Config(), **values)
     _check_source(config)
-    if config.ca_bundle is not None and not config.ca_bundle.is_file():
-        raise ConfigError(f"[network] ca_bundle: {config.ca_bundle} is not a file")
+    # os.path.isfile, not Path.is_file: that raises for a name too long (ENAMETOOLONG).
+    if config.ca_bundle is not None and not os.path.isfile(config.ca_bundle):
+        raise ConfigError(f"[network] ca_bundle: {_shown(config.ca_bundle)} is not a file")
     return config
 
 

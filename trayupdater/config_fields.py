@@ -10,6 +10,7 @@ with a short reason; :mod:`config` adds the key and where the value came from.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable
@@ -55,6 +56,8 @@ def _number(minimum: float, maximum: float) -> Callable[[Any], float]:
             raise ValueError("expected a number")
         try:
             number = float(value)
+        except OverflowError:  # an integer too large for a float: out of range, not a crash
+            number = math.inf if value > 0 else -math.inf
         except (TypeError, ValueError):
             raise ValueError(f"expected a number, got {value!r}") from None
         if not minimum <= number <= maximum:
@@ -176,7 +179,7 @@ def _env(value: Any) -> tuple[tuple[str, str], ...]:
 
         try:
             value = json.loads(value) if value.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             raise ValueError('expected a JSON object such as {"LOG_LEVEL": "info"}') from None
     if not isinstance(value, dict):
         raise ValueError('expected a table such as {LOG_LEVEL = "info"}')
@@ -218,7 +221,10 @@ def _bind(value: Any) -> str:
 
 
 def _path(value: Any) -> Path:
-    return Path(os.path.expanduser(_str(value).strip()))
+    text = _str(value).strip()
+    if "\0" in text:  # no OS takes it: making the data folder would crash the start
+        raise ValueError("a path cannot contain a NUL character")
+    return Path(os.path.expanduser(text))
 
 
 def _opt_pattern(value: Any) -> str | None:

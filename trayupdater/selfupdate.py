@@ -100,7 +100,7 @@ class SelfUpdateState:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return cls()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # Recursion: [[[... deep
             log.warning("%s unreadable (%s); starting afresh", path.name, exc)
             return cls()
         if not isinstance(data, dict):

@@ -194,7 +194,7 @@ class VersionStore:
             return State.from_json(data)
         except FileNotFoundError:
             return State()
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:  # Recursion: [[[... deep
             # Atomic writes make this unlikely; if it happens keep a copy and start fresh
             # rather than refuse to run (the installed versions are still on disk).
             backup = self.state_path.with_suffix(f".corrupt-{int(time.time())}")
