@@ -211,6 +211,11 @@ class HttpClient:
         adapter = _PolicyAdapter(self.network.tls_context(), self._sockets)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
+        # get() follows redirects. With allow_redirects=False requests still works out the next
+        # request of a redirect answer (Response.next): it reads the answer's whole body into
+        # memory first, however large (a 302 with gigabytes of body), and parses its Location
+        # (a ValueError for some). Nothing reads Response.next; this makes it None.
+        self.session.resolve_redirects = _no_redirects  # type: ignore[method-assign]
 
     def deadline(self, seconds: float) -> Deadline:
         """Start a deadline for what this thread does with the client from now on (the
@@ -262,8 +267,14 @@ class HttpClient:
                 raise HttpRefused(
                     f"{redact_url(url)} answered {response.status_code} without Location"
                 )
-            target = urljoin(url, location)
-            if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+            try:
+                target = urljoin(url, location)
+                downgrade = urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https"
+            except ValueError:  # from urljoin: an unclosed IPv6 bracket ("http://[::1/x"), say
+                raise HttpRefused(
+                    f"{redact_url(url)} redirected to a URL that cannot be parsed; refused"
+                ) from None
+            if downgrade:
                 raise HttpRefused(f"{redact_url(url)} redirected to plain HTTP; refused")
             url = target
         raise HttpRefused(f"{redact_url(first)}: more than {MAX_REDIRECTS} redirects; refused")
@@ -306,10 +317,15 @@ class HttpClient:
         self.session.close()
 
 
+def _no_redirects(*args: Any, **kwargs: Any) -> Iterator[requests.PreparedRequest]:
+    return iter(())
+
+
 def discard(response: requests.Response, limit: int = 64 * 1024) -> None:
     """Done with an answer we do not read (a redirect, an error): read a small body to its
     end, so the connection can be reused instead of being reset."""
-    with contextlib.suppress(*NETWORK_ERRORS):
+    # ValueError: http.client's read() takes a chunk size of "-5" as a length to read.
+    with contextlib.suppress(*NETWORK_ERRORS, ValueError):
         response.raw.read(limit, decode_content=False)
     response.close()
 

@@ -76,6 +76,8 @@ def redact_url(url: str) -> str:
     """The URL without credentials or query: storage redirects carry signatures there."""
     if ambiguity(url):  # shown as written (escaped), not as one parser reads it
         scheme, sep, rest = url.partition("://")
+        if not sep:  # "https:\\host/x?sig=..." has no "://" but may have a query or password
+            scheme, rest = "", url
         authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
         authority, path = rest[:authority_end], rest[authority_end:].split("?", 1)[0]
         if "@" in authority:  # whatever precedes the last @ may be a user name and password

@@ -231,7 +231,13 @@ class GitHubSource:
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     def _newest_from_list(self, *, include_prereleases: bool) -> CheckResult:
-        answer = self._get_json(f"/repos/{self.repo}/releases?per_page=30")
+        try:
+            answer = self._get_json(f"/repos/{self.repo}/releases?per_page=30")
+        except _NotFoundError:  # unlike /latest, the list of a repository without releases is []
+            raise SourceError(
+                f"{self.repo}: /releases answered HTTP 404 (no such repository, or a private one "
+                "and no token)"
+            ) from None
         if isinstance(answer, CheckResult):
             return answer
         data = answer.data
