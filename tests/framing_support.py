@@ -9,14 +9,13 @@ and chunked-body forms, the proxy's chunk-size leniency, and the end-to-end head
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis import strategies as st
+from property_settings import property_settings
 
-EXAMPLES = int(os.environ.get("TRAYUPDATER_FRAMING_EXAMPLES", "0"))
 # Not end-to-end: the proxy drops, rewrites or adds these (in both directions).
 HOP_BY_HOP = frozenset(
     {
@@ -34,13 +33,7 @@ HOP_BY_HOP = frozenset(
 
 def framing_settings(default_examples: int) -> settings:
     """``default_examples`` derandomized (CI), or ``TRAYUPDATER_FRAMING_EXAMPLES`` random."""
-    return settings(
-        max_examples=EXAMPLES or default_examples,
-        derandomize=not EXAMPLES,
-        database=None,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    return property_settings("TRAYUPDATER_FRAMING_EXAMPLES", default_examples)
 
 
 def hostile(forms: list) -> st.SearchStrategy:

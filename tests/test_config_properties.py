@@ -50,7 +50,6 @@ import inspect
 import ipaddress
 import json
 import math
-import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator
@@ -60,9 +59,10 @@ from urllib.parse import urlsplit
 
 import hypothesis
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
+from property_settings import property_settings
 
 from trayupdater import preferences, store
 from trayupdater.config import Config, describe, load_config, tomllib  # tomli on 3.10
@@ -73,7 +73,6 @@ from trayupdater.status import Command
 from trayupdater.store import MAX_TIMESTAMP, State, VersionStore
 from trayupdater.urls import insecure_reason, odd_characters
 
-EXAMPLES = int(os.environ.get("TRAYUPDATER_CONFIG_EXAMPLES", "0"))
 SECTIONS = sorted({spec.section for spec in FIELDS})
 KEYS = [spec.name for spec in FIELDS]
 CA_FILE = "ca.pem"  # written beside every config, so that ca_bundle can be valid
@@ -82,13 +81,7 @@ DEFAULTS = Config()
 
 def _settings(default_examples: int) -> settings:
     """``default_examples`` derandomized (CI), or ``TRAYUPDATER_CONFIG_EXAMPLES`` random."""
-    return settings(
-        max_examples=EXAMPLES or default_examples,
-        derandomize=not EXAMPLES,
-        database=None,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    return property_settings("TRAYUPDATER_CONFIG_EXAMPLES", default_examples)
 
 
 def event(value: str) -> None:

@@ -54,13 +54,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, reject, settings
+from hypothesis import event, given, reject
 from hypothesis import strategies as st
+from property_settings import property_settings
 
 from trayupdater.errors import ExtractionError
 from trayupdater.extract import extract, find_executable
 
-EXAMPLES = int(os.environ.get("TRAYUPDATER_EXTRACT_EXAMPLES", "0"))
 TIME_LIMIT = 30.0  # seconds for one extraction of an archive of a few kB
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks, modes and devices")
 
@@ -648,13 +648,7 @@ def run_case(case: Case) -> str:
 
 
 @posix_only
-@settings(
-    max_examples=EXAMPLES or 1000,
-    derandomize=not EXAMPLES,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@property_settings("TRAYUPDATER_EXTRACT_EXAMPLES", 1000)
 @given(cases())
 def test_hostile_archive_never_reaches_outside_the_folder(case: Case) -> None:
     outcome = run_case(case)
