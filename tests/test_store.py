@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from trayupdater.errors import StorageError
 from trayupdater.store import MANIFEST, State, VersionStore
 
 
@@ -221,3 +222,77 @@ def test_sigkill_during_install_leaves_old_or_whole(tmp_path: Path) -> None:
             assert len(list((got.folder / "files").iterdir())) == 201
         if state.active:
             assert state.active in store.installed()
+
+
+# --- a state file that cannot be read ---------------------------------------------------------
+
+
+def test_a_state_file_that_is_a_folder_is_set_aside(tmp_path: Path) -> None:
+    """Was an IsADirectoryError traceback at start (only a missing file was handled)."""
+    store = VersionStore(tmp_path)
+    store.state_path.mkdir()
+    (store.state_path / "inside").write_text("kept")
+    assert store.load_state() == State()
+    (copy,) = tmp_path.glob("state.corrupt-*")
+    assert (copy / "inside").read_text() == "kept"
+    store.save_state(State(active="1.0.0"))  # and the app can go on saving
+    assert store.load_state() == State(active="1.0.0")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any file")
+def test_a_state_file_that_cannot_be_read_is_set_aside(tmp_path: Path) -> None:
+    store = VersionStore(tmp_path)
+    store.save_state(State(active="1.0.0"))
+    store.state_path.chmod(0)
+    assert store.load_state() == State()
+    assert list(tmp_path.glob("state.corrupt-*"))
+
+
+def test_two_damaged_state_files_in_one_second_are_two_copies(tmp_path: Path) -> None:
+    """The copy was named by the second: the second damaged file overwrote the first copy."""
+    store = VersionStore(tmp_path)
+    for text in ("{first", "{second", "{third"):
+        store.state_path.write_text(text)
+        assert store.load_state() == State()
+    copies = sorted(p.read_text() for p in tmp_path.glob("state.corrupt-*"))
+    assert copies == ["{first", "{second", "{third"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS")
+def test_a_huge_state_file_is_set_aside_without_reading_it_whole(tmp_path: Path) -> None:
+    """A 4 GiB state.json (sparse: no disk used) was read whole: in a process limited to
+    1 GiB of address space, a MemoryError at start."""
+    state_path = VersionStore(tmp_path).state_path
+    with state_path.open("wb") as file:
+        file.truncate(4 * 1024**3)
+    script = textwrap.dedent(
+        """
+        import resource, sys
+        from trayupdater.store import State, VersionStore
+        resource.setrlimit(resource.RLIMIT_AS, (1024**3, 1024**3))
+        from pathlib import Path
+        sys.exit(0 if VersionStore(Path(sys.argv[1])).load_state() == State() else 3)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    (copy,) = tmp_path.glob("state.corrupt-*")
+    assert copy.stat().st_size == 4 * 1024**3
+
+
+def test_a_state_file_that_cannot_be_moved_aside_is_one_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data folder where nothing can be renamed (read-only, as root cannot be made here):
+    one sentence naming the file, not a traceback."""
+    store = VersionStore(tmp_path)
+    store.state_path.write_text("{damaged")
+
+    def refuse(self: Path, target: Path) -> Path:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "replace", refuse)
+    with pytest.raises(StorageError) as caught:
+        store.load_state()
+    message = str(caught.value)
+    assert "state.json" in message and "Permission denied" in message and "\n" not in message

@@ -64,7 +64,7 @@ from trayupdater.pipeline import download_pace
 from trayupdater.platforms import Platform, pick_asset
 from trayupdater.release_model import Asset, Release, parse_version
 from trayupdater.sources.github import GitHubSource
-from trayupdater.store import MAX_TIMESTAMP, atomic_write_text
+from trayupdater.store import MAX_TIMESTAMP, atomic_write_text, read_json_file
 from trayupdater.verify import check_digest
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,10 @@ class SelfUpdateState:
     @classmethod
     def load(cls, path: Path) -> SelfUpdateState:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json_file(path)
         except FileNotFoundError:
             return cls()
-        except (OSError, ValueError, RecursionError) as exc:  # Recursion: [[[... deep
+        except (OSError, ValueError) as exc:
             log.warning("%s unreadable (%s); starting afresh", path.name, exc)
             return cls()
         if not isinstance(data, dict):
@@ -451,7 +451,7 @@ class SelfUpdater:
         serve through it: it starts its own (ours stops when we retire)."""
         path = self.data_dir / "state.json"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json_file(path)
         except (OSError, ValueError):
             return
         if isinstance(data, dict) and data.get("child_pid"):

@@ -22,12 +22,16 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from trayupdater.errors import StorageError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _SAFE_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+!_-]*$")
 # time.time() values beyond this are nonsense, and overflow time and timer functions.
 MAX_TIMESTAMP = 221845392000.0  # 9000-01-01 UTC
+# Our JSON files are a few hundred bytes; a bigger one is damaged, not read into memory whole.
+MAX_JSON_FILE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -149,6 +153,20 @@ def version_key(text: str) -> tuple[int, Version | str]:
         return (0, text)
 
 
+def read_json_file(path: Path, limit: int = MAX_JSON_FILE_BYTES) -> Any:
+    """One of our small JSON files, parsed. ``OSError`` if it cannot be read (also
+    ``FileNotFoundError``), ``ValueError`` if it is over ``limit`` bytes, not UTF-8 or not
+    JSON, or nested too deep to parse (RecursionError would otherwise escape)."""
+    with path.open("rb") as file:
+        raw = file.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"over {limit} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:  # [[[[... nested deeper than the interpreter's stack
+        raise ValueError("nested too deep") from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same folder, fsync, rename: readers see old or new."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,19 +206,38 @@ class VersionStore:
 
     def load_state(self) -> State:
         try:
-            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+            data = read_json_file(self.state_path)
             if not isinstance(data, dict):
                 raise ValueError("not an object")
             return State.from_json(data)
         except FileNotFoundError:
             return State()
-        except (ValueError, TypeError, RecursionError) as exc:  # Recursion: [[[... deep
-            # Atomic writes make this unlikely; if it happens keep a copy and start fresh
-            # rather than refuse to run (the installed versions are still on disk).
-            backup = self.state_path.with_suffix(f".corrupt-{int(time.time())}")
-            self.state_path.replace(backup)
+        except (OSError, ValueError, TypeError) as exc:
+            # Damaged (atomic writes make it unlikely), a folder, unreadable: keep a copy and
+            # start afresh rather than refuse to run (the installed versions are still on
+            # disk). OSError covers IsADirectoryError and PermissionError.
+            backup = self._set_aside(exc)
             log.error("state.json was unreadable (%s); moved to %s", exc, backup.name)
             return State()
+
+    def _set_aside(self, reason: BaseException) -> Path:
+        """Move the unreadable state file to a name of its own (never over an earlier copy:
+        two bad files in one second are two copies)."""
+        stamp = int(time.time())
+        for attempt in range(100):
+            suffix = f".corrupt-{stamp}" + (f"-{attempt}" if attempt else "")
+            backup = self.state_path.with_suffix(suffix)
+            if os.path.lexists(backup):
+                continue
+            try:
+                self.state_path.replace(backup)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot read {self.state_path} ({reason}) nor move it aside "
+                    f"({exc.strerror or exc}); fix or remove it"
+                ) from exc
+            return backup
+        raise StorageError(f"cannot read {self.state_path} ({reason}); remove it")
 
     def save_state(self, state: State) -> None:
         atomic_write_text(self.state_path, json.dumps(asdict(state), indent=2, sort_keys=True))
