@@ -144,3 +144,24 @@ def test_a_password_in_a_url_is_refused_and_never_shown(
         load_config(write(tmp_path, text), env={})
     assert fragment in str(info.value)
     assert "s3cretPW" not in str(info.value)
+
+
+def test_a_huge_bad_value_is_cut_short_in_the_error(tmp_path: Path) -> None:
+    """The error quoted the whole value: a 100 kB repo made a 100 kB line."""
+    path = tmp_path / "config.toml"
+    path.write_text(f'[source]\nrepo = "{"x" * 100_000}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert "invalid repo" in message and "(100" in message and "characters)" in message
+    assert len(message) < 500 + len(str(path))
+
+
+def test_a_number_of_more_than_4300_digits_is_explained_to_a_user(tmp_path: Path) -> None:
+    """Python's own text told the user to call sys.set_int_max_str_digits()."""
+    path = tmp_path / "config.toml"
+    path.write_text(f"check_interval = {'9' * 4301}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert "more than 4300 digits" in str(caught.value)
+    assert "sys." not in str(caught.value)

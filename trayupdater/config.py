@@ -28,6 +28,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 ENV_PREFIX = "TRAYUPDATER_"
+MAX_REASON = 200  # characters of an error's reason shown (it may quote the value)
 
 
 def default_config_path() -> Path:
@@ -153,7 +154,14 @@ def _apply(values: dict[str, Any], raw: Mapping[str, Any], origin: Callable[[str
         try:
             values[name] = spec.parse(value)
         except ValueError as exc:
-            raise ConfigError(f"{origin(name)}: invalid {name}: {exc}") from None
+            raise ConfigError(f"{origin(name)}: invalid {name}: {_clipped(str(exc))}") from None
+
+
+def _clipped(reason: str) -> str:
+    """A reason that quotes the value, cut short: a 100 kB value is not a 100 kB line."""
+    if len(reason) <= MAX_REASON:
+        return reason
+    return f"{reason[:MAX_REASON]}... ({len(reason)} characters)"
 
 
 def _shown(text: object) -> str:
@@ -170,8 +178,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except ValueError as exc:
         # TOMLDecodeError, and what tomllib lets through: UnicodeDecodeError (bytes that
-        # are not UTF-8) and the ValueError of an integer over 4300 digits.
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        # are not UTF-8) and the ValueError of an integer over 4300 digits (whose text tells
+        # a programmer to call sys.set_int_max_str_digits(): not for a user).
+        reason = str(exc)
+        if "integer string conversion" in reason:
+            reason = "a number with more than 4300 digits"
+        raise ConfigError(f"{path}: not valid TOML: {_clipped(reason)}") from None
     except RecursionError:  # tomllib recurses into each nested array or inline table
         raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
     except OSError as exc:
