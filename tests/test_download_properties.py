@@ -649,6 +649,8 @@ def _range_start(values: list[str]) -> int | None:
 
 
 def literal_loopback(host: str) -> bool:
+    # Written apart from urls.is_loopback_host on purpose: the guard must not share the
+    # judgment of the code it checks.
     host = host.strip("[]")
     if host == "localhost":
         return True
