@@ -10,13 +10,16 @@ never comes from the box's settings. "The system trust store" on Linux is OpenSS
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
@@ -28,10 +31,11 @@ from tls import CA, https_server, make_ca
 from tuf_support import Publisher, tuf_source
 
 from trayupdater import network
+from trayupdater.cancel import CancelledError, Interrupt
 from trayupdater.config import describe, load_config
 from trayupdater.demo import DEMO_REPO, asset_name, child_archive
-from trayupdater.download import Pace
-from trayupdater.errors import ConfigError, SourceError
+from trayupdater.download import Pace, download
+from trayupdater.errors import ConfigError, DownloadError, SourceError
 from trayupdater.feed import ReleaseFeed
 from trayupdater.http_client import HttpClient, HttpFailed, HttpUntrusted
 from trayupdater.network import Network, NetworkSettingError
@@ -434,3 +438,98 @@ def test_an_https_proxy_is_trusted_as_any_server_is(net_env: pytest.MonkeyPatch,
         with pytest.raises(HttpFailed, match="through the proxy"):
             client.get("https://updates.example.com/metadata/timestamp.json", timeout=(5, 5))
     assert tunnels == ["updates.example.com:443"]
+
+
+# --- a proxy that drips its answer to CONNECT ------------------------------------------------
+
+
+class DrippingProxy:
+    """Answers CONNECT with "200" and then header bytes, one every ``pause`` s for ever: each
+    within any read timeout (http.client reads a tunnel's header lines without a count limit)."""
+
+    def __init__(self, pause: float = 0.05) -> None:
+        self.pause = pause
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n")
+            while not self.closed.wait(self.pause):
+                conn.sendall(b"X")
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def dripping_proxy() -> Iterator[DrippingProxy]:
+    proxy = DrippingProxy()
+    yield proxy
+    proxy.close()
+
+
+def in_thread(action: Callable[[], object], seconds: float) -> BaseException | None:
+    """What ``action`` raised; fails the test if it is still running after ``seconds``."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            action()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s"
+    return outcome[0]
+
+
+def test_a_proxy_dripping_its_connect_answer_is_cut_at_the_deadline(
+    net_env: pytest.MonkeyPatch, dripping_proxy: DrippingProxy, tmp_path: Path
+) -> None:
+    """The socket was watched only once connect() returned, after the tunnel: the check
+    waited on the proxy past its deadline for ever."""
+    source = GitHubSource(
+        "acme/app",
+        api_url="https://api.github.test",
+        network=Network(proxy=dripping_proxy.url),
+        timeout=(1.0, 1.0),
+        answer_deadline=1.0,
+        retries=0,
+    )
+    error = in_thread(source.check, 10)  # the deadline is 1 s
+    assert isinstance(error, SourceError) and "too slow" in str(error), error
+    pace = Pace(timeout=1.0, deadline=1.0)
+    url = "https://updates.example.test/a"
+    error = in_thread(
+        lambda: download(source.client, url, tmp_path / "a", max_bytes=9, pace=pace), 10
+    )
+    assert isinstance(error, DownloadError), error
+    source.close()
+
+
+def test_quit_cuts_a_connect_answer_that_drips(
+    net_env: pytest.MonkeyPatch, dripping_proxy: DrippingProxy, tmp_path: Path
+) -> None:
+    interrupt = Interrupt()
+    client = HttpClient(interrupt=interrupt, network=Network(proxy=dripping_proxy.url))
+    pace = Pace(timeout=1.0, deadline=None)
+    url = "https://updates.example.test/a"
+    threading.Timer(0.5, interrupt.request, args=("quit",)).start()
+    error = in_thread(lambda: download(client, url, tmp_path / "a", max_bytes=9, pace=pace), 10)
+    assert isinstance(error, CancelledError), error

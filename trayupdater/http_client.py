@@ -443,7 +443,16 @@ class _PolicyAdapter(HTTPAdapter):
 
 
 def _pool_classes(interrupt: _Sockets) -> dict[str, type[HTTPConnectionPool]]:
+    # The socket is watched from the moment it is connected, before connect() goes on with a
+    # proxy's CONNECT and the TLS handshake: a proxy dripping its answer to CONNECT (http.client
+    # reads its header lines without a count limit) held a check past its deadline for ever,
+    # and Quit could not cut it. Then watched again (the TLS socket) on each request.
     class Watched(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            interrupt.watch(sock)
+            return sock
+
         def connect(self) -> None:
             super().connect()
             interrupt.watch(self.sock)
@@ -454,6 +463,11 @@ def _pool_classes(interrupt: _Sockets) -> dict[str, type[HTTPConnectionPool]]:
             return super().getresponse(*args, **kwargs)
 
     class WatchedTLS(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            interrupt.watch(sock)
+            return sock
+
         def connect(self) -> None:
             super().connect()
             interrupt.watch(self.sock)
