@@ -34,7 +34,8 @@ from requests.structures import CaseInsensitiveDict
 
 from trayupdater.cancel import Interrupt
 from trayupdater.errors import DownloadError
-from trayupdater.http_client import NETWORK_ERRORS, HttpClient, HttpFailed, HttpRefused, describe
+from trayupdater.failure_reasons import describe
+from trayupdater.http_client import NETWORK_ERRORS, HttpClient, HttpFailed, HttpRefused
 from trayupdater.numbers import ascii_int
 from trayupdater.urls import insecure_reason, redact_url
 

@@ -29,7 +29,6 @@ rules are applied *before* a byte goes to a server, on every hop:
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
 import ssl
 import threading
@@ -47,6 +46,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from trayupdater import __version__
 from trayupdater.cancel import Interrupt
 from trayupdater.errors import TrayUpdaterError
+from trayupdater.failure_reasons import describe
 from trayupdater.network import (
     Network,
     NetworkSettingError,
@@ -62,7 +62,6 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Headers that identify the user: they go to the origin they were given for, and nowhere else.
 SENSITIVE_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
 READ_SIZE = 64 * 1024
-_USERINFO = re.compile(r"//[^/\s@'\"]*@")
 
 # What a misbehaving peer can make requests/urllib3 raise while a body is read.
 NETWORK_ERRORS = (urllib3.exceptions.HTTPError, requests.RequestException, OSError)
@@ -388,16 +387,6 @@ def read_capped(
     finally:
         response.close()
     return bytes(out)
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line reason for a network error, without query strings (they may carry
-    signatures); exception texts never hold request headers, so no token either."""
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    text = re.sub(r"\?[^\s'\")]*", "?…", str(exc)) or type(exc).__name__
-    text = _USERINFO.sub("//", text)  # a proxy URL's user:password, should one be quoted
-    return text if len(text) <= 300 else text[:300] + "…"
 
 
 # --- the adapter: the trust store, and sockets registered with the Interrupt -----------------
