@@ -9,6 +9,9 @@ no password and nothing unprintable that a peer sent.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ import pytest
 
 from trayupdater.errors import SourceError
 from trayupdater.network import Network
+from trayupdater.shown import LogFormatter
 from trayupdater.sources.github import GitHubSource
 
 PASSWORD = "pr0xy-PA55"
@@ -121,3 +125,61 @@ def test_a_proxy_refusing_the_tunnel_says_what_it_answered(reason: bytes, shown:
     ), message
     assert shown in message and len(message) < 300, message
     assert "\x1b" not in message and "\x07" not in message
+
+
+# --- a secret sent back ------------------------------------------------------------------------
+
+TOKEN = "ghp_ECHOEDTOKEN4c1e0b77d2a9"
+
+
+def http_answer(content_type: str, body: bytes) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"Connection: close\r\n\r\n" + body
+
+
+@contextlib.contextmanager
+def app_log() -> Iterator[io.StringIO]:
+    """What the app's log file would hold (its formatter), at DEBUG."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(LogFormatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        http_answer(f"text/html; x={TOKEN}", b"<html></html>"),  # quoted in "not JSON"
+        http_answer(  # a tag that is not a version is logged as skipped
+            "application/json",
+            json.dumps(
+                {"tag_name": TOKEN, "draft": False, "prerelease": False, "assets": []}
+            ).encode(),
+        ),
+    ],
+)
+def test_a_token_the_api_sends_back_is_in_no_message_and_no_log(reply: bytes) -> None:
+    """The API gets the token; if it quotes it back (in a header, a tag), the error on the
+    status line and the log line must not carry it on."""
+    message = ""
+    with answering(reply) as port, app_log() as log:
+        source = GitHubSource(
+            "acme/app", api_url=f"http://127.0.0.1:{port}", token=TOKEN, retries=0
+        )
+        try:
+            source.check()
+        except SourceError as exc:
+            message = str(exc)
+        finally:
+            source.close()
+    shown = message + log.getvalue()
+    assert TOKEN not in shown, shown
+    assert "***" in shown  # it was sent back, and hidden

@@ -6,6 +6,8 @@ tray shows next to the message and what metrics count failures by.
 
 from __future__ import annotations
 
+from trayupdater.shown import without_secrets
+
 
 class TrayUpdaterError(Exception):
     """Base class: an expected failure with a message meant for the user.
@@ -20,11 +22,15 @@ class TrayUpdaterError(Exception):
         super().__init__(message)
         self.details = details
 
+    def __str__(self) -> str:
+        # A message may quote what a server sent; a server may send the token back.
+        return without_secrets(super().__str__())
+
     def for_log(self) -> str:
         """The message, then the details indented below it (never glued to it)."""
         if not self.details:
             return str(self)
-        lines = self.details.rstrip().splitlines()
+        lines = without_secrets(self.details).rstrip().splitlines()
         return str(self) + "".join(f"\n    | {line}" for line in lines)
 
 

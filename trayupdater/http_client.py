@@ -54,6 +54,7 @@ from trayupdater.network import (
     shown_proxy,
     untrusted_message,
 )
+from trayupdater.shown import keep_secret
 from trayupdater.urls import insecure_reason, redact_url
 
 USER_AGENT = f"trayupdater/{__version__}"
@@ -242,6 +243,8 @@ class HttpClient:
             for name in SENSITIVE_HEADERS
             if (value := _lookup(source, name)) is not None
         }
+        for value in secrets.values():
+            keep_secret(value)  # an origin that sends it back cannot put it in a log
         public = {k: v for k, v in given.items() if k.title() not in SENSITIVE_HEADERS}
         home = origin(url)
         first = url
@@ -290,6 +293,8 @@ class HttpClient:
             proxy = self.network.proxy_for(url)
         except NetworkSettingError as exc:
             raise HttpRefused(str(exc)) from None
+        if proxy:
+            keep_secret(urlsplit(proxy).password)  # a proxy may quote it in a refusal
         try:
             return self.session.get(
                 url,

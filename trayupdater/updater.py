@@ -37,6 +37,7 @@ from trayupdater.rollout import note_recalls, recall_reason
 from trayupdater.schedule import retry_delay
 from trayupdater.selfupdate import SelfUpdater
 from trayupdater.serving import Hooks, Serving, child_log_path
+from trayupdater.shown import without_secrets
 from trayupdater.status import Command, Phase, Status
 from trayupdater.store import State, VersionStore
 
@@ -401,6 +402,8 @@ class Updater:
         )
 
     def _publish(self, **changes: object) -> None:
+        # An error may quote what a server sent, and a server may send the token back.
+        changes = {k: without_secrets(v) if isinstance(v, str) else v for k, v in changes.items()}
         with self._lock:
             new = replace(self._status, **changes)  # type: ignore[arg-type]
             if new == self._status:
