@@ -90,6 +90,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.version import Version
 from property_settings import examples_from, property_settings
+from raw_server import RawServer
 from support import second_loopback_host
 from tls import make_ca
 
@@ -1479,35 +1480,23 @@ def test_the_body_of_a_redirect_is_not_read_into_memory() -> None:
     that preparation raised for an unparsable Location (the first regression above)."""
     announced = 128 * 1024 * 1024
     sent = [0]
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):
-                if b" /next " in conn.recv(65536):
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    continue
-                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /next\r\n")
-                conn.sendall(b"Content-Length: %d\r\n\r\n" % announced)
-                block = bytes(1 << 20)
-                while sent[0] < announced:
-                    conn.sendall(block)
-                    sent[0] += len(block)
+    def handle(conn: socket.socket) -> None:
+        if b" /next " in conn.recv(65536):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return
+        conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /next\r\n")
+        conn.sendall(b"Content-Length: %d\r\n\r\n" % announced)
+        block = bytes(1 << 20)
+        while sent[0] < announced:
+            conn.sendall(block)
+            sent[0] += len(block)
 
-    threading.Thread(target=serve, daemon=True).start()
-    try:
+    with RawServer(handle) as server:
         client = HttpClient()
-        response = client.get(f"http://127.0.0.1:{listener.getsockname()[1]}/asset", timeout=10)
+        response = client.get(f"{server.url}/asset", timeout=10)
         assert response.status_code == 200 and response.content == b"ok"
         client.close()
-    finally:
-        listener.close()
     assert sent[0] < 32 * 1024 * 1024, f"{sent[0] >> 20} MiB of the redirect's body were read"
 
 
@@ -1517,28 +1506,15 @@ def test_a_negative_chunk_size_in_an_answer_not_read_is_no_value_error(status: i
     reads what is left of a redirect or an error answer, let it escape download() and
     check() (read1, used for the bodies that are kept, fails with a ProtocolError)."""
     answer = f"HTTP/1.1 {status} X\r\nLocation: /next\r\nTransfer-Encoding: chunked\r\n\r\n"
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):
-                conn.recv(65536)
-                conn.sendall(answer.encode() + b"5\r\nhello\r\n-5\r\nworld")
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(answer.encode() + b"5\r\nhello\r\n-5\r\nworld")
 
-    threading.Thread(target=serve, daemon=True).start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    try:
-        source = GitHubSource(REPO, api_url=url, retries=0, timeout=(2.0, 2.0))
+    with RawServer(handle) as server:
+        source = GitHubSource(REPO, api_url=server.url, retries=0, timeout=(2.0, 2.0))
         with pytest.raises(SourceError):
             source.check()
         with tempfile.TemporaryDirectory() as tmp, pytest.raises(DownloadError):
-            download(source.client, url + "/asset", Path(tmp) / "a", max_bytes=100)
+            download(source.client, server.url + "/asset", Path(tmp) / "a", max_bytes=100)
         source.close()
-    finally:
-        listener.close()

@@ -13,10 +13,10 @@ import io
 import json
 import logging
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
+from raw_server import RawServer
 
 from trayupdater.errors import SourceError
 from trayupdater.network import Network
@@ -29,28 +29,18 @@ PASSWORD = "pr0xy-PA55"
 @contextlib.contextmanager
 def answering(reply: bytes | None) -> Iterator[int]:
     """A loopback port whose every connection gets ``reply`` (None: closed at once)."""
-    listener = socket.create_server(("127.0.0.1", 0))
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):
-                conn.settimeout(2)
-                conn.recv(65536)
-                if reply is not None:
-                    conn.sendall(reply)
-                    conn.shutdown(socket.SHUT_WR)
-                    while conn.recv(65536):  # until the client is done
-                        pass
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(2)
+        conn.recv(65536)
+        if reply is not None:
+            conn.sendall(reply)
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):  # until the client is done
+                pass
 
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
+    with RawServer(handle) as server:
+        yield server.port
 
 
 def check_error(api_url: str, proxy: str | None = None) -> str:

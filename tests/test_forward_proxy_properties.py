@@ -26,7 +26,6 @@ situations the invariants are about must have been reached.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import selectors
 import socket
@@ -43,6 +42,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from property_settings import examples_from, property_settings
+from raw_server import RawServer
 from tls import CA, make_ca
 
 from trayupdater.demo import DEMO_REPO, child_archive
@@ -117,21 +117,19 @@ class Received:
     middle: bytearray
 
 
-class HostileProxy:
+class HostileProxy(RawServer):
     """A forward proxy on loopback that plays the current example's scripts, one per
     connection in turn (the last repeats)."""
 
     def __init__(self, api_port: int, middle_port: int) -> None:
         self.api_port = api_port
         self.middle_port = middle_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.scripts: list[Script] = []
         self.connections = 0
         self.received = Received(bytearray(), bytearray())
         self.release = threading.Event()  # set at an example's end: every thread lets go
         self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(self._play)
 
     def start(self, scripts: list[Script]) -> None:
         self.release.set()
@@ -140,52 +138,39 @@ class HostileProxy:
             self.scripts, self.connections = scripts, 0
             self.received = Received(bytearray(), bytearray())
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
+    def _play(self, conn: socket.socket) -> None:
+        with self.lock:
+            script = self.scripts[min(self.connections, len(self.scripts) - 1)]
+            self.connections += 1
+            received, release = self.received, self.release
+        conn.settimeout(HANG)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = conn.recv(65536)
+            if not data:
                 return
-            with self.lock:
-                script = self.scripts[min(self.connections, len(self.scripts) - 1)]
-                self.connections += 1
-                received, release = self.received, self.release
-            threading.Thread(
-                target=self._serve, args=(conn, script, received, release), daemon=True
-            ).start()
-
-    def _serve(
-        self, conn: socket.socket, script: Script, received: Received, release: threading.Event
-    ) -> None:
-        with conn, contextlib.suppress(OSError):
-            conn.settimeout(HANG)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = conn.recv(65536)
-                if not data:
+            head += data
+        received.proxy += head
+        answer = CONNECT_ANSWERS[script.answer]
+        if script.delivery == "at once":
+            conn.sendall(answer)
+        elif script.delivery in ("drip", "drip forever"):
+            endless = script.delivery == "drip forever"
+            stream = answer[:-2] if endless and answer.endswith(b"\r\n\r\n") else answer
+            for i in range(len(stream)):
+                if release.wait(DRIP):
                     return
-                head += data
-            received.proxy += head
-            answer = CONNECT_ANSWERS[script.answer]
-            if script.delivery == "at once":
-                conn.sendall(answer)
-            elif script.delivery in ("drip", "drip forever"):
-                endless = script.delivery == "drip forever"
-                stream = answer[:-2] if endless and answer.endswith(b"\r\n\r\n") else answer
-                for i in range(len(stream)):
-                    if release.wait(DRIP):
-                        return
-                    conn.sendall(stream[i : i + 1])
-                while endless and not release.wait(DRIP):
-                    conn.sendall(b"X")
-            else:
-                conn.sendall(answer[: len(answer) // 2])
-                if script.delivery == "reset":
-                    _reset(conn)
-                return
-            if not answer.startswith(b"HTTP/1.") or b" 200 " not in answer.split(b"\r\n")[0]:
-                return
-            self._after(conn, script.after, received, release)
+                conn.sendall(stream[i : i + 1])
+            while endless and not release.wait(DRIP):
+                conn.sendall(b"X")
+        else:
+            conn.sendall(answer[: len(answer) // 2])
+            if script.delivery == "reset":
+                _reset(conn)
+            return
+        if not answer.startswith(b"HTTP/1.") or b" 200 " not in answer.split(b"\r\n")[0]:
+            return
+        self._after(conn, script.after, received, release)
 
     def _after(
         self, conn: socket.socket, after: str, received: Received, release: threading.Event
@@ -208,7 +193,7 @@ class HostileProxy:
 
     def close(self) -> None:
         self.release.set()
-        self.listener.close()
+        super().close()
 
 
 def _reset(conn: socket.socket) -> None:
@@ -244,36 +229,22 @@ def _relay(
                 key.data.sendall(data)
 
 
-class MiddleServer:
+class MiddleServer(RawServer):
     """A man in the middle: TLS for api.github.test with a certificate of a CA the client
     does not trust. Records every byte it decrypts (there must be none)."""
 
     def __init__(self, ca: CA) -> None:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(ca.server_cert, ca.server_key)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.into: bytearray = bytearray()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(self._intercept)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            conn.settimeout(HANG)
-            with self.context.wrap_socket(conn, server_side=True) as tls:
-                while data := tls.recv(65536):
-                    self.into += data
-                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-
-    def close(self) -> None:
-        self.listener.close()
+    def _intercept(self, conn: socket.socket) -> None:
+        conn.settimeout(HANG)
+        with self.context.wrap_socket(conn, server_side=True) as tls:
+            while data := tls.recv(65536):
+                self.into += data
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
 
 @dataclass

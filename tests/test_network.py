@@ -10,7 +10,6 @@ never comes from the box's settings. "The system trust store" on Linux is OpenSS
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 import truststore
 from forward_proxy import ForwardProxy
+from raw_server import RawServer
 from static_server import StaticServer
 from tls import CA, https_server, make_ca
 from tuf_support import Publisher, tuf_source
@@ -443,35 +443,24 @@ def test_an_https_proxy_is_trusted_as_any_server_is(net_env: pytest.MonkeyPatch,
 # --- a proxy that drips its answer to CONNECT ------------------------------------------------
 
 
-class DrippingProxy:
+class DrippingProxy(RawServer):
     """Answers CONNECT with "200" and then header bytes, one every ``pause`` s for ever: each
     within any read timeout (http.client reads a tunnel's header lines without a count limit)."""
 
     def __init__(self, pause: float = 0.05) -> None:
         self.pause = pause
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+        super().__init__(self._drip)
 
     def _drip(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 Connection established\r\n")
-            while not self.closed.wait(self.pause):
-                conn.sendall(b"X")
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n")
+        while not self.closed.wait(self.pause):
+            conn.sendall(b"X")
 
     def close(self) -> None:
         self.closed.set()
-        self.listener.close()
+        super().close()
 
 
 @pytest.fixture
