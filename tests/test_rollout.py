@@ -153,6 +153,8 @@ def test_rollout_and_recall_refuse_what_is_not_published_or_not_a_rollout(
         ["--percent", "101"],
         ["--percent", "-1"],
         ["--percent", "nan"],
+        ["--percent", "12.5"],  # was a SerializationError traceback: canonical JSON has no floats
+        ["--schedule", "1,2.5,100", "--every", "1h"],
         ["--schedule", "50,10", "--every", "1h"],
         ["--schedule", "1,5"],
         ["--percent", "5", "--every", "1h"],

@@ -50,12 +50,18 @@ def parse_duration(text: str) -> timedelta:
 
 
 def parse_percent(text: str) -> float:
+    """A whole percent: TUF signs canonical JSON, which has no fractions (12.5 could be
+    written in no targets metadata: the signing failed with a traceback)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a percent such as 25") from None
     if not 0 <= value <= 100:
         raise argparse.ArgumentTypeError(f"a percent is from 0 to 100, not {text}")
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(
+            f"a percent is a whole number (TUF metadata has no fractions), not {text}"
+        )
     return value
 
 
