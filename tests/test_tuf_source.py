@@ -141,6 +141,24 @@ def test_a_target_that_does_not_follow_the_format_is_skipped(
     assert result.skipped_tags == ["nightly"]
 
 
+def test_a_target_whose_signed_length_is_true_is_skipped(
+    tmp_path: Path, publisher: Publisher, server: StaticServer
+) -> None:
+    """tuf checks a length only for "< 0": ``true`` was taken as a size of 1 (a float
+    cannot be signed: canonical JSON has none)."""
+    publisher.add("1.0.0")
+    publisher.add("1.1.0")
+    repository = publisher.library()
+    with repository.edit_targets() as targets:
+        (path,) = [p for p in targets.targets if p.startswith("1.1.0/")]
+        targets.targets[path].length = True
+    repository.do_snapshot()
+    repository.do_timestamp()
+    result = tuf_source(server.url, publisher, tmp_path / "cache").check()
+    assert result.release is not None and result.release.version_text == "1.0.0"
+    assert result.skipped_tags == ["1.1.0"]
+
+
 # --- rollback: an older timestamp, snapshot or targets served ---------------------------------
 
 

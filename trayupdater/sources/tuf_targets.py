@@ -71,6 +71,11 @@ def index_targets(infos: Iterable[TargetFile], targets_url: str) -> TargetIndex:
             digest = info.hashes.get(HASH)
             if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
                 raise TargetFormatError(f"target {info.path[:120]!r} lists no {HASH} hash")
+            # tuf checks only "length < 0": true passed as a size of 1.
+            if type(info.length) is not int:
+                raise TargetFormatError(
+                    f"target {info.path[:120]!r} has a length that is not a whole number"
+                )
         except TargetFormatError as exc:
             log.warning("TUF target skipped: %s", exc)
             index.skipped.append(info.path.split("/", 1)[0][:100])
