@@ -150,6 +150,9 @@ def _raw(port: int, request: bytes) -> tuple[int, bytes]:
         ("evil.example:{port}", None, 421),
         ("127.0.0.1.evil.example", None, 421),
         (None, None, 421),  # no Host at all
+        ("[::1]evil.example", None, 421),  # was read as [::1]
+        ("[::1", None, 421),
+        ("127.0.0.1:8²", None, 421),
         ("127.0.0.1:{port}", "http://evil.example", 403),  # a page elsewhere, fetch()ing us
         ("localhost:{port}", "null", 403),
         ("127.0.0.1:{port}", None, 200),

@@ -56,6 +56,7 @@ ACTIVATE_PATH = "/activate"  # a second launch: the running app tells the user w
 REQUEST_SECONDS = 10.0  # for a request to arrive whole (the CLI sends one at once)
 MAX_CONNECTIONS = 32  # served at once: the CLI, a scraper and a second launch need a few
 MAX_QUERY_FIELDS = 8
+MAX_BODY = 1 << 20  # bytes of a request body read (and dropped) to keep the connection open
 
 
 class ControlServer:
@@ -140,11 +141,14 @@ class _Handler(DeadlineRequestHandler):
 
     def _refused(self) -> bool:
         """Answer 421/403 (no body) to a request that did not come from a loopback name."""
-        if not _is_loopback_host(self.headers.get("Host")):
+        # Every Host, Origin and Authorization is looked at, not only the first: with a
+        # loopback Host (or Origin, or the token) first and another one after it, a request
+        # passed whatever the other said. A request has one Host (RFC 9112, section 3.2).
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1 or not _is_loopback_host(hosts[0]):
             self._empty(421)
             return True
-        origin = self.headers.get("Origin")
-        if origin is not None and not _is_loopback_origin(origin):
+        if not all(_is_loopback_origin(o) for o in self.headers.get_all("Origin") or []):
             self._empty(403)
             return True
         return False
@@ -156,12 +160,33 @@ class _Handler(DeadlineRequestHandler):
         self.end_headers()
         self.close_connection = True
 
+    def _drop_body(self) -> None:
+        """Read the request's body and drop it: no command takes one, but left unread it
+        would be taken for the next request on this connection (a JSON body answered 400
+        or 501 there, and that answer went to the client's next request). A body that
+        cannot be framed (chunked, a Content-Length not one plain number, or over
+        MAX_BODY) ends the connection after the answer instead. Read within the request's
+        deadline, as its head is."""
+        lengths = set(self.headers.get_all("Content-Length") or [])
+        if "Transfer-Encoding" in self.headers or len(lengths) > 1:
+            self.close_connection = True
+            return
+        text = lengths.pop().strip() if lengths else "0"
+        if not (text.isascii() and text.isdigit()) or int(text) > MAX_BODY:
+            self.close_connection = True
+        elif len(self.rfile.read(int(text))) < int(text):
+            self.close_connection = True  # the client stopped sending
+
     def _authorized(self) -> bool:
-        given = self.headers.get("Authorization", "")
+        given_all = self.headers.get_all("Authorization") or []
+        if len(given_all) != 1:
+            return False
+        given = given_all[0]
         expected = f"Bearer {self.server_ref.token}"
         return hmac.compare_digest(given.encode(), expected.encode())
 
     def do_GET(self) -> None:
+        self._drop_body()
         if self._refused():
             return
         if self.path == "/metrics" and self.metrics_fn is not None:
@@ -174,6 +199,7 @@ class _Handler(DeadlineRequestHandler):
         self._json(404, {"error": f"unknown path {self.path}"})
 
     def do_POST(self) -> None:
+        self._drop_body()
         if self._refused():
             return
         if not self._authorized():
@@ -212,6 +238,8 @@ class _Handler(DeadlineRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:  # tell the client not to send another request
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -248,13 +276,19 @@ def _is_loopback_host(value: str | None) -> bool:
     if not value:
         return False
     host = value.strip()
-    if host.startswith("["):  # [::1]:port
-        host = host[: host.find("]") + 1] if "]" in host else host
+    if host.startswith("["):  # [::1] or [::1]:port, and nothing else after the bracket
+        host, bracket, port = host[1:].partition("]")
+        if not bracket or (port and not (port[0] == ":" and _is_port(port[1:]))):
+            return False
     elif host.count(":") == 1:
         host, _, port = host.partition(":")
-        if not port.isdigit():
+        if not _is_port(port):
             return False
     return _is_loopback_name(host)
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # "²".isdigit() is True
 
 
 def _is_loopback_origin(value: str) -> bool:
