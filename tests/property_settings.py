@@ -9,6 +9,8 @@ examples instead: the way to hunt for new failures on a quiet machine, e.g.
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Iterable
 
 from hypothesis import HealthCheck, settings
 
@@ -35,3 +37,14 @@ def property_settings(variable: str, default_examples: int, *, fixtures: bool = 
         deadline=None,
         suppress_health_check=health_checks,
     )
+
+
+def assert_reached(stats: Counter[str], situations: Iterable[str], variable: str) -> None:
+    """Fail unless every one of ``situations`` was counted in ``stats``: a property whose
+    examples never reach what its invariants are about passes without testing anything.
+    Not judged when fewer than 100 random examples were asked with ``variable``."""
+    asked = examples_from(variable)
+    if asked and asked < 100:
+        return
+    missing = [name for name in situations if not stats[name]]
+    assert not missing, f"no example reached {missing}: {dict(stats)}"

@@ -89,7 +89,7 @@ from httpfiles import FileServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.version import Version
-from property_settings import examples_from, property_settings
+from property_settings import assert_reached, property_settings
 from raw_server import RawServer
 from support import second_loopback_host
 from tls import make_ca
@@ -101,7 +101,6 @@ from trayupdater.network import Network
 from trayupdater.release_model import Asset, Release
 from trayupdater.sources.github import MAX_RATE_LIMIT_WAIT, GitHubSource
 
-EXAMPLES = examples_from("TRAYUPDATER_DOWNLOAD_EXAMPLES")
 TOKEN = "ghp_PROPERTYTOKEN5f0c2a9e71d4"
 QUERY_SECRET = "QSECRET8812"  # in every Location's query: no message may show it
 BASIC = "Basic " + base64.b64encode(b"user:pass").decode()  # requests' reading of user:pass@
@@ -1109,14 +1108,7 @@ def test_downloads_against_hostile_servers(
     # The dangerous situations were reached (else the invariants held vacuously).
     reached = ["token at home", "foreign after token", "redirect followed", "ok", "honest"]
     reached += ["failed, part kept", "longest chain", "plain http elsewhere refused"]
-    assert_reached(stats, reached)
-
-
-def assert_reached(stats: Counter[str], what: list[str]) -> None:
-    if EXAMPLES and EXAMPLES < 100:
-        return  # too few to be sure of every situation
-    missing = [w for w in what if not stats[w]]
-    assert not missing, f"no example reached {missing}: {stats}"
+    assert_reached(stats, reached, "TRAYUPDATER_DOWNLOAD_EXAMPLES")
 
 
 def play_download(
@@ -1313,9 +1305,8 @@ def test_api_checks_against_hostile_servers(
 
     run()
     print(dict(sorted(stats.items())))
-    assert_reached(
-        stats, ["token at home", "foreign after token", "release", "downloaded", "rate limit"]
-    )
+    reached = ["token at home", "foreign after token", "release", "downloaded", "rate limit"]
+    assert_reached(stats, reached, "TRAYUPDATER_DOWNLOAD_EXAMPLES")
 
 
 def play_api(

@@ -74,7 +74,7 @@ import urllib3.util.connection
 from hypothesis import example, given
 from hypothesis import strategies as st
 from packaging.version import Version
-from property_settings import examples_from, property_settings
+from property_settings import assert_reached, property_settings
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import CryptoSigner
 from tuf_support import Publisher
@@ -95,7 +95,6 @@ from trayupdater.sources.tuf_source import TufSource
 from trayupdater.tuf_format import LATEST_TIME, MAX_FIELD, MAX_STEP_SECONDS, MAX_STEPS
 from trayupdater.tuf_keys import KeyStore
 
-EXAMPLES = examples_from("TRAYUPDATER_TUF_EXAMPLES")
 HONEST_VERSION = 3  # init (1) and two publishes
 READ_TIMEOUT = 0.25  # connect and each read
 DEADLINE = 0.4  # one metadata file, from request to last byte
@@ -1254,13 +1253,6 @@ HOSTILE_TARGETS = Case(
 )
 
 
-def assert_reached(stats: Counter[str], what: list[str]) -> None:
-    if EXAMPLES and EXAMPLES < 100:
-        return  # too few to be sure of every situation
-    missing = [w for w in what if not stats[w]]
-    assert not missing, f"no example reached {missing}: {stats}"
-
-
 def test_tuf_source_against_hostile_repositories(
     honest: Honest, server: Server, guard: list[str]
 ) -> None:
@@ -1280,4 +1272,4 @@ def test_tuf_source_against_hostile_repositories(
     reached = ["honest", "check ok", "untrusted", "expired", "source error", "rate limited"]
     reached += ["hostile release accepted", "skipped", "fetch ok", "fetch refused"]
     reached += ["recovered newer", "recovered same"]
-    assert_reached(stats, reached)
+    assert_reached(stats, reached, "TRAYUPDATER_TUF_EXAMPLES")
