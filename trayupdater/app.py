@@ -150,6 +150,9 @@ class App:
             self.successor.serve_when_ready(self.updater, self.proxy.start)
             return
         finish_pending_update()  # what an earlier self-update left beside the executable
+        # The proxy listens before the worker boots: a request in between was answered 503
+        # at once. Held instead; boot ends the hold (a child serves, or there is none).
+        self.proxy.hold()
         try:
             self.proxy.start()
         except OSError as exc:
