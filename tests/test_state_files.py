@@ -6,6 +6,7 @@ damaged the way a hand edit (or another build) could, and the app is started aga
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sys
@@ -117,6 +118,33 @@ def test_a_failure_after_the_child_started_at_boot_stops_it(
     finally:
         app.stop()
     assert not children_of(data)
+
+
+def test_a_boot_that_fails_before_a_child_starts_answers_503_at_once(
+    feed: ReleaseFeed,
+    app_factory: Callable[..., App],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The proxy holds requests from the moment it listens until boot says what serves. A
+    boot that fails before any child starts (a bug) must end that hold: requests waited
+    hold_seconds for a child that was never coming."""
+    data = installed_data(feed, app_factory)
+
+    def broken(self: VersionStore) -> State:
+        raise RuntimeError("a bug in reading the state")
+
+    monkeypatch.setattr(VersionStore, "load_state", broken)
+    app = restarted(feed, data, hold_seconds=120.0)
+    try:
+        wait_for(
+            lambda: "Internal error" in (app.updater.status().error or ""), 20, what="boot failed"
+        )
+        conn = http.client.HTTPConnection("127.0.0.1", app.proxy.address[1], timeout=30)
+        conn.request("GET", "/version")
+        assert conn.getresponse().status == 503  # at once, not after 120 s
+        conn.close()
+    finally:
+        app.stop()
 
 
 def test_probation_carried_over_a_restart_lasts_no_longer_than_configured(

@@ -219,12 +219,18 @@ class Updater:
     # --- start-up and shutdown ---
 
     def _boot(self) -> None:
-        removed = self.store.clean_temporary()
-        if removed:
-            log.info("removed leftovers of an interrupted run: %s", ", ".join(removed))
-        self._state = self.store.load_state()
-        self._publish_state()
-        self.serving.boot()
+        try:
+            removed = self.store.clean_temporary()
+            if removed:
+                log.info("removed leftovers of an interrupted run: %s", ", ".join(removed))
+            self._state = self.store.load_state()
+            self._publish_state()
+            self.serving.boot()
+        except BaseException:
+            # App._start holds requests until boot says what serves: nothing will, so they
+            # get 503 now instead of after hold_seconds.
+            self.proxy.switch(None)
+            raise
 
     def _shutdown(self) -> None:
         self._publish(phase=Phase.STOPPING)
