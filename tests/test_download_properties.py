@@ -1098,7 +1098,7 @@ def test_downloads_against_hostile_servers(
     caplog.set_level(logging.DEBUG)
     stats: Counter[str] = Counter()
 
-    @examples(400)
+    @examples(300)
     @given(case=cases())
     def run(case: Case) -> None:
         stats.update(play_download(case, servers, guard, caplog))

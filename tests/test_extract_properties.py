@@ -648,7 +648,7 @@ def run_case(case: Case) -> str:
 
 
 @posix_only
-@property_settings("TRAYUPDATER_EXTRACT_EXAMPLES", 1000)
+@property_settings("TRAYUPDATER_EXTRACT_EXAMPLES", 600)
 @given(cases())
 def test_hostile_archive_never_reaches_outside_the_folder(case: Case) -> None:
     outcome = run_case(case)

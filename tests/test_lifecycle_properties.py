@@ -687,7 +687,7 @@ def _forget_log_handlers(folder: Path) -> None:
 
 TestLifecycle = Lifecycle.TestCase
 TestLifecycle.settings = settings(
-    property_settings("TRAYUPDATER_LIFECYCLE_EXAMPLES", 4),
+    property_settings("TRAYUPDATER_LIFECYCLE_EXAMPLES", 2),
     stateful_step_count=int(os.environ.get("TRAYUPDATER_LIFECYCLE_STEPS", "5")),
 )
 

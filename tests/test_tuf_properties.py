@@ -1258,7 +1258,7 @@ def test_tuf_source_against_hostile_repositories(
 ) -> None:
     stats: Counter[str] = Counter()
 
-    @property_settings("TRAYUPDATER_TUF_EXAMPLES", 80, fixtures=True)
+    @property_settings("TRAYUPDATER_TUF_EXAMPLES", 50, fixtures=True)
     @given(case=cases())
     @example(case=RATE_LIMITED)
     @example(case=EXPIRED_ROOT)
