@@ -36,6 +36,7 @@ import requests
 from trayupdater import preferences
 from trayupdater.errors import TrayUpdaterError
 from trayupdater.http_server import DeadlineRequestHandler, ThreadingServer
+from trayupdater.numbers import ascii_int
 from trayupdater.status import Command, Status
 from trayupdater.store import atomic_write_text
 
@@ -171,10 +172,10 @@ class _Handler(DeadlineRequestHandler):
         if "Transfer-Encoding" in self.headers or len(lengths) > 1:
             self.close_connection = True
             return
-        text = lengths.pop().strip() if lengths else "0"
-        if not (text.isascii() and text.isdigit()) or int(text) > MAX_BODY:
+        length = ascii_int(lengths.pop()) if lengths else 0
+        if length is None or length > MAX_BODY:
             self.close_connection = True
-        elif len(self.rfile.read(int(text))) < int(text):
+        elif len(self.rfile.read(length)) < length:
             self.close_connection = True  # the client stopped sending
 
     def _authorized(self) -> bool:

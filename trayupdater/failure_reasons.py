@@ -34,7 +34,7 @@ def describe(exc: BaseException) -> str:
     """A one-line reason for a network error (see the module doc)."""
     if isinstance(exc, requests.Timeout):
         return "timed out"
-    for cause in _causes(exc):
+    for cause in causes(exc):
         known = _known(cause)
         if known is not None:
             return known
@@ -44,7 +44,7 @@ def describe(exc: BaseException) -> str:
     return text if len(text) <= MAX_REASON else text[:MAX_REASON] + "…"
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
+def causes(exc: BaseException) -> list[BaseException]:
     """``exc`` and what it wraps, outermost first: causes, contexts, arguments, ``reason``."""
     found: list[BaseException] = []
     seen: set[int] = set()

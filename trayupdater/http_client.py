@@ -441,35 +441,30 @@ def _pool_classes(interrupt: _Sockets) -> dict[str, type[HTTPConnectionPool]]:
     # proxy's CONNECT and the TLS handshake: a proxy dripping its answer to CONNECT (http.client
     # reads its header lines without a count limit) held a check past its deadline for ever,
     # and Quit could not cut it. Then watched again (the TLS socket) on each request.
-    class Watched(HTTPConnection):
+    class Watching:
+        """The three overrides, for a plain and a TLS connection alike."""
+
+        sock: socket.socket | None
+
         def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
+            sock = super()._new_conn()  # type: ignore[misc]
             interrupt.watch(sock)
             return sock
 
         def connect(self) -> None:
-            super().connect()
-            interrupt.watch(self.sock)
+            super().connect()  # type: ignore[misc]
+            interrupt.watch(self.sock)  # type: ignore[arg-type]
 
         def getresponse(self, *args: Any, **kwargs: Any) -> Any:
             if self.sock is not None:  # a reused keep-alive connection
                 interrupt.watch(self.sock)
-            return super().getresponse(*args, **kwargs)
+            return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
-    class WatchedTLS(HTTPSConnection):
-        def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            interrupt.watch(sock)
-            return sock
+    class Watched(Watching, HTTPConnection):
+        pass
 
-        def connect(self) -> None:
-            super().connect()
-            interrupt.watch(self.sock)
-
-        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-            if self.sock is not None:
-                interrupt.watch(self.sock)
-            return super().getresponse(*args, **kwargs)
+    class WatchedTLS(Watching, HTTPSConnection):
+        pass
 
     class Pool(HTTPConnectionPool):
         ConnectionCls = Watched

@@ -36,6 +36,7 @@ import truststore
 from requests.utils import prepend_scheme_if_needed, select_proxy, should_bypass_proxies
 
 from trayupdater.errors import TrayUpdaterError
+from trayupdater.failure_reasons import causes
 from trayupdater.urls import is_loopback_host, odd_characters, redact_url
 
 if TYPE_CHECKING:
@@ -115,16 +116,9 @@ def certificate_problem(exc: BaseException) -> str | None:
     """What a TLS failure says about the server's certificate, if it is a verification
     failure (not a reset or a timeout): OpenSSL's reason, such as "self-signed certificate
     in certificate chain"."""
-    seen: set[int] = set()
-    todo: list[object] = [exc]
-    while todo:
-        item = todo.pop()
-        if not isinstance(item, BaseException) or id(item) in seen or len(seen) > 20:
-            continue
-        seen.add(id(item))
+    for item in causes(exc):
         if isinstance(item, ssl.SSLCertVerificationError):
             return str(item.verify_message or item.reason or "verification failed")
-        todo += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return "certificate verify failed"
