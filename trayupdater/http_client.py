@@ -16,7 +16,8 @@ rules are applied *before* a byte goes to a server, on every hop:
 - **Deadlines**: a :class:`Deadline` started with :meth:`HttpClient.deadline` covers all a
   thread then does with the client, status line and headers included: when it passes, the
   sockets used meanwhile are shut down, so a server that drips a byte within each read
-  timeout is cut off (the per-read timeout alone restarts with every byte).
+  timeout is cut off (the per-read timeout alone restarts with every byte). Looking up a
+  host's name waits under the same deadline and Interrupt (:meth:`_Sockets.resolve`).
 - **Trust and proxies** come from :class:`~trayupdater.network.Network` alone: certificates
   are checked against the system trust store (plus ``[network] ca_bundle``), and each hop
   goes through the proxy it names. requests' own environment handling (``trust_env``:
@@ -29,6 +30,8 @@ rules are applied *before* a byte goes to a server, on every hop:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import logging
 import socket
 import ssl
 import threading
@@ -42,6 +45,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 
 from trayupdater import __version__
 from trayupdater.cancel import Interrupt
@@ -57,12 +62,15 @@ from trayupdater.network import (
 from trayupdater.shown import keep_secret
 from trayupdater.urls import insecure_reason, redact_url
 
+log = logging.getLogger(__name__)
+
 USER_AGENT = f"trayupdater/{__version__}"
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Headers that identify the user: they go to the origin they were given for, and nowhere else.
 SENSITIVE_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
 READ_SIZE = 64 * 1024
+LOOKUP_POLL_SECONDS = 0.05  # how soon a name lookup notices the deadline or the Interrupt
 
 # What a misbehaving peer can make requests/urllib3 raise while a body is read.
 NETWORK_ERRORS = (urllib3.exceptions.HTTPError, requests.RequestException, OSError)
@@ -180,6 +188,50 @@ class _Sockets:
         deadline: Deadline | None = getattr(self.local, "deadline", None)
         if deadline is not None:
             deadline.add(sock)
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        """The addresses of ``host``, in the resolver's order; ``[host]`` for an address or a
+        name the resolver would refuse anyway (urllib3 explains those).
+
+        getaddrinfo blocks before there is a socket to shut down: a DNS server that does not
+        answer holds it for the resolver's timeout times its attempts (10 s to minutes), past
+        the deadline and through Quit. So it runs in a thread of its own, and this waits for
+        it, or for the deadline or the Interrupt; a lookup given up on ends in its own time.
+        """
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host.strip("[]"))
+            return [host]
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            return [host]
+        answer: list[Any] = []
+        done = threading.Event()
+
+        def lookup() -> None:
+            try:
+                answer.append(
+                    socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+                )
+            except Exception as exc:  # handed to the waiting thread
+                answer.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=lookup, name=f"lookup {host}", daemon=True).start()
+        deadline: Deadline | None = getattr(self.local, "deadline", None)
+        while not done.wait(LOOKUP_POLL_SECONDS):
+            if self.interrupt is not None and self.interrupt.pending:
+                raise OSError(f"looking up {host} was interrupted")
+            if deadline is not None and deadline.expired:
+                log.info("looking up %s: no answer from the DNS server within the deadline", host)
+                raise TimeoutError(f"looking up {host} took too long")
+        if isinstance(answer[0], Exception):
+            raise answer[0]
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in answer[0]))
+        if not addresses:
+            raise OSError("getaddrinfo returns an empty list")
+        return addresses
 
 
 def _shut(sock: socket.socket) -> None:
@@ -446,10 +498,38 @@ def _pool_classes(interrupt: _Sockets) -> dict[str, type[HTTPConnectionPool]]:
 
         sock: socket.socket | None
 
+        _dns_host: str
+        host: str
+        port: int
+
         def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()  # type: ignore[misc]
-            interrupt.watch(sock)
-            return sock
+            # The name is looked up under the deadline and the Interrupt (_Sockets.resolve),
+            # then urllib3 connects to each address in turn, as it would have.
+            name = self._dns_host
+            try:
+                addresses = interrupt.resolve(name, self.port)
+            except socket.gaierror as exc:
+                raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+            except TimeoutError as exc:
+                raise ConnectTimeoutError(self, str(exc)) from exc
+            except OSError as exc:
+                raise NewConnectionError(
+                    self, f"Failed to establish a new connection: {exc}"
+                ) from exc  # type: ignore[arg-type]
+            error: Exception | None = None
+            for address in addresses:
+                self._dns_host = address
+                try:
+                    sock = super()._new_conn()  # type: ignore[misc]
+                except (NewConnectionError, ConnectTimeoutError) as exc:
+                    error = exc
+                    continue
+                finally:
+                    self._dns_host = name
+                interrupt.watch(sock)
+                return sock  # type: ignore[no-any-return]
+            assert error is not None
+            raise error
 
         def connect(self) -> None:
             super().connect()  # type: ignore[misc]
