@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -235,3 +236,23 @@ def test_repeated_crashes_back_off(feed: ReleaseFeed, app_factory: Callable[...,
         wait_for(running(app, "1.0.0"))
     assert delays == [0.5, 1.0, 2.0]  # each quick crash waits longer before the restart
     assert get(app)[:2] == (200, "1.0.0")
+
+
+def test_a_stopped_app_lets_go_of_its_log_file(feed: ReleaseFeed, tmp_path: Path) -> None:
+    """Its handler stayed on the root logger: the file stayed open, and every later app in
+    the process wrote its lines there too."""
+    first = App(make_config(feed, tmp_path / "one"), check_on_start=False)
+    first.start()
+    first.stop()
+    second = App(make_config(feed, tmp_path / "two"), check_on_start=False)
+    second.start()
+    try:
+        logging.getLogger("trayupdater.test").warning("a line of the second app")
+    finally:
+        second.stop()
+    one = (tmp_path / "one").rglob("trayupdater.log")
+    two = (tmp_path / "two").rglob("trayupdater.log")
+    assert "a line of the second app" in next(two).read_text()
+    assert "a line of the second app" not in next(one).read_text()
+    paths = [getattr(h, "baseFilename", "") for h in logging.getLogger().handlers]
+    assert not any(str(tmp_path) in path for path in paths), paths

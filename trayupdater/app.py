@@ -89,6 +89,7 @@ class App:
         )
         self.updater.subscribe(lambda status: self.metrics.set_active(status.active))
         self._stopped = threading.Event()
+        self._log_handler: logging.Handler | None = None
 
     def start(self) -> None:
         """Start serving; raises AlreadyRunningError if another instance owns this data dir."""
@@ -97,7 +98,7 @@ class App:
             self._start()
         except BaseException:
             self.instance_lock.release()  # a later launch must not wait for a failed start
-            raise
+            raise  # the log file stays: the reason is written there next (launch.start_failed)
 
     def _become_the_instance(self) -> None:
         """Take the data folder's instance lock before anything else, or raise
@@ -134,7 +135,7 @@ class App:
 
     def _start(self) -> None:
         try:
-            setup_file_logging(self.config)
+            self._log_handler = setup_file_logging(self.config)
         except OSError as exc:
             raise StorageError(
                 f"cannot write logs to {self.config.logs_dir} ({exc.strerror or exc}): make it "
@@ -178,6 +179,7 @@ class App:
             self.proxy.close()
         finally:
             self.instance_lock.release()  # last: a new launch may start once ours is gone
+            stop_file_logging(self._log_handler)
 
     def run_headless(self) -> int:
         """Run until SIGINT/SIGTERM (or a quit command); stop everything cleanly; exit 0."""
@@ -227,16 +229,27 @@ def _probe_writable(folder: os.PathLike[str]) -> None:
     os.unlink(probe)
 
 
-def setup_file_logging(config: Config) -> None:
-    """Log to a rotating file in the data folder too (the tray's "Open logs" shows it)."""
+def setup_file_logging(config: Config) -> logging.Handler | None:
+    """Log to a rotating file in the data folder too (the tray's "Open logs" shows it).
+    The handler added, for :func:`stop_file_logging`; None if the file already had one."""
     config.logs_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     path = config.logs_dir / "trayupdater.log"
     if any(getattr(h, "baseFilename", None) == os.fspath(path) for h in root.handlers):
-        return
+        return None
     handler = logging.handlers.RotatingFileHandler(path, maxBytes=2_000_000, backupCount=3)
     handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
+    return handler
+
+
+def stop_file_logging(handler: logging.Handler | None) -> None:
+    """Take the handler off the root logger and close its file: an app stopped in a process
+    that goes on (the tests) kept its log file open, and each later app's lines went to
+    every earlier app's file too."""
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
