@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import threading
@@ -19,6 +20,7 @@ from trayupdater.app import App
 from trayupdater.control import CONTROL_FILE, ControlBusyError, ControlClient, ControlServer
 from trayupdater.demo import publish_version
 from trayupdater.feed import ReleaseFeed
+from trayupdater.shown import LogFormatter
 from trayupdater.status import Command, Status
 
 
@@ -274,3 +276,30 @@ def test_a_control_request_dripping_in_is_cut_at_its_deadline(tmp_path: Path) ->
         assert client is not None and client.status()["phase"] == "starting"
     finally:
         server.close()
+
+
+def test_the_control_token_is_kept_out_of_the_log(tmp_path: Path) -> None:
+    """Put in a URL (by a user, a script), it went into the request line logged with
+    --verbose, and from there into a bug report."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    collect = Collect(logging.DEBUG)
+    collect.setFormatter(LogFormatter("%(message)s"))  # the app's formatter, as with --verbose
+    logger = logging.getLogger("trayupdater.control")
+    logger.addHandler(collect)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    server = _control_server(tmp_path)
+    try:
+        url = f"http://127.0.0.1:{server.port}/status?token={server.token}"
+        requests.get(url, timeout=5)
+    finally:
+        server.close()
+        logger.removeHandler(collect)
+        logger.setLevel(level)
+    assert any("/status?token=" in line for line in lines), lines
+    assert not any(server.token in line for line in lines), lines

@@ -37,6 +37,7 @@ from trayupdater import preferences
 from trayupdater.errors import TrayUpdaterError
 from trayupdater.http_server import DeadlineRequestHandler, ThreadingServer
 from trayupdater.numbers import ascii_int
+from trayupdater.shown import keep_secret
 from trayupdater.status import Command, Status
 from trayupdater.store import atomic_write_text
 
@@ -75,6 +76,7 @@ class ControlServer:
     ) -> None:
         self.data_dir = data_dir
         self.token = secrets.token_urlsafe(32)
+        keep_secret(self.token)  # a user may put it in a URL: the request line is logged
         handler = type(
             "Handler",
             (_Handler,),
