@@ -82,12 +82,24 @@ def served_version(port: int, host: str = "127.0.0.1") -> str | None:
 
 
 class Load:
-    """Keep-alive clients sending GET /version in a loop; every failure is recorded."""
+    """Keep-alive clients sending GET /version in a loop; every failure is recorded, with
+    when it was asked and answered (``failure_times``). ``pause``: seconds each client
+    waits between requests (0: as fast as it can)."""
 
-    def __init__(self, address: tuple[str, int], clients: int = 4) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        clients: int = 4,
+        *,
+        timeout: float = 10,
+        pause: float = 0,
+    ) -> None:
         self.address = address
+        self.timeout = timeout
+        self.pause = pause
         self.stop = threading.Event()
         self.failures: list[str] = []
+        self.failure_times: list[tuple[float, float]] = []  # (asked, answered) per failure
         self.seen: dict[str, int] = {}  # version -> answers
         self.first_seen: dict[str, float] = {}  # version -> time.monotonic() of first answer
         self.slowest = 0.0  # seconds: the longest a request took (a held one, say)
@@ -112,10 +124,10 @@ class Load:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         for thread in self.threads:
-            thread.join(10)
+            thread.join(self.timeout)
 
     def _run(self) -> None:
-        conn = http.client.HTTPConnection(*self.address, timeout=10)
+        conn = http.client.HTTPConnection(*self.address, timeout=self.timeout)
         while not self.stop.is_set():
             asked = time.monotonic()
             try:
@@ -128,7 +140,7 @@ class Load:
             except (OSError, http.client.HTTPException) as exc:
                 ok, body = False, repr(exc)
                 conn.close()
-                conn = http.client.HTTPConnection(*self.address, timeout=10)
+                conn = http.client.HTTPConnection(*self.address, timeout=self.timeout)
             now = time.monotonic()
             with self._lock:
                 self.slowest = max(self.slowest, now - asked)
@@ -138,6 +150,9 @@ class Load:
                     self.timeline.append((now, body))
                 else:
                     self.failures.append(body)
+                    self.failure_times.append((asked, now))
+            if self.pause:
+                time.sleep(self.pause)
         conn.close()
 
 

@@ -74,7 +74,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from property_settings import property_settings
-from support import alive, wait_for
+from support import Load, alive, wait_for
 from test_runtime import make_config, running
 
 from trayupdater.app import App
@@ -191,20 +191,17 @@ def proxy_get(port: int, path: str) -> tuple[int, str]:
         conn.close()
 
 
-class Traffic:
-    """Keep-alive clients sending GET /version through the proxy; every failure is kept with
-    when it was asked and answered, so failures inside an allowed window can be told apart."""
+class Traffic(Load):
+    """Load through the proxy that knows when failures were allowed (the app restarting):
+    every failure is kept with when it was asked and answered, so those inside a window
+    can be told apart."""
 
     def __init__(self, port: int, clients: int = 2) -> None:
-        self.port = port
-        self.stop = threading.Event()
-        self.failures: list[tuple[float, float, str]] = []
-        self.seen: dict[str, int] = {}
+        # A short pause between requests leaves the 2 cores to the app and its children,
+        # and still finds the proxy within milliseconds of its listening again (a restart).
+        super().__init__(("127.0.0.1", port), clients, timeout=HOLD_SECONDS + 10, pause=0.002)
         self.windows: list[list[float]] = []  # [start, end]: failures allowed (app restarts)
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-        for thread in self.threads:
-            thread.start()
+        self.__enter__()
 
     def open_window(self) -> list[float]:
         window = [time.monotonic(), float("inf")]
@@ -220,39 +217,12 @@ class Traffic:
         with self._lock:
             return [
                 f"{what} (asked {asked:.3f}, answered {answered:.3f})"
-                for asked, answered, what in self.failures
+                for what, (asked, answered) in zip(self.failures, self.failure_times, strict=True)
                 if not any(start <= answered and asked <= end for start, end in self.windows)
             ]
 
     def close(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(HOLD_SECONDS + 10)
-
-    def _run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HOLD_SECONDS + 10)
-        while not self.stop.is_set():
-            asked = time.monotonic()
-            try:
-                conn.request("GET", "/version")
-                response = conn.getresponse()
-                body = response.read().decode()
-                failure = None if response.status == 200 else f"HTTP {response.status}: {body}"
-            except (OSError, http.client.HTTPException) as exc:
-                failure = repr(exc)
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HOLD_SECONDS + 10)
-            with self._lock:
-                if failure is None:
-                    self.seen[body] = self.seen.get(body, 0) + 1
-                else:
-                    self.failures.append((asked, time.monotonic(), failure))
-            if failure is not None:
-                # Closed (a restart): come back at once, to be there the moment it listens.
-                time.sleep(0.001)
-            else:
-                time.sleep(0.002)  # leave the 2 cores to the app and its children
-        conn.close()
+        self.__exit__()
 
 
 @dataclass
