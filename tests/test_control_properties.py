@@ -136,7 +136,7 @@ class Harness:
             status = updater.status()
             if not (
                 self.jobs.empty()
-                and updater._next_check > time.monotonic() + 1
+                and updater._next_check > updater._clock() + 1
                 and status.phase is Phase.RUNNING
             ):
                 return False

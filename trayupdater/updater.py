@@ -34,7 +34,7 @@ from trayupdater.events import Events
 from trayupdater.pipeline import Plan, ReleasePipeline
 from trayupdater.proxy import ReverseProxy
 from trayupdater.rollout import note_recalls, recall_reason
-from trayupdater.schedule import retry_delay
+from trayupdater.schedule import MAX_NAP, retry_delay, since_boot
 from trayupdater.selfupdate import SelfUpdater
 from trayupdater.serving import Hooks, Serving, child_log_path
 from trayupdater.shown import without_secrets
@@ -70,6 +70,8 @@ class Updater:
         self_updater: SelfUpdater | None = None,
     ) -> None:
         self.config = config
+        self._clock = since_boot  # checks are scheduled on it: it counts sleep (schedule.py)
+        self._max_nap = MAX_NAP
         self.self_updater = self_updater
         self.store = store
         self.proxy = proxy
@@ -93,7 +95,7 @@ class Updater:
             events=self.events,
         )
         self.serving = Serving(config, store, proxy, hooks, self.interrupt)
-        self._next_check = 0.0 if check_on_start else time.monotonic() + self._interval()
+        self._next_check = 0.0 if check_on_start else self._clock() + self._interval()
         self._thread: threading.Thread | None = None
         self._downloaded: int | None = None  # bytes of the current download seen so far
         self._check_failures = 0  # failed checks in a row: the retry back-off (schedule.py)
@@ -178,9 +180,13 @@ class Updater:
                 log.exception("cannot tell the phase after an internal error")
 
     def _next_job(self) -> _Job | None:
-        wake = min(t for t in (self._next_check, self.serving.wakeup()) if t is not None)
+        # Two clocks (schedule.py): checks count time asleep, a child's timers do not.
+        waits = [self._next_check - self._clock(), self._max_nap]
+        serving = self.serving.wakeup()
+        if serving is not None:
+            waits.append(serving - time.monotonic())
         try:
-            return self._queue.get(timeout=max(0.0, wake - time.monotonic()))
+            return self._queue.get(timeout=max(0.0, min(waits)))
         except queue.Empty:
             return None
 
@@ -203,7 +209,7 @@ class Updater:
             self._save()
             self._publish(message=message)
             if job.command in (Command.ALLOW, Command.UNPAUSE):
-                self._next_check = time.monotonic()  # what was held back may install now
+                self._next_check = self._clock()  # what was held back may install now
         elif job.command == "child_down":
             child, why = job.payload  # type: ignore[misc]
             assert isinstance(child, Child)
@@ -213,7 +219,7 @@ class Updater:
 
     def _on_timer(self) -> None:
         self.serving.on_timer()
-        if time.monotonic() >= self._next_check:
+        if self._clock() >= self._next_check:
             self._check()
 
     # --- start-up and shutdown ---
@@ -242,7 +248,7 @@ class Updater:
 
     def _check(self, *, manual: bool = False) -> None:
         """``manual``: a user asked (the rollout may be bypassed); the timer's are not."""
-        self._next_check = time.monotonic() + self._interval()
+        self._next_check = self._clock() + self._interval()
         previous_phase = self.status().phase
         self._publish(phase=Phase.CHECKING, message="Checking…", error=None)
         outcome = "error"
@@ -311,12 +317,12 @@ class Updater:
         except TrayUpdaterError as exc:
             self._fail(exc, previous_phase)
             self._check_failures += 1
-            self._next_check = time.monotonic() + retry_delay(
+            self._next_check = self._clock() + retry_delay(
                 self._check_failures, self.config.check_interval, self.config.first_retry
             )
             if exc.reason == "rate_limited":
                 retry_at = getattr(exc, "retry_at", 0.0)
-                self._next_check = time.monotonic() + max(60.0, retry_at - time.time())
+                self._next_check = self._clock() + max(60.0, retry_at - time.time())
         except OSError as exc:
             # The data folder went read-only or full under a running app: say which.
             self._fail(_storage_error(exc, self.config), previous_phase)
