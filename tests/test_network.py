@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
@@ -522,3 +523,23 @@ def test_quit_cuts_a_connect_answer_that_drips(
     threading.Timer(0.5, interrupt.request, args=("quit",)).start()
     error = in_thread(lambda: download(client, url, tmp_path / "a", max_bytes=9, pace=pace), 10)
     assert isinstance(error, CancelledError), error
+
+
+def test_a_certificate_outside_its_dates_points_at_the_clock_not_at_tls_inspection(
+    tmp_path: Path, net_env: pytest.MonkeyPatch
+) -> None:
+    """A computer whose clock is wrong (a flat CMOS battery, a restored VM) sees every
+    certificate expired or not yet valid: it was told to look for a company proxy and
+    name a CA file, which cannot help."""
+    expired = make_ca(tmp_path / "ca", server_days=-1)
+    (tmp_path / "www").mkdir()
+    client = HttpClient(network=Network(ca_bundle=expired.cert))
+    with (
+        https_server(expired, files_handler(tmp_path / "www")) as base,
+        pytest.raises(HttpUntrusted) as refused,
+    ):
+        get(client, base + "/x")
+    message = str(refused.value)
+    assert "certificate has expired" in message, message
+    assert time.strftime("%Y-%m-%d") in message and "set the right date and time" in message
+    assert "TLS inspection" not in message and "ca_bundle" not in message

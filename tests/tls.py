@@ -32,9 +32,10 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def make_ca(folder: Path, *, hosts: Sequence[str] = ()) -> CA:
+def make_ca(folder: Path, *, hosts: Sequence[str] = (), server_days: int = 2) -> CA:
     """``hosts``: more DNS names the server certificate is valid for (names a proxy
-    resolves, say)."""
+    resolves, say). ``server_days``: how long it is valid; -1 makes one that expired a day
+    ago (as a computer whose clock is a day ahead would see it)."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     folder.mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,8 @@ def make_ca(folder: Path, *, hosts: Sequence[str] = ()) -> CA:
     )  # fmt: skip
     _openssl(
         "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "server.ext", "-out", "server.pem",
+        "-CAcreateserial", "-days", str(server_days), "-extfile", "server.ext",
+        "-out", "server.pem",
         cwd=folder,
     )  # fmt: skip
     return CA(folder / "ca.pem", folder / "server.pem", folder / "server.key")

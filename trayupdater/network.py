@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import os
 import ssl
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,20 @@ def certificate_problem(exc: BaseException) -> str | None:
     return None
 
 
+# OpenSSL's reasons for a certificate outside its validity period, for the leaf or a CA.
+_TIME_PROBLEMS = ("has expired", "is not yet valid")
+
+
 def untrusted_message(url: str, problem: str) -> str:
+    if any(words in problem for words in _TIME_PROBLEMS):
+        # Most often this computer's clock is wrong (a flat CMOS battery, a restored VM),
+        # which no CA setting fixes: name the date it believes.
+        today = time.strftime("%Y-%m-%d")
+        return (
+            f"{redact_url(url)}: the server's certificate is not valid on this computer's "
+            f"date, {today} ({problem}): if that date is wrong, set the right date and time; "
+            "if it is right, the server's certificate is out of date"
+        )
     return (
         f"{redact_url(url)}: the server's certificate is not trusted ({problem}). This looks "
         "like TLS inspection by a company proxy or firewall: if your organisation's CA is "
