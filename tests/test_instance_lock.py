@@ -231,6 +231,26 @@ def test_a_self_update_successor_starts_while_its_predecessor_holds_the_lock(
     assert _free(data)
 
 
+def test_a_retired_app_lets_go_of_its_control_endpoint_and_lock(
+    feed: ReleaseFeed, tmp_path: Path
+) -> None:
+    """After a self-update the old process only watches its successor (probation): it must
+    not answer as the app, and the lock must be free for the successor, or for the old build
+    started again if the successor crashes."""
+    publish_version(feed, "1.0.0")
+    data = tmp_path / "data"
+    app = App(make_config(feed, data))
+    app.start()
+    try:
+        wait_for(running(app, "1.0.0"))
+        assert ControlClient.find(data) is not None and not _free(data)
+        app.updater.retire()
+        assert ControlClient.find(data) is None
+        assert _free(data)
+    finally:
+        app.stop()
+
+
 def test_the_waiting_thread_gives_up_on_release(tmp_path: Path) -> None:
     holder = InstanceLock(tmp_path)
     assert holder.acquire()

@@ -324,6 +324,7 @@ def _config(feed: ReleaseFeed, data: Path, **changes: Any) -> Config:
         "api_url": feed.url,
         "data_dir": data,
         "self_update_repo": APP_REPO,
+        "probation_seconds": 0.3,  # the new build's probation (long ones are set per test)
         **changes,
     }
     return replace(Config(), **values)
@@ -591,6 +592,11 @@ def serve():
 
 threading.Thread(target=serve, daemon=True).start()
 successor.report_ready()
+if MODE in ("crash", "killed", "quit"):  # a bug that shows soon after start, or a Quit
+    time.sleep(0.5)
+    if MODE == "killed":
+        os.kill(os.getpid(), 9)
+    os._exit(0 if MODE == "quit" else 3)
 time.sleep(120)
 """
 
@@ -607,6 +613,9 @@ class OldApp:
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.retired = 0
+        self.retired_at: float | None = None
+        self.quit = threading.Event()  # a Quit (or a logout's SIGTERM) for the old process
+        self.on_retire: Callable[[], None] | None = None
 
     @property
     def port(self) -> int:
@@ -617,6 +626,12 @@ class OldApp:
 
     def retire(self) -> None:
         self.retired += 1
+        self.retired_at = time.monotonic()
+        if self.on_retire is not None:
+            self.on_retire()
+
+    def quitting(self) -> bool:
+        return self.quit.is_set()
 
 
 class Spawner:
@@ -924,6 +939,132 @@ def test_macos_bundle_handover_swaps_the_whole_bundle(
     assert (app_dir / "TrayUpdater.app.old/Contents/Info.plist").read_text() == "old"
     assert spawner.calls[0]["pass_fds"] == (old.sock.fileno(),)
     assert _get(old.port) == "2.0.0"
+
+
+# --- the new build on probation: the old process watches it before it exits ---------------
+
+
+def _old_build(data: Path) -> bytes:
+    """The installed build: a script that records how it was started again, if it is."""
+    return f'#!/bin/sh\necho "old build $*" > "{data}/relaunched"\n'.encode()
+
+
+def _hand_over_on_probation(
+    feed: ReleaseFeed,
+    tmp_path: Path,
+    app_dir: Path,
+    spawner: Spawner,
+    mode: str,
+    probation: float,
+    old: OldApp | None = None,
+) -> tuple[SelfUpdater, str, OldApp, Exits]:
+    """Update the old build to a 2.0.0 successor behaving as ``mode``: the updater, the
+    outcome, the old app and its exits."""
+    data = tmp_path / "data"
+    exe = app_dir / "trayupdater"
+    exe.write_bytes(_old_build(data))
+    exe.chmod(0o755)
+    new = _successor_script("2.0.0", mode, data)
+    _publish_app(feed, "2.0.0", "trayupdater_Linux_x86_64.tar.gz", {"trayupdater": new})
+    old, exits = old or OldApp(), Exits()
+    updater = _updater(
+        feed,
+        tmp_path,
+        Installation(exe, exe, "file", "linux"),
+        popen=spawner,
+        exit_process=exits,
+        argv=["run"],
+        config={"probation_seconds": probation},
+    )
+    outcome = updater.check_and_apply(old).outcome
+    return updater, outcome, old, exits
+
+
+@posix_only
+@pytest.mark.parametrize(
+    ("mode", "why"),
+    [("crash", "2.0.0 exited with code 3 after"), ("killed", "2.0.0 was killed by SIGKILL after")],
+)
+def test_a_new_build_that_crashes_on_probation_gives_way_to_the_old_one(
+    feed: ReleaseFeed, tmp_path: Path, app_dir: Path, spawner: Spawner, mode: str, why: str
+) -> None:
+    """2.0.0 reports ready, the old process retires, then 2.0.0 dies: the old build is put
+    back and started again (nothing else would run), and 2.0.0 is blocked."""
+    data = tmp_path / "data"
+    updater, outcome, old, exits = _hand_over_on_probation(
+        feed, tmp_path, app_dir, spawner, mode, probation=20
+    )
+    exe = app_dir / "trayupdater"
+    assert outcome == "rolled_back" and (old.retired, exits.count) == (1, 1)
+    assert exe.read_bytes() == _old_build(data)
+    assert sorted(p.name for p in app_dir.iterdir()) == ["trayupdater"]
+    state = SelfUpdateState.load(data / "selfupdate.json")
+    assert state.blocked == ["2.0.0"]
+    assert state.last_result["outcome"] == "rolled_back"
+    assert why in state.last_result["reason"] and "(on probation)" in (state.last_error or "")
+    # The old build was started afresh: a normal launch, no handover, its own session.
+    assert len(spawner.procs) == 2 and spawner.procs[1].args == [str(exe), "run"]
+    relaunch = spawner.calls[1]
+    assert ENV_HANDOVER not in relaunch["env"] and "pass_fds" not in relaunch
+    assert relaunch["start_new_session"] is True
+    assert spawner.procs[1].wait(10) == 0
+    assert (data / "relaunched").read_text() == "old build run\n"
+    # What the successor wrote stands: it is what the relaunched build goes on from.
+    assert json.loads((data / "state.json").read_text()) == {"active": "successor"}
+    assert updater.check_and_apply(old).outcome == "blocked"
+
+
+@posix_only
+def test_a_new_build_that_runs_through_its_probation_stays(
+    feed: ReleaseFeed, tmp_path: Path, app_dir: Path, spawner: Spawner
+) -> None:
+    _, outcome, old, exits = _hand_over_on_probation(
+        feed, tmp_path, app_dir, spawner, "ok", probation=1.0
+    )
+    watched = time.monotonic() - (old.retired_at or 0.0)
+    assert outcome == "replaced" and (old.retired, exits.count) == (1, 1)
+    assert watched >= 1.0  # the old process exited only once the probation was over
+    assert len(spawner.procs) == 1 and spawner.procs[0].poll() is None
+    assert _get(old.port) == "2.0.0"
+    assert (app_dir / "trayupdater").read_bytes().startswith(b"#!" + sys.executable.encode())
+    assert (app_dir / "trayupdater.old").exists()  # removed by the successor once we are gone
+    state = SelfUpdateState.load(tmp_path / "data" / "selfupdate.json")
+    assert state.blocked == [] and state.last_result["outcome"] == "replaced"
+
+
+@posix_only
+def test_a_new_build_quit_by_the_user_on_probation_is_not_rolled_back(
+    feed: ReleaseFeed, tmp_path: Path, app_dir: Path, spawner: Spawner
+) -> None:
+    """Exit code 0: a Quit from its menu, or a logout; no reason to bring the old one back."""
+    _, outcome, old, exits = _hand_over_on_probation(
+        feed, tmp_path, app_dir, spawner, "quit", probation=20
+    )
+    assert spawner.procs[0].poll() == 0  # the old process watched until the new one quit
+    assert time.monotonic() - (old.retired_at or 0.0) < 10  # not until the probation's end
+    assert outcome == "replaced" and (old.retired, exits.count) == (1, 1)
+    assert len(spawner.procs) == 1  # nothing relaunched
+    assert (app_dir / "trayupdater").read_bytes().startswith(b"#!" + sys.executable.encode())
+    state = SelfUpdateState.load(tmp_path / "data" / "selfupdate.json")
+    assert state.blocked == [] and state.last_result["outcome"] == "replaced"
+
+
+@posix_only
+def test_a_quit_of_the_old_process_ends_the_probation_without_a_rollback(
+    feed: ReleaseFeed, tmp_path: Path, app_dir: Path, spawner: Spawner
+) -> None:
+    old = OldApp()
+    old.on_retire = lambda: threading.Timer(0.5, old.quit.set).start()  # during the watch
+    _, outcome, old, exits = _hand_over_on_probation(
+        feed, tmp_path, app_dir, spawner, "ok", probation=20, old=old
+    )
+    assert old.quit.is_set()  # it watched until told to quit...
+    assert time.monotonic() - (old.retired_at or 0.0) < 5  # ...and then exited at once
+    assert outcome == "replaced" and (old.retired, exits.count) == (1, 1)
+    assert len(spawner.procs) == 1 and spawner.procs[0].poll() is None  # 2.0.0 serves on
+    assert _get(old.port) == "2.0.0"
+    state = SelfUpdateState.load(tmp_path / "data" / "selfupdate.json")
+    assert state.blocked == [] and state.last_result["outcome"] == "replaced"
 
 
 # --- the successor's side ------------------------------------------------------------------

@@ -296,6 +296,16 @@ def test_stop_from_another_thread_ends_run(h):
     assert h.controller.commands == []
 
 
+def test_hide_takes_the_icon_away_but_keeps_running(h):
+    """Retired by a self-update: the successor's icon shows; ours goes, and stays quiet,
+    while this process watches the successor, without quitting anything."""
+    h.app.hide()
+    assert not h.icon.shown.is_set() and not h.icon.visible
+    h.controller.publish(phase=Phase.RUNNING, active="1.3.0", message="Updated to 1.3.0")
+    assert h.icon.notifications == []
+    assert h.thread is not None and h.thread.is_alive() and h.controller.commands == []
+
+
 def test_stop_before_run_makes_run_return_at_once(tmp_path):
     h = Harness(tmp_path, RUNNING)
     h.app.stop()

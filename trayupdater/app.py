@@ -88,6 +88,7 @@ class App:
             activate=self._activated,
         )
         self.updater.subscribe(lambda status: self.metrics.set_active(status.active))
+        self.updater.on_retire.append(self._retired)
         self._stopped = threading.Event()
         self._log_handler: logging.Handler | None = None
 
@@ -197,6 +198,16 @@ class App:
             finally:
                 self.stop()
         return 0
+
+    def _retired(self) -> None:
+        """A self-update's successor serves: we only watch it now (its probation). Our
+        control endpoint must not answer as the app (control.json is the successor's), and
+        the lock and the port go to the successor, or, if it crashes, to the old build we
+        start again (it must not find them held by us)."""
+        self.control.close()
+        self.instance_lock.release()
+        if self.successor is not None:
+            self.successor.socket.close()  # lent to the proxy, which is closed by now
 
     def quit(self) -> None:
         self.updater.send(Command.QUIT)

@@ -15,10 +15,12 @@ Both sides of the protocol live here; the files (staging, the swap, state.json) 
 4. The successor starts its own child and, once it serves (:meth:`Successor.serve_when_ready`),
    reports ``{"ready": true}``, or ``{"failed": why}``.
 5. Ready within the timeout: the predecessor sends ``{"commit": true}``, stops accepting,
-   finishes its requests and exits; the successor then removes the leftovers beside the
-   executable. Anything else (it exited, failed, hung up, lied about its version or stayed
-   silent): the predecessor stops it (:func:`stop_successor`) and raises
-   :class:`HandoverFailed`, and the caller puts the old files back.
+   finishes its requests, watches the successor on probation (:mod:`probation_watch`) and
+   exits, which closes the channel; only then does the successor remove the leftovers
+   beside the executable (``.old`` stays for the probation's rollback). Anything else (it
+   exited, failed, hung up, lied about its version or stayed silent): the predecessor
+   stops it (:func:`stop_successor`) and raises :class:`HandoverFailed`, and the caller
+   puts the old files back.
 """
 
 from __future__ import annotations
@@ -164,28 +166,50 @@ class Predecessor:
                 stop_successor(proc, self._installation.os)
             raise
 
+    def relaunch(self) -> subprocess.Popen[bytes] | None:
+        """Start the executable now installed as a normal launch, with no handover: the
+        successor crashed on probation and the old build is back in place. None (logged)
+        if it cannot start: the next login or launch starts it then."""
+        try:
+            return self._start(self._environment(), ())
+        except OSError as exc:
+            log.critical("cannot start %s again: %s", self._installation.executable, exc)
+            return None
+
     def _spawn(self, listener: socket.socket, port: int, token: str) -> subprocess.Popen[bytes]:
-        env = dict(os.environ if self._environ is None else self._environ)
+        env = self._environment()
         env[ENV_HANDOVER] = f"{port}:{token}"
+        try:
+            return self._start(env, (listener.fileno(),))
+        except OSError as exc:
+            raise HandoverFailed(
+                f"cannot start {self._installation.executable}: {exc.strerror or exc}"
+            ) from None
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ if self._environ is None else self._environ)
+        env.pop(ENV_HANDOVER, None)
         # A fresh PyInstaller instance: unpack the new build, ignore our _PYI_* variables.
         env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
         if self._installation.os == "linux" and "LD_LIBRARY_PATH_ORIG" in env:
             env["LD_LIBRARY_PATH"] = env.pop("LD_LIBRARY_PATH_ORIG")
         elif self._installation.os == "linux":
             env.pop("LD_LIBRARY_PATH", None)  # it pointed at our unpacked libraries
+        return env
+
+    def _start(self, env: dict[str, str], pass_fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
         argv = [str(self._installation.executable), *self._argv]
         kwargs: dict[str, Any] = {"env": env, "stdin": subprocess.DEVNULL}
         if self._installation.os == "windows":
-            # Detached: closing the console it was started from must not end the successor.
+            # Detached: closing the console it was started from must not end the new process.
             kwargs["creationflags"] = 0x200 | 0x8  # CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS
         else:
             # Its own session: our terminal's Ctrl-C or hang-up must not reach it.
-            kwargs.update(pass_fds=(listener.fileno(),), start_new_session=True)
+            kwargs["start_new_session"] = True
+            if pass_fds:
+                kwargs["pass_fds"] = pass_fds
         log.info("self-update: starting %s", argv[0])
-        try:
-            return self._popen(argv, **kwargs)
-        except OSError as exc:
-            raise HandoverFailed(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+        return self._popen(argv, **kwargs)
 
     def _await_ready(
         self,
@@ -384,7 +408,9 @@ class Successor:
         return True
 
     def _await_commit(self) -> None:
-        """After "ready": once the predecessor has committed and exited, tidy its leftovers."""
+        """After "ready": once the predecessor has committed and exited, tidy its leftovers.
+        It holds the channel open through its probation, so ``.old`` is kept for a rollback
+        however long that lasts: the wait for its exit starts when the channel closes."""
         committed = False
         try:
             while True:

@@ -166,6 +166,7 @@ def _run_tray(
         app.stop()
         raise
     app.on_activate.append(tray.say_already_running)
+    app.updater.on_retire.append(tray.hide)  # the successor shows its own icon
 
     # Quit from anywhere (menu, `trayupdater quit`, logout) ends the worker; the icon follows.
     def close_tray_when_worker_ends() -> None:

@@ -21,10 +21,13 @@ asset picker, checksums, minisign when a key is set). Then:
    refused. The successor starts its own child on a new port (ours dies with us: pdeathsig)
    and reports ``ready`` once it serves.
 4. **Commit or roll back**: ready within the timeout -> we stop accepting, finish our
-   in-flight requests, stop our child and exit (``Handover.retire``). The successor exited,
-   failed, lied about its version or stayed silent -> it is stopped, the old executable
-   is renamed back, ``state.json``/``control.json`` are restored and we simply keep serving
-   (the old executable never stopped running); the version is blocked until a newer one.
+   in-flight requests, stop our child (``Handover.retire``), then watch the successor for
+   ``probation_seconds`` (:mod:`probation_watch`) before we exit: if it crashes meanwhile
+   (any exit but code 0), the old build is put back, blocked and started afresh. The
+   successor exited, failed, lied about its version or stayed silent before ready -> it is
+   stopped, the old executable is renamed back, ``state.json``/``control.json`` are
+   restored and we simply keep serving (the old executable never stopped running); the
+   version is blocked until a newer one.
 
 Leftovers (``.old``, ``.new``, ``.failed``) are removed by the successor once its
 predecessor is gone, or at the next start (Windows cannot delete a running exe).
@@ -62,6 +65,7 @@ from trayupdater.installation import (
 from trayupdater.network import Network
 from trayupdater.pipeline import download_pace
 from trayupdater.platforms import Platform, pick_asset
+from trayupdater.probation_watch import watch_successor
 from trayupdater.release_model import Asset, Release, parse_version
 from trayupdater.sources.github import GitHubSource
 from trayupdater.store import MAX_TIMESTAMP, atomic_write_text, read_json_file
@@ -85,6 +89,9 @@ class Handover(Protocol):
     def retire(self) -> None:
         """The successor serves: stop accepting, finish in-flight requests, stop the child.
         Must not write state.json (the successor owns it now)."""
+
+    def quitting(self) -> bool:
+        """A quit was asked for: stop watching the successor on probation and exit."""
 
 
 @dataclass
@@ -257,9 +264,9 @@ class SelfUpdater:
     def check_and_apply(self, handover: Handover) -> SelfUpdateResult:
         """Check; if a newer build exists, install it and hand over to it.
 
-        On success ``handover.retire()`` is called and the process exits (this does not
-        return). Raises SelfUpdateError (or the pipeline's errors) on failure, after
-        putting everything back.
+        On success ``handover.retire()`` is called and, after the successor's probation,
+        the process exits (this does not return). Raises SelfUpdateError (or the
+        pipeline's errors) on failure, after putting everything back.
         """
         plan = self.plan()
         state = SelfUpdateState.load(self.state_path)
@@ -271,13 +278,13 @@ class SelfUpdater:
         assert plan.release is not None and plan.asset is not None
         try:
             staged = self.stage(plan.release, plan.asset)
-            self.apply(staged, plan.release.version_text, handover)
+            outcome = self.apply(staged, plan.release.version_text, handover)
         except TrayUpdaterError as exc:
             state = SelfUpdateState.load(self.state_path)  # apply() may have blocked it
             state.last_error = str(exc)
             state.save(self.state_path)
             raise
-        return SelfUpdateResult("replaced", plan.current, latest)
+        return SelfUpdateResult(outcome, plan.current, latest)
 
     # --- staging ---
 
@@ -361,8 +368,9 @@ class SelfUpdater:
 
     # --- replacing and handing over ---
 
-    def apply(self, staged: Path, version: str, handover: Handover) -> None:
-        """Swap ``staged`` in, start it, and commit (retire + exit) or roll back (raise)."""
+    def apply(self, staged: Path, version: str, handover: Handover) -> str:
+        """Swap ``staged`` in, start it, and commit (retire, probation, exit) or roll back
+        (raise); returns only in tests, where exiting is a stand-in."""
         swap = Swap(self.installation, staged, self.ops)
         try:
             swap.apply()
@@ -390,8 +398,13 @@ class SelfUpdater:
             channel.send({"commit": True})
         log.info("self-update: %s serves now (pid %s); retiring", version, proc.pid)
         handover.retire()
-        channel.close()
+        verdict = watch_successor(proc, version, self.config.probation_seconds, handover.quitting)
+        channel.close()  # the successor may remove .old once we are gone
+        if verdict.crashed:  # {}: no snapshot to restore, the successor's state.json is true
+            self._roll_back(swap, {}, version, verdict.reason)
+            self._predecessor.relaunch()
         self._exit()
+        return "rolled_back" if verdict.crashed else "replaced"
 
     def _roll_back(
         self, swap: Swap, snapshot: dict[Path, bytes | None], version: str, why: str
@@ -409,7 +422,7 @@ class SelfUpdater:
         if version not in state.blocked:
             state.blocked.append(version)
         state.last_error = why
-        state.last_result = {"outcome": "rolled_back", "version": version, "at": time.time()}
+        state.last_result = dict(outcome="rolled_back", version=version, reason=why, at=time.time())
         state.save(self.state_path)
 
     def _commit(self, swap: Swap, version: str) -> None:

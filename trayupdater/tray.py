@@ -84,6 +84,7 @@ class TrayApp:
         self._announcer = Announcer(Status(app_name=self._status.app_name), clock=clock)
         self._stop_requested = threading.Event()
         self._ready = threading.Event()
+        self._hidden = False  # hide(): retired by a self-update
         self._pending: list[Notice] = []  # notices from before the icon could show them
         self._lock = threading.Lock()  # serialises status handling from worker threads
         self._last_open = -DOUBLE_CLICK
@@ -130,9 +131,18 @@ class TrayApp:
         self._stop_requested.set()
         self.icon.stop()
 
-    def _setup(self, icon: pystray.Icon) -> None:
-        icon.visible = True
+    def hide(self) -> None:
+        """Take the icon out of the tray but keep ``run()`` going (stopping it would quit
+        the app): after a self-update this process only watches its successor, whose own
+        icon shows, and exits by itself."""
         with self._lock:
+            self._hidden = True
+            if self._ready.is_set():
+                self.icon.visible = False
+
+    def _setup(self, icon: pystray.Icon) -> None:
+        with self._lock:
+            icon.visible = not self._hidden
             self._ready.set()
             pending, self._pending = self._pending, []
         for notice in pending:
@@ -161,7 +171,9 @@ class TrayApp:
                 self._menu_key = menu_key
                 self.icon.update_menu()
             notices = self._announcer.notices(status)
-            if not self._ready.is_set():
+            if self._hidden:
+                notices = []  # retired: the successor speaks for the app now
+            elif not self._ready.is_set():
                 self._pending += notices
                 notices = []
         for notice in notices:

@@ -99,6 +99,9 @@ class Updater:
         self._thread: threading.Thread | None = None
         self._downloaded: int | None = None  # bytes of the current download seen so far
         self._check_failures = 0  # failed checks in a row: the retry back-off (schedule.py)
+        # Called by retire(): the app lets go of what says "I am the app" (control endpoint,
+        # instance lock, tray icon) while this process watches its successor on probation.
+        self.on_retire: list[Callable[[], None]] = []
 
     # --- Controller API (any thread) ---
 
@@ -367,7 +370,17 @@ class Updater:
         """A successor serves now: finish our requests, stop our child, keep state.json
         (the successor's now) as it is."""
         self.proxy.close()
+        for callback in list(self.on_retire):
+            try:
+                callback()
+            except Exception:
+                log.exception("retire callback failed")
         self.serving.retire()
+
+    def quitting(self) -> bool:
+        # An urgent command waits; once retired (no control endpoint, no menu) that is a
+        # quit from a signal, e.g. at logout.
+        return self.interrupt.pending
 
     # --- status ---
 
