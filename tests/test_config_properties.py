@@ -68,7 +68,7 @@ from trayupdater import preferences, store
 from trayupdater.config import Config, describe, load_config, tomllib  # tomli on 3.10
 from trayupdater.config_fields import _ENV_NAME, FIELDS, REPO_RE, SOURCE_KINDS, SPECS, FieldSpec
 from trayupdater.errors import ConfigError
-from trayupdater.selfupdate import SelfUpdateState
+from trayupdater.selfupdate_state import SelfUpdateState
 from trayupdater.status import Command
 from trayupdater.store import MAX_TIMESTAMP, State, VersionStore
 from trayupdater.urls import insecure_reason, odd_characters
