@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,3 +59,20 @@ def backend() -> Iterator[RealBackend]:
     real = RealBackend("v1")
     yield real
     real.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs (root only): a disk that fills up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a small tmpfs here ({exc}); needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

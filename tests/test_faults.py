@@ -7,10 +7,12 @@ executed, state.json is valid, and the status says what happened.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,25 +135,11 @@ def test_sigkill_mid_download_resumes(feed: ReleaseFeed, instance: Instance) -> 
     assert proc.wait(timeout=30) == 0
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    try:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-            check=True,
-            capture_output=True,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a small tmpfs here ({exc}); needs root")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_disk_full_keeps_the_old_version_serving(
+def test_an_update_too_big_for_the_disk_is_refused_before_a_byte_is_written(
     feed: ReleaseFeed, small_disk: Path, tmp_path: Path
 ) -> None:
+    """It was downloaded until the disk was full: meanwhile the running child, and every
+    other program on the machine, met a full disk."""
     inst = Instance(feed, small_disk / "data", free_port())
     try:
         publish_version(feed, "1.0.0")
@@ -160,19 +148,59 @@ def test_disk_full_keeps_the_old_version_serving(
         name, blob = child_archive("1.2.0")
         # 2 MB of incompressible padding twice does not fit in what is left of 3 MB.
         feed.publish(DEMO_REPO, "v1.2.0", {name: _pad_archive(_pad_archive(blob))})
+        downloads = feed.stats.downloads
         result = inst.cli("check")
         assert result.returncode == 1
-        assert "cannot store" in result.stdout + result.stderr
-        assert "No space left" in result.stdout + result.stderr
+        said = result.stdout + result.stderr
+        assert "cannot store" in said and "it needs about" in said and "MB are" in said, said
+        assert feed.stats.downloads == downloads  # not a byte fetched
         assert inst.version() == "1.0.0"
-        status = inst.cli("status")
-        assert "cannot store" in status.stdout
+        assert "cannot store" in inst.cli("status").stdout
         assert_consistent(inst.data)
-        assert not list((inst.data / "downloads").iterdir())  # the space is given back
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
         inst.kill()
+
+
+def test_disk_full_while_unpacking_keeps_the_old_version_serving(
+    feed: ReleaseFeed, small_disk: Path, tmp_path: Path
+) -> None:
+    """An archive that unpacks far larger than programs do passes the check before the
+    download, then fills the disk: the space is given back and the old version serves."""
+    inst = Instance(feed, small_disk / "data", free_port())
+    try:
+        publish_version(feed, "1.0.0")
+        proc = inst.start()
+        wait_for(lambda: inst.version() == "1.0.0", what="serving 1.0.0")
+        name, blob = child_archive("1.2.0")
+        feed.publish(DEMO_REPO, "v1.2.0", {name: _zeros_archive(blob, 5_000_000)})
+        result = inst.cli("check")
+        assert result.returncode == 1
+        assert "No space left" in result.stdout + result.stderr
+        assert inst.version() == "1.0.0"
+        assert_consistent(inst.data)
+        assert not list((inst.data / "downloads").iterdir())  # the space is given back
+        assert not list((inst.data / "versions").glob("*tmp*"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        inst.kill()
+
+
+def _zeros_archive(blob: bytes, size: int) -> bytes:
+    """The archive with a file of ``size`` zero bytes added: a few kB packed."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as src,
+        tarfile.open(fileobj=out, mode="w:gz") as dst,
+    ):
+        for member in src.getmembers():
+            dst.addfile(member, src.extractfile(member))
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = size
+        dst.addfile(info, io.BytesIO(bytes(size)))
+    return out.getvalue()
 
 
 def test_probation_survives_a_restart(feed: ReleaseFeed, instance: Instance) -> None:

@@ -34,7 +34,7 @@ import pytest
 
 from trayupdater import handover
 from trayupdater.config import Config
-from trayupdater.errors import SelfUpdateError, VerificationError
+from trayupdater.errors import SelfUpdateError, StorageError, VerificationError
 from trayupdater.feed import ReleaseFeed
 from trayupdater.handover import ENV_HANDOVER, take_handover
 from trayupdater.installation import (
@@ -45,7 +45,8 @@ from trayupdater.installation import (
     remove_leftovers,
 )
 from trayupdater.platforms import Platform
-from trayupdater.selfupdate import SelfUpdater, SelfUpdateState, finish_pending_update
+from trayupdater.selfupdate import SelfUpdater, finish_pending_update
+from trayupdater.selfupdate_state import SelfUpdateState
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_REPO = "demo/trayupdater"
@@ -459,6 +460,22 @@ def test_a_tampered_download_is_refused_before_anything_is_replaced(
     assert exe.read_text() == "current"
     assert sorted(p.name for p in exe.parent.iterdir()) == ["trayupdater"]
     assert "SHA-256" in (SelfUpdateState.load(updater.state_path).last_error or "")
+
+
+def test_an_app_update_too_big_for_the_disk_is_refused_before_it_is_fetched(
+    feed: ReleaseFeed, tmp_path: Path, small_disk: Path
+) -> None:
+    exe = tmp_path / "app" / "trayupdater"
+    exe.parent.mkdir()
+    exe.write_text("current")
+    name = "trayupdater_Linux_x86_64.tar.gz"
+    feed.publish(APP_REPO, "v2.0.0", {name: _tgz({"trayupdater": os.urandom(2_000_000)})})
+    downloads = feed.stats.downloads
+    updater = _updater(feed, small_disk, Installation(exe, exe, "file", "linux"))
+    with pytest.raises(StorageError, match="it needs about"):
+        updater.check_and_apply(OldApp())
+    assert feed.stats.downloads == downloads
+    assert exe.read_text() == "current"
 
 
 def test_a_release_without_checksums_is_refused(feed: ReleaseFeed, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from trayupdater.cancel import Interrupt
 from trayupdater.config import Config
+from trayupdater.disk_space import check_room
 from trayupdater.download import Pace, ProgressCallback, remove_parts
 from trayupdater.errors import NoMatchingAssetError, StorageError, VerificationError
 from trayupdater.extract import extract, find_executable
@@ -200,6 +201,9 @@ class ReleasePipeline:
         existing = self.store.get(version)
         if existing is not None:
             return existing
+        # Before any download, the checksums file included.
+        limit = self.config.max_download_bytes
+        check_room(self.store.data_dir, asset.size, asset.name, max_bytes=limit)
 
         expected = self.source.expected_digest(release, asset)
         if expected is None and self.config.require_checksum:

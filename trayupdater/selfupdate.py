@@ -51,6 +51,7 @@ from typing import Any, Protocol
 
 import trayupdater
 from trayupdater.config import Config
+from trayupdater.disk_space import check_room
 from trayupdater.errors import SelfUpdateError, TrayUpdaterError, VerificationError
 from trayupdater.extract import extract, find_executable
 from trayupdater.handover import HandoverFailed, Predecessor, is_successor
@@ -240,6 +241,10 @@ class SelfUpdater:
 
     def stage(self, release: Release, asset: Asset) -> Path:
         """Download, verify and unpack ``asset`` into ``<target>.new``; that path."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Before any download, the checksums file included.
+        limit = self.config.max_download_bytes
+        check_room(self.data_dir, asset.size, asset.name, max_bytes=limit)
         expected = self.source.expected_digest(release, asset)
         if expected is None and self.config.require_checksum:
             raise VerificationError(
