@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from support import Load, wait_for
 
+import trayupdater.children
 from trayupdater.app import App
 from trayupdater.config import Config
 from trayupdater.demo import DEMO_REPO, publish_version
@@ -256,3 +258,33 @@ def test_a_stopped_app_lets_go_of_its_log_file(feed: ReleaseFeed, tmp_path: Path
     assert "a line of the second app" not in next(one).read_text()
     paths = [getattr(h, "baseFilename", "") for h in logging.getLogger().handlers]
     assert not any(str(tmp_path) in path for path in paths), paths
+
+
+def test_a_child_that_loses_its_port_to_another_program_is_started_on_another(
+    feed: ReleaseFeed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port is picked free, and another program (an outgoing connection's port, say)
+    can take it before the child binds it: the child exits at start, and its release was
+    judged broken for it and blocked. The race is made certain here: the first port handed
+    out is one a real socket of the test already listens on."""
+    taken = socket.create_server(("127.0.0.1", 0))
+    handed_out: list[int] = []
+    real_free_port = trayupdater.children.free_port
+
+    def racing_free_port(host: str = "127.0.0.1") -> int:
+        port = taken.getsockname()[1] if not handed_out else real_free_port(host)
+        handed_out.append(port)
+        return port
+
+    monkeypatch.setattr(trayupdater.children, "free_port", racing_free_port)
+    publish_version(feed, "1.0.0")
+    app = App(make_config(feed, tmp_path / "data"))
+    app.start()
+    try:
+        wait_for(running(app, "1.0.0"), what="1.0.0 running on another port")
+        assert handed_out[0] == taken.getsockname()[1] and len(handed_out) == 2
+        assert get(app)[:2] == (200, "1.0.0")
+        assert app.updater.status().blocked == ()
+    finally:
+        app.stop()
+        taken.close()

@@ -1,8 +1,9 @@
 """Starting a child of an installed version: healthy, and, before it takes traffic, staying so.
 
 A child is started with its log, its environment and the stop signal its server shuts down
-gracefully on, and must answer ``GET health_path`` within ``health_timeout``. Before it
-replaces a serving child it is also *soaked*: probed every
+gracefully on, and must answer ``GET health_path`` within ``health_timeout``; one that exits
+at start because another program took its port first is started again on another. Before
+it replaces a serving child it is also *soaked*: probed every
 :data:`~trayupdater.monitor.PROBE_INTERVAL` for ``min_ready_seconds``. Any failure stops it
 and raises :class:`ChildError`; which child then serves is :mod:`serving`'s.
 """
@@ -18,13 +19,15 @@ from pathlib import Path
 
 from trayupdater import child_logs
 from trayupdater.cancel import Interrupt
-from trayupdater.children import Child
+from trayupdater.children import Child, port_taken
 from trayupdater.config import Config
 from trayupdater.errors import ChildError, StorageError
 from trayupdater.monitor import PROBE_INTERVAL, probe
 from trayupdater.store import InstalledVersion
 
 log = logging.getLogger(__name__)
+
+PORT_RETRIES = 2  # new ports tried when another program took the child's first
 
 
 def child_log_path(config: Config, version: str) -> Path:
@@ -47,36 +50,58 @@ def start_healthy(
         raise StorageError(
             f"cannot write the child's log in {log_path.parent}: {exc.strerror or exc}"
         ) from None
-    child = Child(
-        installed.executable,
-        installed.version,
-        command=config.command,
-        log_path=log_path,
-        cwd=installed.folder,
-        env=dict(config.env),
-        secrets=[config.token] if config.token else [],
-        # simple-server (Go) shuts down gracefully on Interrupt only; SIGTERM kills it.
-        stop_signal=getattr(signal, "SIGINT", None) if os.name == "posix" else None,
-    )
-    started = time.monotonic()
-    child.start()
-    try:
-        child.wait_healthy(
-            path=config.health_path,
-            expect=config.health_expect,
-            timeout=config.health_timeout,
-        )
-        log.info(
-            "%s healthy %.0f ms after start",
+    for attempt in range(PORT_RETRIES + 1):
+        child = Child(
+            installed.executable,
             installed.version,
-            (time.monotonic() - started) * 1000,
+            command=config.command,
+            log_path=log_path,
+            cwd=installed.folder,
+            env=dict(config.env),
+            secrets=[config.token] if config.token else [],
+            # simple-server (Go) shuts down gracefully on Interrupt only; SIGTERM kills it.
+            stop_signal=getattr(signal, "SIGINT", None) if os.name == "posix" else None,
         )
+        started = time.monotonic()
+        child.start()
+        try:
+            child.wait_healthy(
+                path=config.health_path,
+                expect=config.health_expect,
+                timeout=config.health_timeout,
+            )
+        except ChildError:
+            child.stop()
+            if attempt < PORT_RETRIES and lost_its_port(child):
+                log.warning(
+                    "%s exited at start: another program took port %d first; another port",
+                    installed.version,
+                    child.port,
+                )
+                continue
+            raise
+        except BaseException:
+            child.stop()  # never a child left running that nobody supervises
+            raise
+        break
+    log.info(
+        "%s healthy %.0f ms after start", installed.version, (time.monotonic() - started) * 1000
+    )
+    try:
         if soak and config.min_ready_seconds > 0:
             _soak(config, child, publish, interrupt)
     except BaseException:
-        child.stop()  # never a child left running that nobody supervises
+        child.stop()
         raise
     return child
+
+
+def lost_its_port(child: Child) -> bool:
+    """Did ``child`` exit at start because another program holds its port? The port was
+    free when it was picked, but another program (an outgoing connection's port, often)
+    can take it before the child binds it: the child then fails, through no fault of its
+    release, which must not be blocked for that."""
+    return child.returncode is not None and port_taken(child.host, child.port)
 
 
 def _soak(config: Config, child: Child, publish: Callable[..., None], interrupt: Interrupt) -> None:

@@ -14,6 +14,7 @@ environment without secrets), :mod:`trayupdater.child_command`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import logging
 import os
@@ -54,6 +55,7 @@ _POSIX = os.name == "posix"
 _WINDOWS = os.name == "nt"
 _LINUX = sys.platform.startswith("linux")
 _LOG_TAIL_LINES = 20
+_IN_USE = {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE)}
 
 
 # --- small helpers ---------------------------------------------------------------------------
@@ -66,6 +68,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Does a socket of another program hold ``port`` on ``host`` (binding it fails)?"""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        if os.name == "posix":  # TIME_WAIT is no owner (Windows' option would share the port)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno in _IN_USE
+    return False
 
 
 def _strip_v(text: str) -> str:
