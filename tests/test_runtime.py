@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -199,11 +201,9 @@ def test_restart_falls_back_when_the_active_version_no_longer_starts(
         time.sleep(1.2)  # past probation
     finally:
         app.stop()
-    broken = app.store.get("1.1.0")
-    assert broken is not None
-    broken.executable.write_text("#!/bin/sh\necho 'damaged install' >&2\nexit 1\n")
-
-    again = App(config, check_on_start=False)  # no update check: this tests the boot alone
+    # 1.1.0 no longer passes its health check (its files unchanged, so it is not a damaged
+    # install, which would be installed again: see the next tests).
+    again = App(replace(config, health_expect="1.0.0"), check_on_start=False)
     again.start()
     try:
         wait_for(running(again, "1.0.0"), what="fallback to 1.0.0")
@@ -288,3 +288,68 @@ def test_a_child_that_loses_its_port_to_another_program_is_started_on_another(
     finally:
         app.stop()
         taken.close()
+
+
+def _damage(app: App, version: str, how: str) -> None:
+    installed = app.store.get(version)
+    assert installed is not None
+    if how == "changed":
+        installed.executable.write_text("#!/bin/sh\necho 'damaged install' >&2\nexit 1\n")
+    else:  # an antivirus quarantined it
+        installed.executable.unlink()
+
+
+@pytest.mark.parametrize("how", ["changed", "removed"])
+def test_a_damaged_install_is_installed_again_not_blocked(
+    feed: ReleaseFeed, tmp_path: Path, how: str
+) -> None:
+    """Its program changed or gone on disk (an antivirus, a disk error) is no fault of the
+    release: it was blocked, and the app stayed on the version before for good."""
+    publish_version(feed, "1.0.0")
+    config = make_config(feed, tmp_path / "data")
+    app = App(config)
+    app.start()
+    try:
+        wait_for(running(app, "1.0.0"))
+        publish_version(feed, "1.1.0")
+        assert app.updater.request(Command.CHECK).active == "1.1.0"
+        time.sleep(1.2)  # past probation
+    finally:
+        app.stop()
+    _damage(app, "1.1.0", how)
+    downloads = feed.stats.downloads
+
+    again = App(config, check_on_start=False)  # the repair asks for the check itself
+    again.start()
+    try:
+        wait_for(running(again, "1.1.0"), what="1.1.0 installed again")
+        assert feed.stats.downloads > downloads
+        state = again.store.load_state()
+        assert state.blocked == [] and state.previous == "1.0.0"
+        assert get(again)[:2] == (200, "1.1.0")
+        assert again.store.damage("1.1.0") is None
+    finally:
+        again.stop()
+
+
+def test_a_running_version_damaged_on_disk_is_installed_again(
+    feed: ReleaseFeed, app_factory: Callable[..., App]
+) -> None:
+    """Its child dies and cannot start again, its program gone: the version before serves
+    meanwhile (not blocked), and the check that follows installs it again."""
+    publish_version(feed, "1.0.0")
+    app = app_factory()
+    wait_for(running(app, "1.0.0"))
+    publish_version(feed, "1.1.0")
+    assert app.updater.request(Command.CHECK).active == "1.1.0"
+    time.sleep(1.2)  # past probation
+    statuses: list[Status] = []
+    app.updater.subscribe(statuses.append)
+    _damage(app, "1.1.0", "removed")
+    pid = app.store.load_state().child_pid
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: any(s.active == "1.0.0" for s in statuses), what="1.0.0 serving meanwhile")
+    wait_for(running(app, "1.1.0"), what="1.1.0 installed again")
+    assert app.store.load_state().blocked == []
+    assert get(app)[:2] == (200, "1.1.0")

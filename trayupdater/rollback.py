@@ -89,8 +89,9 @@ class Rollbacks:
         self._restarts = restarts
         self._children = children
 
-    def rollback(self, *, automatic: bool, reason: str) -> bool:
-        """Serve the previous version instead of the active one, which is blocked."""
+    def rollback(self, *, automatic: bool, reason: str, block_current: bool = True) -> bool:
+        """Serve the previous version instead of the active one, which is blocked (unless
+        ``block_current`` is False: a damaged install, which is installed again)."""
         state = self._hooks.state()
         target, current = state.previous, state.active
         installed = self._store.get(target) if target else None
@@ -108,7 +109,7 @@ class Rollbacks:
                 self._hooks.publish(error=f"rollback to {target} failed: {exc}")
                 return False
             self._children.switch_to_started(child)
-        self._commit(current, child, automatic=automatic, reason=reason)
+        self._commit(current, child, automatic=automatic, reason=reason, block_bad=block_current)
         return True
 
     def leave_recalled(self, reason: str) -> bool:
@@ -147,9 +148,11 @@ class Rollbacks:
             return False
         return self.rollback(automatic=True, reason=reason)
 
-    def _commit(self, bad: str | None, child: Child, *, automatic: bool, reason: str) -> None:
+    def _commit(
+        self, bad: str | None, child: Child, *, automatic: bool, reason: str, block_bad: bool = True
+    ) -> None:
         state = self._hooks.state()
-        if bad:
+        if bad and block_bad:
             block(state, bad)
         state.active = child.version
         state.previous = older_than(state, self._store, child.version)

@@ -121,8 +121,11 @@ class Serving:
         candidates += [v for v in reversed(self.store.installed()) if v not in candidates]
         if candidates:
             self.proxy.hold()  # a child is coming: requests wait for it instead of 503
+        damaged: list[str] = []  # removed to be installed again: not the release's fault
         for version in candidates:
             installed = self.store.get(version)
+            if installed is None and self.repair(version):
+                damaged.append(version)
             if installed is None or (version in state.blocked and version != candidates[0]):
                 continue
             try:
@@ -130,14 +133,17 @@ class Serving:
             except ChildError as exc:
                 self.hooks.events.failed(exc.reason, str(exc))
                 log.error("could not start %s: %s", version, exc.for_log())
+                if self.repair(version):
+                    damaged.append(version)
                 continue
             try:
                 remaining = (state.probation_until or 0.0) - time.time()
                 # Never longer than configured (a clock set back, a hand-edited state.json).
                 remaining = min(remaining, self.config.probation_seconds)
                 if version != state.active:
-                    # The active version would not start: never fall back to it again.
-                    if state.active:
+                    # The active version would not start: never fall back to it again
+                    # (unless its install was damaged: then the next check installs it anew).
+                    if state.active and state.active not in damaged:
                         block(state, state.active)
                     state.active = version
                     state.previous = older_than(state, self.store, version)
@@ -153,9 +159,15 @@ class Serving:
                     self._stop(running)
                 self.proxy.switch(None)  # and no client waiting on it
                 raise
-            self.hooks.publish(phase=Phase.RUNNING, message=f"Running {version}", error=None)
+            message = f"Running {version}"
+            if damaged:
+                message += f"; {', '.join(damaged)} was damaged on disk and is installed again"
+                self.hooks.post("reinstall", None)
+            self.hooks.publish(phase=Phase.RUNNING, message=message, error=None)
             return
         self.proxy.switch(None)
+        if damaged:
+            self.hooks.post("reinstall", None)  # installs it again
         if candidates:
             self.hooks.save()
             self.hooks.publish(phase=Phase.ERROR, error="no installed version could be started")
@@ -315,12 +327,18 @@ class Serving:
         state = self.state
         installed = state.active and self.store.get(state.active)
         if not installed:
+            if state.active and self.repair(state.active):
+                self._replace_damaged(state.active)
+                return
             self.proxy.switch(None)
             self.hooks.publish(phase=Phase.ERROR, error="the active version is no longer installed")
             return
         try:
             child = self.start_child(installed, soak=False)
         except ChildError as exc:
+            if self.repair(installed.version):
+                self._replace_damaged(installed.version)
+                return
             if self._rollbacks.crash_looped(installed.version):
                 return
             delay = self._restarts.delay(time.monotonic())
@@ -332,6 +350,41 @@ class Serving:
         self.hooks.save()
         self.hooks.publish(
             phase=Phase.RUNNING, message=f"Restarted {installed.version}", error=None
+        )
+
+    # --- a damaged install: removed, and installed again by the next check -----------------
+
+    def repair(self, version: str) -> bool:
+        """If ``version``'s install is damaged (its program gone or changed on disk:
+        :meth:`VersionStore.damage`), remove it so that a check installs it again; True if
+        so. Called when it would not start, before anyone blames (and blocks) the release."""
+        why = self.store.damage(version)
+        if why is None:
+            return False
+        message = f"the installed {version} is damaged ({why}: an antivirus, a disk error?)"
+        log.warning("%s; removing it to install it again", message)
+        self.hooks.events.failed("damaged", message)
+        try:
+            self.store.remove(version)
+        except OSError as exc:
+            log.error("cannot remove the damaged %s: %s", version, exc)
+            return False
+        return True
+
+    def _replace_damaged(self, version: str) -> None:
+        """The active version's install was damaged and is gone: serve the previous one if
+        there is one (not blocking the active, which the check posted here installs again)."""
+        self.hooks.post("reinstall", None)
+        if self._rollbacks.rollback(
+            automatic=True, reason=f"{version} was damaged on disk", block_current=False
+        ):
+            return
+        running, self.active = self.active, None
+        if running is not None:
+            self._stop(running)
+        self.proxy.switch(None)
+        self.hooks.publish(
+            phase=Phase.ERROR, error=f"{version} was damaged on disk; installing it again"
         )
 
     # --- rollback: rollback.py decides, these move the traffic (its Children) ---------------

@@ -8,6 +8,7 @@ version. ``state.json`` is replaced atomically (temp file, fsync, rename).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -144,6 +145,14 @@ class InstalledVersion:
     sha256: str
     asset: str
     installed_at: float
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def version_key(text: str) -> tuple[int, Version | str]:
@@ -300,6 +309,7 @@ class VersionStore:
             manifest = {
                 "version": version,
                 "executable": exe.resolve().relative_to(tmp.resolve()).as_posix(),
+                "executable_sha256": file_sha256(exe),  # to tell a damaged install (damage())
                 "sha256": sha256,
                 "asset": asset,
                 "installed_at": time.time(),
@@ -318,6 +328,32 @@ class VersionStore:
         installed = self.get(version)
         assert installed is not None
         return installed
+
+    def damage(self, version: str) -> str | None:
+        """What is wrong with the files of an install that was complete (its manifest is
+        there): its program is missing, or is not the one installed (a hash recorded at
+        install differs); None if neither is seen. An antivirus quarantining a program, a
+        disk error or a hand edit does that: the release is not to blame."""
+        if not is_safe_version_name(version):
+            return None
+        folder = self.folder(version)
+        try:
+            data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            exe = (folder / str(data["executable"])).resolve()
+            exe.relative_to(folder.resolve())  # as in get(): nothing outside its folder
+            recorded = data.get("executable_sha256")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # not an install we can judge
+        if not exe.is_file():
+            return "its program is missing"
+        if isinstance(recorded, str) and recorded:
+            try:
+                now = file_sha256(exe)
+            except OSError as exc:
+                return f"its program cannot be read ({exc.strerror or exc})"
+            if now != recorded:
+                return "its program is not the one installed"
+        return None
 
     def remove(self, version: str) -> None:
         folder = self.folder(version)

@@ -217,6 +217,8 @@ class Updater:
             child, why = job.payload  # type: ignore[misc]
             assert isinstance(child, Child)
             self.serving.child_down(child, str(why))
+        elif job.command == "reinstall":  # a damaged install was removed (serving.repair)
+            self._check()
         elif job.command == "self_update":
             self._self_update()
 
