@@ -353,3 +353,28 @@ def test_a_running_version_damaged_on_disk_is_installed_again(
     wait_for(running(app, "1.1.0"), what="1.1.0 installed again")
     assert app.store.load_state().blocked == []
     assert get(app)[:2] == (200, "1.1.0")
+
+
+def test_the_only_version_damaged_on_disk_is_installed_again(
+    feed: ReleaseFeed, tmp_path: Path
+) -> None:
+    """Nothing to fall back to: 503 until the check has installed it again, as a first
+    install (it is not its own version to roll back to)."""
+    publish_version(feed, "1.0.0")
+    config = make_config(feed, tmp_path / "data")
+    app = App(config)
+    app.start()
+    try:
+        wait_for(running(app, "1.0.0"))
+    finally:
+        app.stop()
+    _damage(app, "1.0.0", "changed")
+    again = App(config, check_on_start=False)
+    again.start()
+    try:
+        wait_for(running(again, "1.0.0"), what="1.0.0 installed again")
+        state = again.store.load_state()
+        assert state.blocked == [] and state.previous is None
+        assert again.updater.status().previous is None
+    finally:
+        again.stop()

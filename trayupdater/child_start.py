@@ -71,8 +71,9 @@ def start_healthy(
                 timeout=config.health_timeout,
             )
         except ChildError:
+            exited = child.returncode is not None  # by itself: stop() below sets it too
             child.stop()
-            if attempt < PORT_RETRIES and lost_its_port(child):
+            if attempt < PORT_RETRIES and exited and lost_its_port(child):
                 log.warning(
                     "%s exited at start: another program took port %d first; another port",
                     installed.version,
@@ -97,11 +98,11 @@ def start_healthy(
 
 
 def lost_its_port(child: Child) -> bool:
-    """Did ``child`` exit at start because another program holds its port? The port was
+    """Did ``child``, which exited at start, lose its port to another program? The port was
     free when it was picked, but another program (an outgoing connection's port, often)
     can take it before the child binds it: the child then fails, through no fault of its
     release, which must not be blocked for that."""
-    return child.returncode is not None and port_taken(child.host, child.port)
+    return port_taken(child.host, child.port)
 
 
 def _soak(config: Config, child: Child, publish: Callable[..., None], interrupt: Interrupt) -> None:

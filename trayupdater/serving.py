@@ -168,6 +168,8 @@ class Serving:
         self.proxy.switch(None)
         if damaged:
             self.hooks.post("reinstall", None)  # installs it again
+            if state.active in damaged:
+                state.active = None  # gone: the check installs it as a first install
         if candidates:
             self.hooks.save()
             self.hooks.publish(phase=Phase.ERROR, error="no installed version could be started")
@@ -383,6 +385,9 @@ class Serving:
         if running is not None:
             self._stop(running)
         self.proxy.switch(None)
+        state = self.state
+        state.active = state.child_pid = state.child_port = None  # gone: installed anew
+        self.hooks.save()
         self.hooks.publish(
             phase=Phase.ERROR, error=f"{version} was damaged on disk; installing it again"
         )
