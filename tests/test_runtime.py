@@ -378,3 +378,23 @@ def test_the_only_version_damaged_on_disk_is_installed_again(
         assert again.updater.status().previous is None
     finally:
         again.stop()
+
+
+def test_the_only_running_version_damaged_on_disk_is_installed_again(
+    feed: ReleaseFeed, app_factory: Callable[..., App]
+) -> None:
+    publish_version(feed, "1.0.0")
+    app = app_factory()
+    wait_for(running(app, "1.0.0"))
+    time.sleep(1.2)  # past probation: a restart, not a failed probation
+    statuses: list[Status] = []
+    app.updater.subscribe(statuses.append)
+    _damage(app, "1.0.0", "removed")
+    pid = app.store.load_state().child_pid
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: any("damaged" in (s.error or "") for s in statuses), what="seen damaged")
+    wait_for(running(app, "1.0.0"), what="1.0.0 installed again")
+    state = app.store.load_state()
+    assert state.blocked == [] and state.previous is None
+    assert state.child_pid not in (None, pid) and get(app)[:2] == (200, "1.0.0")
