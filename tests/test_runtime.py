@@ -203,7 +203,8 @@ def test_restart_falls_back_when_the_active_version_no_longer_starts(
         app.stop()
     # 1.1.0 no longer passes its health check (its files unchanged, so it is not a damaged
     # install, which would be installed again: see the next tests).
-    again = App(replace(config, health_expect="1.0.0"), check_on_start=False)
+    # A short health timeout: 1.1.0 answers at once, with the wrong version.
+    again = App(replace(config, health_expect="1.0.0", health_timeout=4), check_on_start=False)
     again.start()
     try:
         wait_for(running(again, "1.0.0"), what="fallback to 1.0.0")

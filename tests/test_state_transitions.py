@@ -81,7 +81,8 @@ def test_boot_fallback_blocks_and_switches_in_one_save(
     app.stop()
     del saved[:]
     # 1.1.0 no longer passes its health check (a damaged install would be installed again).
-    again = App(make_config(feed, tmp_path / "data", health_expect="1.0.0"), check_on_start=False)
+    config = make_config(feed, tmp_path / "data", health_expect="1.0.0", health_timeout=4)
+    again = App(config, check_on_start=False)
     again.start()
     try:
         wait_for(running(again, "1.0.0"), what="fallback to 1.0.0")
