@@ -438,6 +438,44 @@ def test_frozen_app_updates_its_child_then_replaces_itself(
 
 @linux_only
 @pytest.mark.slow
+def test_a_frozen_build_killed_on_probation_gives_way_to_the_old_one(
+    frozen: dict[str, Path], feed: ReleaseFeed, installed: FrozenApp
+) -> None:
+    """The new build took over, then died (SIGKILL, as a crash): the old process, retired
+    and watching it, puts the old executable back, blocks the version and starts the old
+    build afresh, which serves again on the same port."""
+    app = installed
+    app.env["TRAYUPDATER_PROBATION_SECONDS"] = "5"  # the child's and the app's own
+    publish_version(feed, "1.0.0")
+    first = app.start()
+    wait_for(lambda: get_version(app.port) == "1.0.0", 90, "the frozen app serving 1.0.0")
+    wait_for(lambda: app.state().get("probation_until") is None, 30, "1.0.0 past probation")
+    old_bytes, old_pid = app.exe.read_bytes(), app.pid()
+
+    feed.publish(APP_REPO, "v0.2.0", {ASSET: app_release(frozen["0.2.0"])})
+    assert app.cli("check").returncode == 0
+    committed = lambda: app.last_result().get("outcome") == "replaced"  # noqa: E731
+    wait_for(committed, 120, "0.2.0 taking over")
+    new_pid = app.pid()
+    assert new_pid not in (None, old_pid)
+    os.kill(new_pid, signal.SIGKILL)  # type: ignore[arg-type]
+
+    rolled_back = lambda: app.last_result().get("outcome") == "rolled_back"  # noqa: E731
+    wait_for(rolled_back, 30, "the rollback of 0.2.0")
+    assert "killed by SIGKILL" in app.last_result().get("reason", ""), app.log_tail()
+    assert app.self_update()["blocked"] == ["0.2.0"]
+    assert first.wait(30) == 0, app.log_tail()  # the watcher exits once it has relaunched
+    assert app.exe.read_bytes() == old_bytes
+    assert sorted(p.name for p in app.exe.parent.iterdir()) == ["trayupdater"]
+    relaunched = lambda: app.pid() not in (None, old_pid, new_pid) and alive(app.pid())  # noqa: E731
+    wait_for(relaunched, 90, "the old build started again")
+    wait_for(lambda: get_version(app.port) == "1.0.0", 90, "the old build serving again")
+    assert app.cli("--version").stdout.strip() == "trayupdater 0.1.0"
+    assert app.cli("status").returncode == 0
+
+
+@linux_only
+@pytest.mark.slow
 def test_frozen_app_updates_from_a_tuf_repository_with_the_root_it_carries(
     frozen: dict[str, Path], tmp_path: Path
 ) -> None:
