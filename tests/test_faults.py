@@ -7,12 +7,10 @@ executed, state.json is valid, and the status says what happened.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,7 +172,7 @@ def test_disk_full_while_unpacking_keeps_the_old_version_serving(
         proc = inst.start()
         wait_for(lambda: inst.version() == "1.0.0", what="serving 1.0.0")
         name, blob = child_archive("1.2.0")
-        feed.publish(DEMO_REPO, "v1.2.0", {name: _zeros_archive(blob, 5_000_000)})
+        feed.publish(DEMO_REPO, "v1.2.0", {name: _pad_archive(blob, bytes(5_000_000))})
         result = inst.cli("check")
         assert result.returncode == 1
         assert "No space left" in result.stdout + result.stderr
@@ -186,21 +184,6 @@ def test_disk_full_while_unpacking_keeps_the_old_version_serving(
         assert proc.wait(timeout=30) == 0
     finally:
         inst.kill()
-
-
-def _zeros_archive(blob: bytes, size: int) -> bytes:
-    """The archive with a file of ``size`` zero bytes added: a few kB packed."""
-    out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as src,
-        tarfile.open(fileobj=out, mode="w:gz") as dst,
-    ):
-        for member in src.getmembers():
-            dst.addfile(member, src.extractfile(member))
-        info = tarfile.TarInfo("zeros.bin")
-        info.size = size
-        dst.addfile(info, io.BytesIO(bytes(size)))
-    return out.getvalue()
 
 
 def test_probation_survives_a_restart(feed: ReleaseFeed, instance: Instance) -> None:

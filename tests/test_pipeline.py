@@ -145,8 +145,9 @@ def test_rate_limit_is_a_clear_error(
     assert "rate limit" in capsys.readouterr().err
 
 
-def _pad_archive(blob: bytes) -> bytes:
-    """Make the archive big enough (~2 MB of incompressible padding) that a cut is mid-body."""
+def _pad_archive(blob: bytes, padding: bytes | None = None) -> bytes:
+    """The archive with a file of ``padding`` added (default: ~2 MB that does not compress,
+    so that a cut is mid-body)."""
     out = io.BytesIO()
     with (
         tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as src,
@@ -154,7 +155,7 @@ def _pad_archive(blob: bytes) -> bytes:
     ):
         for member in src.getmembers():
             dst.addfile(member, src.extractfile(member))
-        padding = os.urandom(2_000_000)
+        padding = os.urandom(2_000_000) if padding is None else padding
         info = tarfile.TarInfo("padding.bin")
         info.size = len(padding)
         dst.addfile(info, io.BytesIO(padding))

@@ -187,11 +187,9 @@ def test_second_instance_is_refused(
         second.start()
 
 
-def test_restart_falls_back_when_the_active_version_no_longer_starts(
-    feed: ReleaseFeed, tmp_path: Path
-) -> None:
+def _updated_to_1_1_0_and_stopped(feed: ReleaseFeed, config: Config) -> App:
+    """An app that ran 1.0.0, updated to 1.1.0 past its probation, and was stopped."""
     publish_version(feed, "1.0.0")
-    config = make_config(feed, tmp_path / "data")
     app = App(config)
     app.start()
     try:
@@ -201,9 +199,17 @@ def test_restart_falls_back_when_the_active_version_no_longer_starts(
         time.sleep(1.2)  # past probation
     finally:
         app.stop()
+    return app
+
+
+def test_restart_falls_back_when_the_active_version_no_longer_starts(
+    feed: ReleaseFeed, tmp_path: Path
+) -> None:
+    config = make_config(feed, tmp_path / "data")
+    _updated_to_1_1_0_and_stopped(feed, config)
     # 1.1.0 no longer passes its health check (its files unchanged, so it is not a damaged
-    # install, which would be installed again: see the next tests).
-    # A short health timeout: 1.1.0 answers at once, with the wrong version.
+    # install, which would be installed again: see the next tests). It answers at once, with
+    # the wrong version: a short health timeout.
     again = App(replace(config, health_expect="1.0.0", health_timeout=4), check_on_start=False)
     again.start()
     try:
@@ -306,17 +312,8 @@ def test_a_damaged_install_is_installed_again_not_blocked(
 ) -> None:
     """Its program changed or gone on disk (an antivirus, a disk error) is no fault of the
     release: it was blocked, and the app stayed on the version before for good."""
-    publish_version(feed, "1.0.0")
     config = make_config(feed, tmp_path / "data")
-    app = App(config)
-    app.start()
-    try:
-        wait_for(running(app, "1.0.0"))
-        publish_version(feed, "1.1.0")
-        assert app.updater.request(Command.CHECK).active == "1.1.0"
-        time.sleep(1.2)  # past probation
-    finally:
-        app.stop()
+    app = _updated_to_1_1_0_and_stopped(feed, config)
     _damage(app, "1.1.0", how)
     downloads = feed.stats.downloads
 

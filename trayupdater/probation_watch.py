@@ -19,11 +19,12 @@ it only once our channel has closed and our process is gone (``Successor._await_
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from trayupdater.processes import describe_exit
 
 STEP = 0.1  # how often a quit of the predecessor is noticed
 
@@ -63,14 +64,4 @@ def watch_successor(
     after = f"after {elapsed:.1f} s" if elapsed < 10 else f"after {elapsed:.0f} s"
     if code == 0:
         return Verdict("quit", f"{version} quit {after} (exit code 0)")
-    return Verdict("crashed", f"{version} {_ending(code)} {after} (on probation)")
-
-
-def _ending(code: int) -> str:
-    if code < 0:  # POSIX: killed by a signal
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name}"
-    return f"exited with code {code}"
+    return Verdict("crashed", f"{version} {describe_exit(code)} {after} (on probation)")

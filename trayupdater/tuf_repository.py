@@ -50,6 +50,7 @@ from tuf.repository import AbortEdit, Repository
 
 from trayupdater.errors import PublishError
 from trayupdater.sources.github_json import file_name_problem
+from trayupdater.store import file_sha256
 from trayupdater.tuf_format import (
     CUSTOM_NAMESPACE,
     HASH,
@@ -212,7 +213,7 @@ class FolderRepository(Repository):
                 raise PublishError(f"{path} is not a file")
         if len(set(names)) != len(names):
             raise PublishError("two files have the same name; a version holds each name once")
-        wanted = {name: _sha256(path) for path, name in zip(files, names, strict=True)}
+        wanted = {name: file_sha256(path) for path, name in zip(files, names, strict=True)}
         self._load_keys(Targets.type, Snapshot.type, Timestamp.type)  # all, before any change
 
         outcome = Outcome()
@@ -490,11 +491,3 @@ def _entry(path: str, info: TargetFile) -> TargetEntry | None:
         return parse_target(path, info.custom)
     except TargetFormatError:
         return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
