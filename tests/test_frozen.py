@@ -445,7 +445,7 @@ def test_a_frozen_build_killed_on_probation_gives_way_to_the_old_one(
     and watching it, puts the old executable back, blocks the version and starts the old
     build afresh, which serves again on the same port."""
     app = installed
-    app.env["TRAYUPDATER_PROBATION_SECONDS"] = "5"  # the child's and the app's own
+    app.env["TRAYUPDATER_PROBATION_SECONDS"] = "8"  # the child's and the app's own
     publish_version(feed, "1.0.0")
     first = app.start()
     wait_for(lambda: get_version(app.port) == "1.0.0", 90, "the frozen app serving 1.0.0")
