@@ -241,17 +241,16 @@ class SelfUpdater:
 
     def stage(self, release: Release, asset: Asset) -> Path:
         """Download, verify and unpack ``asset`` into ``<target>.new``; that path."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        work = self.data_dir / "selfupdate"
+        work.mkdir(parents=True, exist_ok=True)
         # Before any download, the checksums file included.
         limit = self.config.max_download_bytes
-        check_room(self.data_dir, asset.size, asset.name, max_bytes=limit)
+        check_room(work, asset.size, asset.name, max_bytes=limit)
         expected = self.source.expected_digest(release, asset)
         if expected is None and self.config.require_checksum:
             raise VerificationError(
                 f"{asset.name}: no checksum for the app's own update; refusing to run it"
             )
-        work = self.data_dir / "selfupdate"
-        work.mkdir(parents=True, exist_ok=True)
         result = self.source.fetch(
             release,
             asset,

@@ -268,7 +268,9 @@ class VersionStore:
         ]
         return sorted(found, key=version_key)
 
-    def get(self, version: str) -> InstalledVersion | None:
+    def _manifest(self, version: str) -> tuple[Path, Path, dict[str, Any]] | None:
+        """(folder, program, manifest) of an install whose manifest is complete; None if
+        there is none (the program itself may be gone)."""
         if not is_safe_version_name(version):
             return None  # never a path outside versions/, whatever state.json names
         folder = self.folder(version)
@@ -278,8 +280,13 @@ class VersionStore:
             exe.relative_to(folder.resolve())  # the manifest cannot point outside its folder
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not exe.is_file():
+        return folder, exe, data
+
+    def get(self, version: str) -> InstalledVersion | None:
+        found = self._manifest(version)
+        if found is None or not found[1].is_file():
             return None
+        folder, exe, data = found
         return InstalledVersion(
             version=version,
             folder=folder,
@@ -334,16 +341,11 @@ class VersionStore:
         there): its program is missing, or is not the one installed (a hash recorded at
         install differs); None if neither is seen. An antivirus quarantining a program, a
         disk error or a hand edit does that: the release is not to blame."""
-        if not is_safe_version_name(version):
-            return None
-        folder = self.folder(version)
-        try:
-            data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-            exe = (folder / str(data["executable"])).resolve()
-            exe.relative_to(folder.resolve())  # as in get(): nothing outside its folder
-            recorded = data.get("executable_sha256")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        found = self._manifest(version)
+        if found is None:
             return None  # not an install we can judge
+        _, exe, data = found
+        recorded = data.get("executable_sha256")
         if not exe.is_file():
             return "its program is missing"
         if isinstance(recorded, str) and recorded:

@@ -71,7 +71,6 @@ class Updater:
     ) -> None:
         self.config = config
         self._clock = since_boot  # checks are scheduled on it: it counts sleep (schedule.py)
-        self._max_nap = MAX_NAP
         self.self_updater = self_updater
         self.store = store
         self.proxy = proxy
@@ -184,7 +183,7 @@ class Updater:
 
     def _next_job(self) -> _Job | None:
         # Two clocks (schedule.py): checks count time asleep, a child's timers do not.
-        waits = [self._next_check - self._clock(), self._max_nap]
+        waits = [self._next_check - self._clock(), MAX_NAP]
         serving = self.serving.wakeup()
         if serving is not None:
             waits.append(serving - time.monotonic())
