@@ -138,11 +138,7 @@ def test_an_update_too_big_for_the_disk_is_refused_before_a_byte_is_written(
 ) -> None:
     """It was downloaded until the disk was full: meanwhile the running child, and every
     other program on the machine, met a full disk."""
-    inst = Instance(feed, small_disk / "data", free_port())
-    try:
-        publish_version(feed, "1.0.0")
-        proc = inst.start()
-        wait_for(lambda: inst.version() == "1.0.0", what="serving 1.0.0")
+    with _serving_1_0_0(feed, small_disk / "data") as inst:
         name, blob = child_archive("1.2.0")
         # 2 MB of incompressible padding twice does not fit in what is left of 3 MB.
         feed.publish(DEMO_REPO, "v1.2.0", {name: _pad_archive(_pad_archive(blob))})
@@ -155,10 +151,6 @@ def test_an_update_too_big_for_the_disk_is_refused_before_a_byte_is_written(
         assert inst.version() == "1.0.0"
         assert "cannot store" in inst.cli("status").stdout
         assert_consistent(inst.data)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        inst.kill()
 
 
 def test_disk_full_while_unpacking_keeps_the_old_version_serving(
@@ -166,11 +158,7 @@ def test_disk_full_while_unpacking_keeps_the_old_version_serving(
 ) -> None:
     """An archive that unpacks far larger than programs do passes the check before the
     download, then fills the disk: the space is given back and the old version serves."""
-    inst = Instance(feed, small_disk / "data", free_port())
-    try:
-        publish_version(feed, "1.0.0")
-        proc = inst.start()
-        wait_for(lambda: inst.version() == "1.0.0", what="serving 1.0.0")
+    with _serving_1_0_0(feed, small_disk / "data") as inst:
         name, blob = child_archive("1.2.0")
         feed.publish(DEMO_REPO, "v1.2.0", {name: _pad_archive(blob, bytes(5_000_000))})
         result = inst.cli("check")
@@ -180,6 +168,17 @@ def test_disk_full_while_unpacking_keeps_the_old_version_serving(
         assert_consistent(inst.data)
         assert not list((inst.data / "downloads").iterdir())  # the space is given back
         assert not list((inst.data / "versions").glob("*tmp*"))
+
+
+@contextlib.contextmanager
+def _serving_1_0_0(feed: ReleaseFeed, data: Path) -> Iterator[Instance]:
+    """A headless app in ``data`` serving 1.0.0; stopped with SIGTERM (exit 0) after."""
+    inst = Instance(feed, data, free_port())
+    try:
+        publish_version(feed, "1.0.0")
+        proc = inst.start()
+        wait_for(lambda: inst.version() == "1.0.0", what="serving 1.0.0")
+        yield inst
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
