@@ -242,8 +242,16 @@ class Load:
 
     def _fresh(self) -> None:
         while not self._stop.is_set():
-            body = get_version(self.port, timeout=15)
-            self._record(None if body in self.expect else f"fresh: {body!r}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+                conn.request("GET", "/version")
+                response = conn.getresponse()
+                body = response.read().decode()
+                conn.close()
+                ok = response.status == 200 and body in self.expect
+                self._record(None if ok else f"fresh: {response.status} {body!r}")
+            except (OSError, http.client.HTTPException) as exc:
+                self._record(f"fresh: {type(exc).__name__}: {exc}")
 
     def _keep_alive(self) -> None:
         conn: http.client.HTTPConnection | None = None
@@ -450,7 +458,7 @@ def test_a_frozen_build_killed_on_probation_gives_way_to_the_old_one(
 ) -> None:
     """The new build took over, then died (SIGKILL, as a crash): the old process, retired
     and watching it, puts the old executable back, blocks the version and starts the old
-    build afresh, which serves again on the same port."""
+    build again, which takes over the socket it held: clients wait, none is refused."""
     app = installed
     app.env["TRAYUPDATER_PROBATION_SECONDS"] = "8"  # the child's and the app's own
     publish_version(feed, "1.0.0")
@@ -469,6 +477,8 @@ def test_a_frozen_build_killed_on_probation_gives_way_to_the_old_one(
     wait_for(committed, 120, "0.2.0 taking over")
     new_pid = app.pid()
     assert new_pid not in (None, old_pid)
+    load = Load(app.port, expect=("1.0.0",)).start()
+    time.sleep(0.5)
     os.kill(new_pid, signal.SIGKILL)  # type: ignore[arg-type]
 
     rolled_back = lambda: app.last_result().get("outcome") == "rolled_back"  # noqa: E731
@@ -481,6 +491,12 @@ def test_a_frozen_build_killed_on_probation_gives_way_to_the_old_one(
     relaunched = lambda: app.pid() not in (None, old_pid, new_pid) and alive(app.pid())  # noqa: E731
     wait_for(relaunched, 90, "the old build started again")
     wait_for(lambda: get_version(app.port) == "1.0.0", 90, "the old build serving again")
+    ok_before = load.ok
+    wait_for(lambda: load.ok > ok_before + 20, 30, "the load going on")
+    load.stop()
+    # Only what each of the 4 clients had in flight in 0.2.0 when it died may fail.
+    assert not [f for f in load.failures if "Refused" in f], load.failures
+    assert len(load.failures) <= 4, load.failures
     assert app.cli("--version").stdout.strip() == "trayupdater 0.1.0"
     assert app.cli("status").returncode == 0
 

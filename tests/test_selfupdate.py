@@ -587,6 +587,8 @@ if MODE == "exit":
 if MODE == "hang":
     time.sleep(120)
     sys.exit(0)
+if MODE == "slow":  # a onefile build unpacking before it gets to the handover
+    time.sleep(1.5)
 fromshare = (lambda data: socket.socket(fileno=int(data))) if MODE == "windows" else None
 successor = handover.take_handover(version=VERSION, fromshare=fromshare)
 # What the real app does while it starts: it reads and rewrites state.json, control.json.
@@ -625,23 +627,23 @@ def _successor_script(version: str, mode: str, data: Path) -> bytes:
 
 
 class OldApp:
-    """The running app's side of ``Handover``: a real listening socket, recorded retire."""
+    """The running app's side of ``Handover``: a real listening socket, closed on retire
+    as the proxy closes it, recorded retire."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.fileno = self.sock.fileno()
         self.retired = 0
         self.retired_at: float | None = None
         self.quit = threading.Event()  # a Quit (or a logout's SIGTERM) for the old process
         self.on_retire: Callable[[], None] | None = None
 
-    @property
-    def port(self) -> int:
-        return int(self.sock.getsockname()[1])
-
     def listening_socket(self) -> socket.socket:
         return self.sock
 
     def retire(self) -> None:
+        self.sock.close()
         self.retired += 1
         self.retired_at = time.monotonic()
         if self.on_retire is not None:
@@ -752,7 +754,7 @@ def test_successful_handover_serves_from_the_new_build(
     assert exe.read_bytes() == new
     env = spawner.calls[0]["env"]
     assert env["PYINSTALLER_RESET_ENVIRONMENT"] == "1"
-    assert spawner.calls[0]["pass_fds"] == (old.sock.fileno(),)
+    assert spawner.calls[0]["pass_fds"] == (old.fileno,)
     assert spawner.calls[0]["start_new_session"] is True
     # The successor serves on the socket we listened on (we never accept on it).
     assert _get(old.port) == "2.0.0"
@@ -954,7 +956,7 @@ def test_macos_bundle_handover_swaps_the_whole_bundle(
     assert exits.count == 1 and recorder.calls == [("TrayUpdater.app.new", "TrayUpdater.app")]
     assert (app / "Contents/Info.plist").read_bytes() == b"new plist"
     assert (app_dir / "TrayUpdater.app.old/Contents/Info.plist").read_text() == "old"
-    assert spawner.calls[0]["pass_fds"] == (old.sock.fileno(),)
+    assert spawner.calls[0]["pass_fds"] == (old.fileno,)
     assert _get(old.port) == "2.0.0"
 
 
@@ -962,8 +964,45 @@ def test_macos_bundle_handover_swaps_the_whole_bundle(
 
 
 def _old_build(data: Path) -> bytes:
-    """The installed build: a script that records how it was started again, if it is."""
-    return f'#!/bin/sh\necho "old build $*" > "{data}/relaunched"\n'.encode()
+    """The installed build, 1.0.0: started again after a crash, it takes the handover after
+    1.5 s of start-up (a onefile build unpacks first) and serves."""
+    return _successor_script("1.0.0", "slow", data)
+
+
+def _refusing_old_build(data: Path) -> bytes:
+    """An installed build that fails when handed the socket, and records a normal launch."""
+    return (
+        f'#!/bin/sh\n[ -n "${ENV_HANDOVER}" ] && exit 3\n'
+        f'echo "old build $*" > "{data}/relaunched"\n'
+    ).encode()
+
+
+class Prober:
+    """One client asking GET /version on fresh connections until stopped: what answered,
+    and every failure by type."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.answers: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.answers.append(_get(self.port))
+            except (OSError, http.client.HTTPException) as exc:
+                self.failures.append(type(exc).__name__)
+            time.sleep(0.02)
 
 
 def _hand_over_on_probation(
@@ -974,12 +1013,13 @@ def _hand_over_on_probation(
     mode: str,
     probation: float,
     old: OldApp | None = None,
+    old_build: bytes | None = None,
 ) -> tuple[SelfUpdater, str, OldApp, Exits]:
     """Update the old build to a 2.0.0 successor behaving as ``mode``: the updater, the
     outcome, the old app and its exits."""
     data = tmp_path / "data"
     exe = app_dir / "trayupdater"
-    exe.write_bytes(_old_build(data))
+    exe.write_bytes(old_build or _old_build(data))
     exe.chmod(0o755)
     new = _successor_script("2.0.0", mode, data)
     _publish_app(feed, "2.0.0", "trayupdater_Linux_x86_64.tar.gz", {"trayupdater": new})
@@ -1006,11 +1046,16 @@ def test_a_new_build_that_crashes_on_probation_gives_way_to_the_old_one(
     feed: ReleaseFeed, tmp_path: Path, app_dir: Path, spawner: Spawner, mode: str, why: str
 ) -> None:
     """2.0.0 reports ready, the old process retires, then 2.0.0 dies: the old build is put
-    back and started again (nothing else would run), and 2.0.0 is blocked."""
+    back and started again (nothing else would run), and 2.0.0 is blocked. A client sees
+    no refused connection meanwhile: the socket was held for the old build, which took it
+    over as a successor does."""
     data = tmp_path / "data"
-    updater, outcome, old, exits = _hand_over_on_probation(
-        feed, tmp_path, app_dir, spawner, mode, probation=20
-    )
+    old = OldApp()
+    with Prober(old.port) as prober:
+        updater, outcome, old, exits = _hand_over_on_probation(
+            feed, tmp_path, app_dir, spawner, mode, probation=20, old=old
+        )
+        assert _get(old.port) == "1.0.0"
     exe = app_dir / "trayupdater"
     assert outcome == "rolled_back" and (old.retired, exits.count) == (1, 1)
     assert exe.read_bytes() == _old_build(data)
@@ -1019,16 +1064,49 @@ def test_a_new_build_that_crashes_on_probation_gives_way_to_the_old_one(
     assert state.blocked == ["2.0.0"]
     assert state.last_result["outcome"] == "rolled_back"
     assert why in state.last_result["reason"] and "(on probation)" in (state.last_error or "")
-    # The old build was started afresh: a normal launch, no handover, its own session.
+    # The old build was started again, handed the socket, in its own session.
     assert len(spawner.procs) == 2 and spawner.procs[1].args == [str(exe), "run"]
     relaunch = spawner.calls[1]
-    assert ENV_HANDOVER not in relaunch["env"] and "pass_fds" not in relaunch
-    assert relaunch["start_new_session"] is True
-    assert spawner.procs[1].wait(10) == 0
-    assert (data / "relaunched").read_text() == "old build run\n"
+    assert ENV_HANDOVER in relaunch["env"] and relaunch["start_new_session"] is True
+    assert "ConnectionRefusedError" not in prober.failures, prober.failures
+    # At most the one request 2.0.0 had taken when it died; the rest waited for 1.0.0.
+    assert len(prober.failures) <= 1, prober.failures
+    assert {"2.0.0", "1.0.0"} <= set(prober.answers)
     # What the successor wrote stands: it is what the relaunched build goes on from.
-    assert json.loads((data / "state.json").read_text()) == {"active": "successor"}
+    assert json.loads((data / "seen-child-pid").read_text()) is None
     assert updater.check_and_apply(old).outcome == "blocked"
+
+
+@posix_only
+def test_an_old_build_that_cannot_take_the_socket_is_launched_afresh(
+    feed: ReleaseFeed, tmp_path: Path, app_dir: Path
+) -> None:
+    """The old build fails at the handover after a crash on probation: the socket we held
+    is let go, so that a normal launch can bind the port itself."""
+    data = tmp_path / "data"
+    old = OldApp()
+    port_free_at_relaunch: list[bool] = []
+
+    def note_the_port(kwargs: dict[str, Any]) -> None:
+        if ENV_HANDOVER not in kwargs["env"]:
+            try:
+                socket.create_server(("127.0.0.1", old.port)).close()
+                port_free_at_relaunch.append(True)
+            except OSError:
+                port_free_at_relaunch.append(False)
+
+    spawner = Spawner(note_the_port)
+    try:
+        _, outcome, _, _ = _hand_over_on_probation(
+            feed, tmp_path, app_dir, spawner, "crash", 20, old, _refusing_old_build(data)
+        )
+        assert [proc.wait(10) for proc in spawner.procs] == [3, 3, 0]
+    finally:
+        spawner.kill_all()
+    assert outcome == "rolled_back"
+    assert [ENV_HANDOVER in call["env"] for call in spawner.calls] == [True, True, False]
+    assert "pass_fds" not in spawner.calls[2] and port_free_at_relaunch == [True]
+    assert (data / "relaunched").read_text() == "old build run\n"
 
 
 @posix_only

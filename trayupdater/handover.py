@@ -168,8 +168,9 @@ class Predecessor:
 
     def relaunch(self) -> subprocess.Popen[bytes] | None:
         """Start the executable now installed as a normal launch, with no handover: the
-        successor crashed on probation and the old build is back in place. None (logged)
-        if it cannot start: the next login or launch starts it then."""
+        successor crashed on probation, the old build is back in place and did not take
+        the socket over. None (logged) if it cannot start: the next login or launch starts
+        it then."""
         try:
             return self._start(self._environment(), ())
         except OSError as exc:

@@ -9,7 +9,8 @@ is its parent and learns how it ends. For ``probation_seconds``:
 - still running at the end: **passed**, the predecessor exits;
 - exited with code 0: the user quit it (or logged out): **quit**, nothing to undo;
 - any other code, or killed by a signal: **crashed**; the caller puts the old build back,
-  blocks the version and starts the old build afresh (``Predecessor.relaunch``);
+  blocks the version and hands the listening socket, which it held meanwhile, to the old
+  build started again (``SelfUpdater._start_old_build``);
 - the predecessor is told to quit meanwhile (a logout's SIGTERM reaches it too):
   **stopped**, it exits without judging.
 

@@ -22,8 +22,10 @@ asset picker, checksums, minisign when a key is set). Then:
    and reports ``ready`` once it serves.
 4. **Commit or roll back**: ready within the timeout -> we stop accepting, finish our
    in-flight requests, stop our child (``Handover.retire``), then watch the successor for
-   ``probation_seconds`` (:mod:`probation_watch`) before we exit: if it crashes meanwhile
-   (any exit but code 0), the old build is put back, blocked and started afresh. The
+   ``probation_seconds`` (:mod:`probation_watch`) before we exit, holding a descriptor of
+   the shared socket: if it crashes meanwhile (any exit but code 0), the version is
+   blocked, the old build is put back and takes the socket over by the same handover, so
+   connections made in between wait in its queue instead of being refused. The
    successor exited, failed, lied about its version or stayed silent before ready -> it is
    stopped, the old executable is renamed back, ``state.json``/``control.json`` are
    restored and we simply keep serving (the old executable never stopped running); the
@@ -351,14 +353,39 @@ class SelfUpdater:
         with contextlib.suppress(OSError):
             channel.send({"commit": True})
         log.info("self-update: %s serves now (pid %s); retiring", version, proc.pid)
-        handover.retire()
-        verdict = watch_successor(proc, version, self.config.probation_seconds, handover.quitting)
-        channel.close()  # the successor may remove .old once we are gone
-        if verdict.crashed:  # {}: no snapshot to restore, the successor's state.json is true
-            self._roll_back(swap, {}, version, verdict.reason)
-            self._predecessor.relaunch()
+        # Our own hold on the shared socket, past the proxy's close in retire(): should the
+        # successor crash, connections wait in its queue for the old build, none is refused.
+        standby = _hold(listener)
+        try:
+            handover.retire()
+            verdict = watch_successor(
+                proc, version, self.config.probation_seconds, handover.quitting
+            )
+            channel.close()  # the successor may remove .old once we are gone
+            if verdict.crashed:  # {}: no snapshot to restore, the successor's state.json is true
+                self._roll_back(swap, {}, version, verdict.reason)
+                self._start_old_build(standby)
+        finally:
+            if standby is not None:
+                standby.close()
         self._exit()
         return "rolled_back" if verdict.crashed else "replaced"
+
+    def _start_old_build(self, standby: socket.socket | None) -> None:
+        """After a crash on probation: the old build, back in place, takes over the socket
+        we held, as a successor would; if it cannot (or we hold none), a normal launch."""
+        if standby is not None:
+            try:
+                _, channel = self._predecessor.hand_to(standby, self._current_version())
+            except HandoverFailed as exc:
+                log.critical("the old build did not take over: %s; starting it afresh", exc)
+                standby.close()  # a normal launch binds the port itself
+            else:
+                with contextlib.suppress(OSError):
+                    channel.send({"commit": True})
+                channel.close()
+                return
+        self._predecessor.relaunch()
 
     def _roll_back(
         self, swap: Swap, snapshot: dict[Path, bytes | None], version: str, why: str
@@ -446,6 +473,15 @@ def _write_private(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _hold(listener: socket.socket) -> socket.socket | None:
+    """A second descriptor of ``listener`` (None, logged, if none can be had)."""
+    try:
+        return listener.dup()
+    except OSError as exc:
+        log.warning("self-update: cannot keep the listening socket for a rollback: %s", exc)
+        return None
 
 
 def finish_pending_update(installation: Installation | None = None) -> list[str]:
