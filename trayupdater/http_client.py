@@ -124,6 +124,7 @@ class Deadline:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self.expired = False
+        self.stalled_lookup: str | None = None  # the host whose name lookup the deadline cut
         self._done = False
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
@@ -156,6 +157,13 @@ class Deadline:
                 raise too_slow()
         finally:
             self.cancel()
+
+    @property
+    def cause(self) -> str:
+        """What the time went on, as the user's sentence names it."""
+        if self.stalled_lookup:
+            return f"the DNS server did not answer for {self.stalled_lookup}"
+        return "the server is too slow"
 
     def cancel(self) -> None:
         """Done in time (or given up): nothing is cut any more."""
@@ -225,6 +233,7 @@ class _Sockets:
                 raise OSError(f"looking up {host} was interrupted")
             if deadline is not None and deadline.expired:
                 log.info("looking up %s: no answer from the DNS server within the deadline", host)
+                deadline.stalled_lookup = host
                 raise TimeoutError(f"looking up {host} took too long")
         if isinstance(answer[0], Exception):
             raise answer[0]

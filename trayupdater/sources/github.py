@@ -28,6 +28,7 @@ from trayupdater.cancel import Interrupt, pause
 from trayupdater.download import DownloadResult, Pace, ProgressCallback, download
 from trayupdater.errors import RateLimitedError, SourceError
 from trayupdater.http_client import (
+    Deadline,
     HttpClient,
     HttpFailed,
     HttpRefused,
@@ -157,7 +158,7 @@ class GitHubSource:
         """A small text asset (a checksums file, a signature) as text, size capped."""
         url, headers = self.download_headers(asset)
         deadline = self.client.deadline(self.answer_deadline)
-        with deadline.enforced(lambda: self._too_slow(asset.name), SourceError):
+        with deadline.enforced(lambda: self._too_slow(asset.name, deadline), SourceError):
             try:
                 response = self.client.get(url, headers=headers, timeout=self.timeout)
             except (HttpRefused, HttpFailed) as exc:
@@ -174,9 +175,9 @@ class GitHubSource:
             )
         return body.decode("utf-8", errors="replace")
 
-    def _too_slow(self, what: str) -> SourceError:
+    def _too_slow(self, what: str, deadline: Deadline) -> SourceError:
         return SourceError(
-            f"{what} took more than {self.answer_deadline:g} s to arrive (the server is too slow)"
+            f"{what} took more than {self.answer_deadline:g} s to arrive ({deadline.cause})"
         )
 
     # --- the Source interface beyond check() ---
@@ -309,7 +310,7 @@ class GitHubSource:
             except HttpFailed as exc:
                 error: SourceError = SourceError(f"cannot reach {self.api_url}: {exc.why}")
                 if deadline.expired:
-                    error = self._too_slow(f"the answer of {self.api_url}")
+                    error = self._too_slow(f"the answer of {self.api_url}", deadline)
             else:
                 if response.status_code != 200:
                     discard(response)
@@ -321,7 +322,9 @@ class GitHubSource:
                         skipped_tags=list(cache.result.skipped_tags),
                     )
                 if response.status_code == 200:
-                    too_slow = functools.partial(self._too_slow, f"the answer of {self.api_url}")
+                    too_slow = functools.partial(
+                        self._too_slow, f"the answer of {self.api_url}", deadline
+                    )
                     with deadline.enforced(too_slow, SourceError):
                         answer = _Answer(self._decode(response), url, _etag(response))
                     return answer

@@ -143,7 +143,7 @@ class HttpFetcher(FetcherInterface):
         not an answer (a 200 with headers cut short, an empty body, a reset)."""
         if cutoff.expired:
             raise exceptions.SlowRetrievalError(
-                f"{redact_url(url)}: not finished after {self.deadline:g} s"
+                f"{redact_url(url)}: not finished after {self.deadline:g} s ({cutoff.cause})"
             )
 
     def _chunks(self, url: str, response: requests.Response, cutoff: Deadline) -> Iterator[bytes]:
