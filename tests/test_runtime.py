@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import os
 import signal
@@ -396,3 +397,66 @@ def test_the_only_running_version_damaged_on_disk_is_installed_again(
     state = app.store.load_state()
     assert state.blocked == [] and state.previous is None
     assert state.child_pid not in (None, pid) and get(app)[:2] == (200, "1.0.0")
+
+
+def test_a_probation_that_ended_while_the_app_was_stopped_prunes_at_the_next_start(
+    feed: ReleaseFeed, app_factory: Callable[..., App]
+) -> None:
+    """Quit during 1.2.0's probation, started again after its deadline: the versions
+    beyond keep_versions go then, not only after the next update's probation."""
+    publish_version(feed, "1.0.0")
+    app = app_factory(keep_versions=2, probation_seconds=1.0)
+    wait_for(running(app, "1.0.0"))
+    publish_version(feed, "1.1.0")
+    assert app.updater.request(Command.CHECK).active == "1.1.0"
+    wait_for(lambda: app.store.load_state().probation_until is None, what="probation over")
+    app.stop()
+    app = app_factory(keep_versions=2, probation_seconds=600.0)
+    publish_version(feed, "1.2.0")
+    assert app.updater.request(Command.CHECK).active == "1.2.0"
+    assert app.store.installed() == ["1.0.0", "1.1.0", "1.2.0"]  # on probation: all kept
+    app.stop()
+    state_path = app.config.data_dir / "state.json"
+    state = json.loads(state_path.read_text())
+    assert state["probation_until"] > time.time()
+    state["probation_until"] = time.time() - 1  # what the clock says after a while away
+    state_path.write_text(json.dumps(state))
+
+    app = app_factory(keep_versions=2, probation_seconds=600.0)
+    wait_for(running(app, "1.2.0"))
+    assert app.store.installed() == ["1.1.0", "1.2.0"]
+    assert get(app)[:2] == (200, "1.2.0")
+
+
+def test_old_versions_that_cannot_be_removed_now_leave_the_app_running_without_an_error(
+    feed: ReleaseFeed, app_factory: Callable[..., App]
+) -> None:
+    """The versions folder turned read-only (chattr +i: even for root) while 1.2.0 was on
+    probation: 1.0.0 cannot be pruned when it ends. That is logged; the status stays clean
+    and the pruning is done at a later probation's end."""
+    from test_faults import _immutable
+
+    publish_version(feed, "1.0.0")
+    app = app_factory(keep_versions=2, probation_seconds=2.0)
+    wait_for(running(app, "1.0.0"))
+    over = lambda: app.store.load_state().probation_until is None  # noqa: E731
+    publish_version(feed, "1.1.0")
+    assert app.updater.request(Command.CHECK).active == "1.1.0"
+    wait_for(over, what="1.1.0's probation over")
+    publish_version(feed, "1.2.0")
+    assert app.updater.request(Command.CHECK).active == "1.2.0"
+    versions = app.store.versions_dir
+    if not _immutable(versions, True):
+        pytest.skip("chattr +i is not available here")
+    try:
+        wait_for(over, what="1.2.0's probation over")
+        time.sleep(0.5)  # the pruning comes right after the save
+        status = app.updater.status()
+        assert (status.phase, status.active, status.error) == (Phase.RUNNING, "1.2.0", None)
+        assert app.store.installed() == ["1.0.0", "1.1.0", "1.2.0"]
+    finally:
+        _immutable(versions, False)
+    assert get(app)[:2] == (200, "1.2.0")
+    publish_version(feed, "1.3.0")
+    assert app.updater.request(Command.CHECK).active == "1.3.0"
+    wait_for(lambda: app.store.installed() == ["1.2.0", "1.3.0"], what="pruned at last")

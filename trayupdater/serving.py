@@ -159,6 +159,10 @@ class Serving:
                     self._stop(running)
                 self.proxy.switch(None)  # and no client waiting on it
                 raise
+            if self.probation_until is None:
+                # Past any probation (it may have ended while the app was not running, or
+                # the app stopped before it pruned): keep only keep_versions.
+                self._prune()
             message = f"Running {version}"
             if damaged:
                 message += f"; {', '.join(damaged)} was damaged on disk and is installed again"
@@ -274,8 +278,17 @@ class Serving:
         self._set_probation(None)
         self._finish_warm()
         self.hooks.save()
+        self._prune()
+
+    def _prune(self) -> None:
+        """Old versions beyond keep_versions go, with their logs; never the active or
+        previous one. A folder that cannot go now (in use, read-only) goes next time."""
         protect = {v for v in (self.state.active, self.state.previous) if v}
-        removed = self.store.prune(self.config.keep_versions, protect)
+        try:
+            removed = self.store.prune(self.config.keep_versions, protect)
+        except OSError as exc:
+            log.warning("cannot remove old versions now: %s", exc)
+            return
         if removed:
             log.info("pruned old versions: %s", ", ".join(removed))
         # Their logs go too, and those of versions removed before logs were cleaned up.
