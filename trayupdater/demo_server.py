@@ -11,6 +11,8 @@ Endpoints (HTTP/1.1 keep-alive, Content-Length always set):
   GET /          a small text page naming the version
   GET /health    200 "ok";  GET /status  200 "Server is running" (simple-server's name)
   GET /info      JSON: version, pid, port, grandchild_pid (for tests)
+  GET /stream?seconds=N  a chunked response that takes N seconds (at most 120): N dots,
+                 one a second, then the version (like a server-sent event stream)
 
 Knobs. Two module-level lines are meant to be rewritten by text substitution (see
 render_script): the line starting with ``VERSION =`` (the version text) and the line starting
@@ -120,6 +122,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, b"ok", text)
         elif path == "/status":
             self._answer(200, b"Server is running\n", text)
+        elif path == "/stream":
+            self._stream(int(_seconds_asked(self.path)), str(version).encode())
         elif path == "/info":
             info = {
                 "version": version,
@@ -133,9 +137,36 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
+    def _stream(self, seconds: int, last: bytes) -> None:
+        """Chunked, as event streams are: a dot a second, then ``last``."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        for _ in range(seconds):
+            time.sleep(1.0)
+            self.wfile.write(b"1\r\n.\r\n")
+        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(last), last))
+
     def log_message(self, format: str, *args: object) -> None:
         # One line per request would flood the child log under load; stay quiet.
         pass
+
+
+def _seconds_asked(target: str) -> float:
+    """``seconds`` from the query, within 0..120 (0 if absent or not a number)."""
+    query = target.partition("?")[2]
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if name == "seconds":
+            try:
+                seconds = float(value)
+            except ValueError:
+                return 0.0
+            return min(max(seconds, 0.0), 120.0) if seconds == seconds else 0.0
+    return 0.0
 
 
 def _say(message: str) -> None:

@@ -44,13 +44,12 @@ from trayupdater.monitor import ChildMonitor
 from trayupdater.processes import kill_stale
 from trayupdater.proxy import Backend, Generation, ReverseProxy
 from trayupdater.restarts import Restarts
+from trayupdater.retiring import Retiring
 from trayupdater.rollback import Rollbacks, block, older_than
 from trayupdater.status import Phase
 from trayupdater.store import InstalledVersion, State, VersionStore
 
 log = logging.getLogger(__name__)
-
-DRAIN_TIMEOUT = 30.0
 
 
 @dataclass
@@ -99,6 +98,7 @@ class Serving:
         self.restart_at: float | None = None
         self._restarts = Restarts(config.crash_loop_exits, config.crash_loop_seconds)
         self._rollbacks = Rollbacks(config, store, hooks, self._restarts, self)
+        self._retiring = Retiring(proxy)  # old children finishing their last requests
         self._started_at = 0.0
 
     @property
@@ -188,6 +188,7 @@ class Serving:
             if running is not None:
                 self._stop(running)
         self.active = self.warm = None
+        self._retiring.stop_all()
         state = self.state
         state.child_pid = state.child_port = None
 
@@ -197,6 +198,7 @@ class Serving:
             if running is not None:
                 self._stop(running)
         self.active = self.warm = None
+        self._retiring.stop_all()
 
     # --- a new version -----------------------------------------------------------------------
 
@@ -463,11 +465,8 @@ class Serving:
         running.child.stop()
 
     def _drain_and_stop(self, running: _Running, generation: Generation | None) -> None:
-        running.monitor.stop()
-        if generation is not None and not self.proxy.drain(generation, timeout=DRAIN_TIMEOUT):
-            log.warning("%s still had requests after %.0f s", running.child.version, DRAIN_TIMEOUT)
-        log.info("drained %s; stopping it", running.child.version)
-        running.child.stop()
+        running.monitor.stop()  # its exit from now on is ours, not a crash
+        self._retiring.drain_and_stop(running.child, generation)
 
     def wakeup(self) -> float | None:
         """When the worker must call :meth:`on_timer` next (monotonic), if at all."""
