@@ -1,5 +1,6 @@
-"""An old child finishing a long response (a download, an event stream, a WebSocket) after
-a switch: it is drained off the update worker, so commands and Quit are not held meanwhile."""
+"""An old child finishing its requests after a switch: a long response (a download, an event
+stream, a WebSocket) is drained off the update worker, so commands and Quit are not held
+meanwhile; a request it has not answered yet (a long poll) is answered by it, not cut."""
 
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ HELD = 12  # seconds the response takes; the drain waits up to 30
 
 
 class Stream:
-    """One GET /stream?seconds=N through the proxy, on a thread: its answer or its error."""
+    """One GET /stream?seconds=N (or another path) through the proxy, on a thread: its
+    answer or its error."""
 
-    def __init__(self, app: App, seconds: int) -> None:
+    def __init__(self, app: App, seconds: int, path: str = "/stream") -> None:
         self.answer: tuple[int, str] | None = None
         self.error: BaseException | None = None
         host, port = app.proxy.address
         self._conn = http.client.HTTPConnection(host, port, timeout=60)
-        self._conn.request("GET", f"/stream?seconds={seconds}")  # sent before we go on
+        self._conn.request("GET", f"{path}?seconds={seconds}")  # sent before we go on
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -95,3 +97,21 @@ def test_quit_while_an_old_child_drains_is_prompt_and_stops_it(
     assert took < HELD / 2, f"Quit took {took:.1f} s"
     assert not alive(old_pid), "the draining child outlived the app"
     stream.join(10)
+
+
+def test_a_request_the_warm_child_has_not_answered_yet_is_answered_by_it(
+    feed: ReleaseFeed, app_factory: Callable[..., App]
+) -> None:
+    """A long poll taken by 1.0.0 before the switch, still unanswered when 1.1.0's probation
+    ends: 1.0.0, healthy, answers it. Before, the proxy cut it and sent it again to 1.1.0,
+    so the client waited twice as long, and a request with effects ran twice."""
+    publish_version(feed, "1.0.0")
+    app = app_factory(probation_seconds=1.0)
+    wait_for(running(app, "1.0.0"))
+    poll = Stream(app, 6, path="/slow")
+    time.sleep(0.5)  # in 1.0.0's hands now
+    publish_version(feed, "1.1.0")
+    assert app.updater.request(Command.CHECK).active == "1.1.0"
+    wait_for(lambda: app.proxy.fallback is None, what="the probation's end")
+    poll.join(30)
+    assert poll.error is None and poll.answer == (200, "1.0.0")

@@ -11,6 +11,7 @@ Endpoints (HTTP/1.1 keep-alive, Content-Length always set):
   GET /          a small text page naming the version
   GET /health    200 "ok";  GET /status  200 "Server is running" (simple-server's name)
   GET /info      JSON: version, pid, port, grandchild_pid (for tests)
+  GET /slow?seconds=N    the version, after N seconds (at most 120): a long poll
   GET /stream?seconds=N  a chunked response that takes N seconds (at most 120): N dots,
                  one a second, then the version (like a server-sent event stream)
 
@@ -122,6 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, b"ok", text)
         elif path == "/status":
             self._answer(200, b"Server is running\n", text)
+        elif path == "/slow":
+            time.sleep(_seconds_asked(self.path))
+            self._answer(200, str(version).encode(), text)
         elif path == "/stream":
             self._stream(int(_seconds_asked(self.path)), str(version).encode())
         elif path == "/info":

@@ -300,7 +300,7 @@ class Serving:
         warm, self.warm = self.warm, None
         if warm is None:
             return
-        self.proxy.backend_down(warm.backend)  # no longer a fallback
+        self.proxy.drop_fallback(warm.backend)  # healthy: what it answers is drained, not cut
         generation, self._warm_generation = self._warm_generation, None
         self._drain_and_stop(warm, generation)
 

@@ -116,6 +116,16 @@ class Router:
         # Lost a race with another change (switch() meanwhile): that one stands.
         return self._install(new, replaced) is replaced
 
+    def drop_fallback(self, backend: Backend) -> bool:
+        """``backend`` is no longer the current generation's fallback; True if it was."""
+        with self._lock:
+            gen = self._gen
+            if gen.fallback is None or gen.fallback != backend:
+                return False
+            gen.fallback = None
+        log.info("proxy: %s is no longer the warm fallback", backend.label)
+        return True
+
     def wait_change(self, gen: Generation, timeout: float) -> bool:
         """Wait up to ``timeout`` for the current generation to be another than ``gen``."""
         deadline = time.monotonic() + timeout

@@ -247,6 +247,12 @@ class ReverseProxy:
                 shutdown(attempt[0])
         return changed
 
+    def drop_fallback(self, backend: Backend) -> bool:
+        """``backend``, alive and well, is no longer the warm fallback (its probation is
+        over): no request goes to it again, and those it is answering are left to finish
+        (see :meth:`drain`), not cut as :meth:`backend_down` cuts them. True if it was."""
+        return self._router.drop_fallback(backend)
+
     def drain(self, generation: Generation, timeout: float) -> bool:
         """Wait until ``generation`` has no request in flight; False if ``timeout`` passed."""
         return self._router.drain(generation, timeout)
