@@ -41,8 +41,12 @@ def start_healthy(
     soak: bool,
     publish: Callable[..., None],
     interrupt: Interrupt,
+    cancellable: bool = False,
 ) -> Child:
-    """A healthy child of ``installed`` (soaked first when ``soak``); ChildError if not."""
+    """A healthy child of ``installed`` (soaked first when ``soak``); ChildError if not.
+    ``cancellable``: an urgent command (quit, rollback) stops the wait for its health with
+    CancelledError, as it stops the soak: a slow starter must not hold them for
+    ``health_timeout`` (an update only; its caller handles CancelledError)."""
     log_path = child_log_path(config, installed.version)
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +73,7 @@ def start_healthy(
                 path=config.health_path,
                 expect=config.health_expect,
                 timeout=config.health_timeout,
+                check=interrupt.check if cancellable else None,
             )
         except ChildError:
             exited = child.returncode is not None  # by itself: stop() below sets it too

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO
@@ -294,12 +294,14 @@ class Child:
         expect: str | None = None,
         timeout: float = 20.0,
         interval: float = 0.025,
+        check: Callable[[], None] | None = None,
     ) -> None:
         """Poll ``GET path`` until it answers 200 with ``expect`` (default: the version).
 
         Raises ChildError at once if the process exits (with its exit code and last log
         lines), or after ``timeout`` seconds saying what the server last answered. It does
-        not stop an unhealthy child: the caller decides.
+        not stop an unhealthy child: the caller decides. ``check`` is called before each
+        poll and may raise to give up early (an urgent command: :meth:`Interrupt.check`).
         """
         if self._pid is None:
             raise ChildError(f"{self.name} was never started")
@@ -307,6 +309,8 @@ class Child:
         deadline = time.monotonic() + timeout
         last = "never answered"
         while True:
+            if check is not None:
+                check()
             if self.wait_exit(0):
                 raise self.exit_error("before it became healthy")
             remaining = deadline - time.monotonic()

@@ -4,7 +4,11 @@ The update worker handles one job at a time; if it learned of a dead child from 
 requests would reach the dead port until the worker got round to it. A
 :class:`ChildMonitor` instead waits on the process itself (a pidfd where the OS has one:
 the wake-up is the exit) and, while the child is on probation, probes its health every
-``probe_interval`` seconds. The first exit, or ``failures`` failed probes in a row, calls
+``probe_interval`` seconds; outside probation it checks every second that something still
+listens on the child's port: a connection, opened and closed, with no request in it (the
+kernel completes it for a busy server too, so a busy child is never judged; binding the
+port to test it instead could steal it from a child that binds it again). The first exit,
+``failures`` failed probes in a row, or :data:`DEAF_SECONDS` of refused connections, calls
 ``on_down(child, why)`` once, from the monitor thread: the caller tells the proxy
 (``backend_down``: switch to the warm previous child, or hold requests) and queues the
 bookkeeping for the worker. A child stopped on purpose is :meth:`stop`-ped first, so its
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import socket
 import threading
 from collections.abc import Callable
 
@@ -26,6 +31,10 @@ log = logging.getLogger(__name__)
 PROBE_INTERVAL = 0.25  # seconds between health probes while on probation
 PROBE_TIMEOUT = 2.0
 PROBE_FAILURES = 2  # failed probes in a row that count as "stopped answering"
+# Outside probation: seconds in a row of connections refused by the child's port that count
+# as "stopped listening" (a crashed accept loop in a process that lives on).
+DEAF_SECONDS = 3
+LISTEN_TIMEOUT = 1.0
 
 
 def probe(child: Child, path: str, timeout: float = PROBE_TIMEOUT) -> str | None:
@@ -44,6 +53,18 @@ def probe(child: Child, path: str, timeout: float = PROBE_TIMEOUT) -> str | None
         return f"did not answer GET {path} ({type(exc).__name__})"
     finally:
         conn.close()
+
+
+def nothing_listens(host: str, port: int) -> bool:
+    """True only if a connection to ``port`` on ``host`` is refused. A timeout (a full
+    backlog) or any other error proves nothing, so it counts as listening."""
+    try:
+        socket.create_connection((host, port), timeout=LISTEN_TIMEOUT).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 class ChildMonitor:
@@ -87,7 +108,7 @@ class ChildMonitor:
             self._stopped.set()
 
     def _run(self) -> None:
-        failed = 0
+        failed = deaf = 0
         try:
             while not self._stopped.is_set():
                 if self.child.wait_exit(self._interval if self._probing.is_set() else 1.0):
@@ -95,7 +116,14 @@ class ChildMonitor:
                     return
                 if not self._probing.is_set():
                     failed = 0
+                    # A process alive with its listener gone (a crashed accept loop) served
+                    # nothing for good while it counted as running: restart it like an exit.
+                    deaf = deaf + 1 if nothing_listens(self.child.host, self.child.port) else 0
+                    if deaf >= DEAF_SECONDS and not self.child.wait_exit(0):
+                        self._report(f"stopped listening on port {self.child.port}")
+                        return
                     continue
+                deaf = 0
                 why = probe(self.child, self._health_path)
                 if why is None:
                     failed = 0

@@ -124,7 +124,7 @@ class Serving:
         damaged: list[str] = []  # removed to be installed again: not the release's fault
         for version in candidates:
             installed = self.store.get(version)
-            if installed is None and self.repair(version):
+            if installed is None and (self.repair(version) or self._gone(version)):
                 damaged.append(version)
             if installed is None or (version in state.blocked and version != candidates[0]):
                 continue
@@ -208,7 +208,7 @@ class Serving:
         old_version = state.active
         try:
             # Nothing serves yet on a first install: no reason to keep clients waiting.
-            child = self.start_child(installed, soak=self.active is not None)
+            child = self.start_child(installed, soak=self.active is not None, cancellable=True)
         except ChildError as exc:
             block(state, installed.version)
             self.hooks.save()
@@ -238,10 +238,18 @@ class Serving:
         if probation is None:
             self.probation_passed()
 
-    def start_child(self, installed: InstalledVersion, *, soak: bool) -> Child:
-        """A healthy child of ``installed`` (soaked first when ``soak``); ChildError if not."""
+    def start_child(
+        self, installed: InstalledVersion, *, soak: bool, cancellable: bool = False
+    ) -> Child:
+        """A healthy child of ``installed`` (soaked first when ``soak``); ChildError if not
+        (CancelledError if ``cancellable`` and a quit or rollback cuts in)."""
         return start_healthy(
-            self.config, installed, soak=soak, publish=self.hooks.publish, interrupt=self.interrupt
+            self.config,
+            installed,
+            soak=soak,
+            publish=self.hooks.publish,
+            interrupt=self.interrupt,
+            cancellable=cancellable,
         )
 
     def _go_live(self, child: Child, *, probation: float | None, switched: bool = False) -> None:
@@ -344,7 +352,7 @@ class Serving:
         state = self.state
         installed = state.active and self.store.get(state.active)
         if not installed:
-            if state.active and self.repair(state.active):
+            if state.active and (self.repair(state.active) or self._gone(state.active)):
                 self._replace_damaged(state.active)
                 return
             self.proxy.switch(None)
@@ -386,6 +394,17 @@ class Serving:
         except OSError as exc:
             log.error("cannot remove the damaged %s: %s", version, exc)
             return False
+        return True
+
+    def _gone(self, version: str) -> bool:
+        """Is the active ``version``'s install gone from disk (its folder deleted, or its
+        manifest: an interrupted delete, which :meth:`VersionStore.clean_temporary` then
+        removes)? Like a damaged install it is installed again, not blocked: left named
+        active, every check found it "up to date" and nothing served for good."""
+        if version != self.state.active or self.store.get(version) is not None:
+            return False
+        log.warning("the installed %s is gone from disk; installing it again", version)
+        self.hooks.events.failed("damaged", f"the installed {version} is gone from disk")
         return True
 
     def _replace_damaged(self, version: str) -> None:

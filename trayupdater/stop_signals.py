@@ -1,4 +1,4 @@
-"""Waiting in the main thread until SIGINT or SIGTERM arrives, or another thread says stop.
+"""Waiting in the main thread until SIGINT, SIGTERM or SIGHUP comes, or another thread says stop.
 
 The kernel hands a signal sent to the process to any of its threads that does not block it:
 the main thread first, but another one when the main thread has a signal pending already.
@@ -22,12 +22,14 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too (POSIX): a terminal or SSH session that closes sends it, and its default action
+# killed the app on the spot: no drain, and a child ignoring its death signal orphaned.
+_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 _POLL_SECONDS = 0.5  # without a wake-up pipe
 
 
 class StopSignals:
-    """SIGINT and SIGTERM handled while in the ``with`` block (main thread only)."""
+    """SIGINT, SIGTERM and SIGHUP handled while in the ``with`` block (main thread only)."""
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -43,6 +45,8 @@ class StopSignals:
             self._pipe = (read_end, write_end)
             self._previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
         for sig in _SIGNALS:
+            if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # started with nohup: the user asked to outlive the terminal
             self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
