@@ -57,12 +57,19 @@ class DownloadResult:
 def part_path(dest: Path, url: str, expected_size: int | None = None) -> Path:
     """Where the unfinished bytes of ``dest`` from ``url`` live between calls."""
     key = hashlib.sha256(f"{url}\n{expected_size}".encode()).hexdigest()[:12]
-    return dest.with_name(f"{dest.name}.{key}.part")
+    return dest.with_name(f"{_part_stem(dest.name)}.{key}.part")
+
+
+def _part_stem(name: str) -> str:
+    """``name``, cut so that the part's name fits a file name's 255 bytes (an asset's name
+    may take them all; the key in the part's name tells the downloads apart)."""
+    room = 255 - len(".0123456789ab.part")
+    return name.encode("utf-8")[:room].decode("utf-8", "ignore")
 
 
 def remove_parts(dest: Path, keep: Path | None = None) -> None:
     """Remove the unfinished downloads of ``dest`` (but ``keep``)."""
-    own = re.compile(re.escape(dest.name) + r"(\.[0-9a-f]{12})?\.part")
+    own = re.compile(re.escape(_part_stem(dest.name)) + r"(\.[0-9a-f]{12})?\.part")
     with contextlib.suppress(FileNotFoundError):
         for path in dest.parent.iterdir():
             if path != keep and own.fullmatch(path.name):

@@ -9,8 +9,12 @@ it would resolve every link on the way again for each, see real_paths):
   inside the folder (checked again on disk once everything is unpacked, so link chains
   cannot escape either; links that loop or nest deeper than the kernel follows are
   refused); devices, FIFOs and other special files are refused;
-- at most ``max_files`` entries and ``max_total_bytes`` bytes actually written (declared
-  sizes are never trusted), which defuses zip and tar bombs.
+- at most ``max_files`` entries (the folders a member's path implies count too: a 140 KB
+  tar made a million of them) and ``max_total_bytes`` bytes actually written (declared
+  sizes are never trusted), which defuses zip and tar bombs;
+- at most ``MAX_DEPTH`` folders deep: os.walk and shutil.rmtree recurse once per level, and
+  a 1,200-deep path in a 5 KB tar raised RecursionError looking for the program and in every
+  clean-up, the one at start-up too, so the old version no longer served after a restart.
 On any refusal ExtractionError is raised and ``dest`` is emptied again (the folder itself
 is left for the caller, who created it, to remove).
 
@@ -46,6 +50,7 @@ from trayupdater.real_paths import RealPaths, TangledLinks
 CHUNK_SIZE = 64 * 1024
 MAX_LINK_TARGET = 4096  # bytes of a symlink target stored in a zip entry
 MAX_TAR_HEADER = 1024 * 1024  # bytes of a PAX or GNU long-name header's data
+MAX_DEPTH = 100  # path parts of an entry; far below Python's recursion limit of 1,000
 
 _TAR_MODES = {
     ".tar.gz": "r:gz",
@@ -192,6 +197,8 @@ class _Writer:
         parts = tuple(p for p in posix.split("/") if p not in ("", "."))
         if ".." in parts:
             raise self.fail(f"entry {name!r} climbs out with '..'")
+        if len(parts) > MAX_DEPTH:
+            raise self.fail(f"entry {name[:80]!r}... is nested more than {MAX_DEPTH} folders deep")
         if os.name == "nt" and any(":" in p for p in parts):
             raise self.fail(f"entry {name!r} names an alternate data stream")
         return parts
@@ -282,6 +289,8 @@ class _Writer:
             try:
                 mode = os.lstat(current).st_mode
             except FileNotFoundError:
+                # An entry too: counted, or names alone would make a million folders.
+                self.count()
                 os.mkdir(current, 0o755)
                 continue
             if stat.S_ISLNK(mode):

@@ -418,7 +418,7 @@ def read_capped(
     if encoding in ("", "identity"):
         decoder = None
     elif encoding in ("gzip", "x-gzip", "deflate"):
-        decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
+        decoder = _Inflater()
     else:
         response.close()
         raise error(f"{what} uses the unsupported Content-Encoding {encoding[:30]!r}")
@@ -434,8 +434,8 @@ def read_capped(
             if decoder is None:
                 out += raw
             while raw and decoder is not None:
-                out += decoder.decompress(raw, cap + 1 - len(out))  # room is always >= 1
-                raw = decoder.unconsumed_tail
+                decoded, raw = decoder.inflate(raw, cap + 1 - len(out))  # room is always >= 1
+                out += decoded
                 if len(out) > cap:
                     break
             if len(out) > cap:
@@ -453,6 +453,42 @@ def read_capped(
     finally:
         response.close()
     return bytes(out)
+
+
+class _Inflater:
+    """gzip or zlib data (the header tells), decoded with a cap on each call's output.
+
+    A gzip body may be several members one after another (RFC 1952 2.2; what a server
+    compressing as it streams sends): each is decoded in turn, as urllib3 and browsers do.
+    Only the first one is not a guess: bytes after a complete member that do not decode are
+    ignored, as there too.
+    """
+
+    def __init__(self) -> None:
+        self._zlib = zlib.decompressobj(32 + zlib.MAX_WBITS)
+        self._members = 0  # complete members so far
+        self._ignoring = False
+
+    def inflate(self, data: bytes, room: int) -> tuple[bytes, bytes]:
+        """At most ``room`` decoded bytes from ``data``, and the input still to feed."""
+        if self._ignoring:
+            return b"", b""
+        try:
+            decoded = self._zlib.decompress(data, room)
+        except zlib.error:
+            if not self._members:
+                raise
+            self._ignoring = True
+            return b"", b""
+        rest = self._zlib.unconsumed_tail
+        if self._zlib.eof:
+            self._members += 1
+            rest = self._zlib.unused_data + rest
+            self._zlib = zlib.decompressobj(32 + zlib.MAX_WBITS)
+        return decoded, rest
+
+    def flush(self) -> bytes:
+        return b"" if self._ignoring else self._zlib.flush()
 
 
 # --- the adapter: the trust store, and sockets registered with the Interrupt -----------------

@@ -86,15 +86,21 @@ class Release:
         return next((a for a in self.assets if a.name == name), None)
 
 
+# A version names folders in the store ("<version>.tmp-XXXXXXXX" while it installs), and a
+# file name has 255 bytes: a longer one was only refused once its download had finished.
+MAX_VERSION_TEXT = 128
+
+
 def parse_version(tag: str) -> Version | None:
     """``v1.2.3``, ``1.2.3`` and ``1.2.3-rc.1`` -> Version; anything else -> None."""
     text = tag.strip()
     if text[:1] in ("v", "V"):
         text = text[1:]
     try:
-        return Version(text)
+        version = Version(text)
     except InvalidVersion:
         return None
+    return version if len(str(version)) <= MAX_VERSION_TEXT else None
 
 
 HEADLINE_LIMIT = 120

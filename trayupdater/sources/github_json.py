@@ -118,7 +118,12 @@ def file_name_problem(name: str) -> str | None:
         return "contains a path separator"
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         return "contains a control character"
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME:
+    try:
+        # A lone surrogate ("\ud800" in JSON) is no text any file system can name.
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (a lone surrogate)"
+    if len(encoded) > MAX_NAME:
         return f"is longer than {MAX_NAME} bytes"
     return None
 
