@@ -35,7 +35,8 @@ from requests.structures import CaseInsensitiveDict
 from trayupdater.cancel import Interrupt
 from trayupdater.errors import DownloadError
 from trayupdater.failure_reasons import describe
-from trayupdater.http_client import NETWORK_ERRORS, HttpClient, HttpFailed, HttpRefused
+from trayupdater.http_body import NETWORK_ERRORS
+from trayupdater.http_client import HttpClient, HttpFailed, HttpRefused
 from trayupdater.numbers import ascii_int
 from trayupdater.urls import insecure_reason, redact_url
 

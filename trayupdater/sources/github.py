@@ -27,15 +27,8 @@ import requests
 from trayupdater.cancel import Interrupt, pause
 from trayupdater.download import DownloadResult, Pace, ProgressCallback, download
 from trayupdater.errors import RateLimitedError, SourceError
-from trayupdater.http_client import (
-    Deadline,
-    HttpClient,
-    HttpFailed,
-    HttpRefused,
-    discard,
-    origin,
-    read_capped,
-)
+from trayupdater.http_body import discard, read_capped
+from trayupdater.http_client import Deadline, HttpClient, HttpFailed, HttpRefused, origin
 from trayupdater.network import Network
 from trayupdater.numbers import ascii_int
 from trayupdater.release_model import Asset, Release

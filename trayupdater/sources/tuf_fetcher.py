@@ -33,14 +33,9 @@ from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface
 
 from trayupdater.cancel import Interrupt
-from trayupdater.http_client import (
-    NETWORK_ERRORS,
-    Deadline,
-    HttpClient,
-    HttpFailed,
-    describe,
-    discard,
-)
+from trayupdater.failure_reasons import describe
+from trayupdater.http_body import NETWORK_ERRORS, discard
+from trayupdater.http_client import Deadline, HttpClient, HttpFailed
 from trayupdater.numbers import ascii_int
 from trayupdater.urls import redact_url
 
