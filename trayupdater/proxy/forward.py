@@ -28,7 +28,7 @@ from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.relay import Relay, send_error
 from trayupdater.proxy.retry import AttemptFailed, RetryPolicy
 from trayupdater.proxy.routing import Generation, Router
-from trayupdater.proxy.sockets import reason
+from trayupdater.proxy.sockets import DONTWAIT, readable_now, reason
 from trayupdater.proxy.steps import BLOCK, Steps
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,12 @@ class Forwarder:
             try:
                 yield from steps.send(sock, payload)
             except OSError as exc:
+                if plan.body and _answered(sock):
+                    # It answered before reading the whole (buffered) body and stopped
+                    # reading it (413, as Go's MaxBytesReader): that answer is the client's,
+                    # as for a streamed body, not a 502 made from the failed send.
+                    slot.responding = True
+                    return (yield from self._early_answer(conn, up, plan, gen))
                 kind = ERR_STALE if reused else ERR_CLOSED
                 self._report.upstream_error(kind)
                 raise AttemptFailed(kind, 502, reason(exc)) from exc
@@ -260,4 +266,13 @@ class Forwarder:
         plan.answered = True
         status, _, _ = yield from self.relay.relay(conn, up, plan.req, resp, label, keep=False)
         self._done(status, plan.started, gen)
+        return False
+
+
+def _answered(sock: socket.socket) -> bool:
+    """Has the backend begun an answer on ``sock`` (bytes of a status line waiting)?"""
+    try:
+        # readable_now first: without MSG_DONTWAIT (Windows) the peek would block.
+        return readable_now(sock) and sock.recv(5, socket.MSG_PEEK | DONTWAIT) == b"HTTP/"
+    except OSError:  # reset with nothing left to read
         return False

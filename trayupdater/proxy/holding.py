@@ -24,7 +24,7 @@ from trayupdater.proxy.clients import Client, answer_and_close
 from trayupdater.proxy.observer import Reporter
 from trayupdater.proxy.plan import Plan
 from trayupdater.proxy.poller import Poller
-from trayupdater.proxy.sockets import read_nowait
+from trayupdater.proxy.sockets import DONTWAIT
 
 if TYPE_CHECKING:
     from trayupdater.proxy.routing import Generation
@@ -141,10 +141,26 @@ class HeldRequests:
         self.wake = min(self.wake, conn.deadline)
 
     def readable(self, conn: Client) -> None:
-        """A held connection became readable: the client went away, or sent more."""
-        got = read_nowait(conn)
-        # Gone, or pipelining more than a head's worth behind a held request: forget it.
-        if got is False or len(conn.buf) > http11.RECV_SIZE or not self._arm(conn):
+        """A held connection became readable: the client sent more, shut its write side,
+        or went away."""
+        try:
+            data = conn.sock.recv(http11.RECV_SIZE, DONTWAIT)
+        except BlockingIOError:
+            data = None
+        except OSError:  # reset: gone for sure
+            self._forget(conn)
+            return
+        if data == b"":
+            # EOF. A client that shut its write side after its request (``printf ... |
+            # nc -N``, HTTP/1.0 scripts) waits for the answer, and a half-close looks just
+            # like a close: keep the request held, and answer it as outside a hold. One
+            # that left costs its hold only (hold_seconds, max_held). Not armed again: an
+            # EOF stays readable.
+            return
+        if data:
+            conn.buf += data
+        # Pipelining more than a head's worth behind a held request: forget it.
+        if len(conn.buf) > http11.RECV_SIZE or not self._arm(conn):
             self._forget(conn)
 
     def routing_changed(self) -> None:

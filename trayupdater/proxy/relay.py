@@ -190,7 +190,7 @@ class Relay:
     def _upgrade(
         self, conn: Client, up: BufferedSocket, req: Head, resp: Head, label: str
     ) -> Steps[bool]:
-        """Relay a 101 and tunnel bytes both ways until either side closes."""
+        """Relay a 101 and tunnel bytes both ways until both sides are done (tunnel.py)."""
         upgrade = req.get("upgrade")
         if upgrade is None or "upgrade" not in req.connection_tokens():
             self._report.bad_response(label, "101 to a request that asked for no upgrade")
