@@ -229,6 +229,18 @@ def desktop_exec(command: Sequence[str]) -> str:
     return " ".join(words).replace("\\", "\\\\").replace("\t", "\\t")
 
 
+def _exec_command(command: list[str]) -> list[str]:
+    """``command`` as an Exec line runs it: a program whose path holds ``%`` through sh.
+
+    GLib looks the Exec program up on disk before it expands ``%%`` to ``%``, finds no
+    ``.../100%%/app`` and refuses the whole entry (gnome-session never starts it). ``sh``
+    is found in PATH; it runs ``$0`` with the arguments exactly as given.
+    """
+    if "%" in command[0]:
+        return ["sh", "-c", 'exec "$0" "$@"', *command]
+    return command
+
+
 def _desktop_string(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
 
@@ -271,9 +283,10 @@ class _XdgAutostart:
         except (OSError, UnicodeDecodeError):
             return False  # unreadable: the session manager cannot use it either
         entry = _desktop_entry_group(text)
-        if entry.get("Hidden", "false").strip().lower() == "true":
+        # GLib (gnome-session) and KDE also read 1 and 0 as booleans.
+        if entry.get("Hidden", "false").strip().lower() in ("true", "1"):
             return False
-        return entry.get("X-GNOME-Autostart-enabled", "true").strip().lower() != "false"
+        return entry.get("X-GNOME-Autostart-enabled", "true").strip().lower() not in ("false", "0")
 
     def enable(self) -> None:
         icon = self.icon
@@ -287,7 +300,7 @@ class _XdgAutostart:
                 "Type=Application",
                 f"Name={_desktop_string(self.name)}",
                 "Comment=Keeps a server program running and up to date",
-                f"Exec={desktop_exec(self.command)}",
+                f"Exec={desktop_exec(_exec_command(self.command))}",
                 f"Icon={_desktop_string(icon)}",
                 "Terminal=false",
                 "X-GNOME-Autostart-enabled=true",

@@ -14,17 +14,20 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trayupdater import __version__
 from trayupdater.config import Config, describe, load_config
 from trayupdater.control import ControlClient
-from trayupdater.errors import TrayUpdaterError
+from trayupdater.errors import StorageError, TrayUpdaterError
 from trayupdater.launch import run_app, start_failed, tray_here
 from trayupdater.publish import add_repo_parser, run_repo
 from trayupdater.shown import LogFormatter
 from trayupdater.status import Command
 from trayupdater.terminal import print_controls, print_status, say
+
+if TYPE_CHECKING:
+    from trayupdater.store import VersionStore
 
 log = logging.getLogger("trayupdater")
 
@@ -224,6 +227,20 @@ def _repo_from_release(data: dict[str, Any]) -> str | None:
     return None
 
 
+def open_store(data_dir: Path) -> VersionStore:
+    """The data folder's store, or one sentence if the folder cannot be made or used (a file
+    in its place, a read-only mount): what ``run`` says too, never a traceback."""
+    from trayupdater.store import VersionStore
+
+    try:
+        return VersionStore(data_dir)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot use the data folder {data_dir} ({exc.strerror or exc}): make it "
+            "writable, or choose another folder with --data-dir or [store] data_dir"
+        ) from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         return _check(args)
@@ -237,14 +254,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from trayupdater.pipeline import ReleasePipeline
-    from trayupdater.store import VersionStore
 
     config = config_from_args(args)
     running = ControlClient.find(config.data_dir)
     if running is not None and not args.dry_run:
         # The running app owns the store: ask it, so it also switches to the new version.
         return print_status(running.command(Command.CHECK), as_json=args.json)
-    store = VersionStore(config.data_dir)
+    store = open_store(config.data_dir)
     state = store.load_state()
     progress = None if args.json else _ProgressPrinter()
     pipeline = ReleasePipeline(config, store, progress=progress)
@@ -336,18 +352,26 @@ def _launch_args(args: argparse.Namespace, config: Config) -> list[str]:
     # without this shell's environment, and a flag cannot go missing there.
     config_file: Path | None = None
     if args.config is not None or os.environ.get(ENV_PREFIX + "CONFIG"):
-        config_file = config_path_of(args).expanduser().resolve()
+        config_file = _real(config_path_of(args))
         extra += ["--config", str(config_file)]
-    data_dir = config.data_dir.expanduser().resolve()
+    data_dir = _real(config.data_dir)
     # The data folder is left out only when the config file alone names the same absolute
     # one, so that editing data_dir in that file still takes effect at the next login.
     try:
         from_file: Path | None = load_config(config_file, env={}).data_dir
     except TrayUpdaterError:
         from_file = None
-    if from_file is None or not from_file.is_absolute() or from_file.resolve() != data_dir:
+    if from_file is None or not from_file.is_absolute() or _real(from_file) != data_dir:
         extra += ["--data-dir", str(data_dir)]
     return extra
+
+
+def _real(path: Path) -> Path:
+    """``path`` absolute, links resolved. Not Path.resolve(): a symbolic link loop makes it
+    raise RuntimeError (Python 3.11) before the app's start can name the folder."""
+    import os
+
+    return Path(os.path.realpath(path.expanduser()))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -397,9 +421,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     client = ControlClient.find(config.data_dir)
     if client is None:
-        from trayupdater.store import VersionStore
-
-        state = VersionStore(config.data_dir).load_state()
+        state = open_store(config.data_dir).load_state()
         data = {
             "running": False,
             "active": state.active,

@@ -172,6 +172,14 @@ def _shown(text: object) -> str:
     return text if text.isprintable() and text and text == text.strip() else repr(text)
 
 
+def _starts_with_bom(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(3) == b"\xef\xbb\xbf"
+    except OSError:
+        return False
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -183,6 +191,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         reason = str(exc)
         if "integer string conversion" in reason:
             reason = "a number with more than 4300 digits"
+        elif _starts_with_bom(path):
+            # Windows PowerShell 5.1 and older Notepad write one; no editor shows it.
+            reason = "the file starts with a byte order mark (BOM); save it as UTF-8 without BOM"
         raise ConfigError(f"{path}: not valid TOML: {_clipped(reason)}") from None
     except RecursionError:  # tomllib recurses into each nested array or inline table
         raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
@@ -219,7 +230,11 @@ def load_config(
 
     explicit = path is not None or bool(env.get(ENV_PREFIX + "CONFIG"))
     config_path = path or Path(env.get(ENV_PREFIX + "CONFIG") or default_config_path())
-    if config_path.exists() or explicit:
+    try:
+        present = config_path.exists()
+    except OSError:  # a name too long, a folder without search rights: _read_toml says so
+        present = True
+    if present or explicit:
         file_values = _read_toml(config_path)
         _apply(
             values,

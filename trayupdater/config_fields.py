@@ -13,6 +13,8 @@ import ipaddress
 import math
 import os
 import re
+import shlex
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,11 +156,23 @@ def _channel(value: Any) -> str:
     return text
 
 
+def _split_command(text: str) -> list[str]:
+    """A command given as text (an environment variable, ``--set``) split into words."""
+    if sys.platform != "win32":
+        return shlex.split(text)
+    # POSIX rules read each backslash of a Windows path as an escape (C:\srv -> C:srv):
+    # only double quotes group words, as on a Windows command line.
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    lexer.escape = ""
+    lexer.quotes = '"'
+    return list(lexer)
+
+
 def _command(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        import shlex
-
-        value = shlex.split(value)
+        value = _split_command(value)
     if (
         not isinstance(value, (list, tuple))
         or not value
@@ -222,6 +236,8 @@ def _bind(value: Any) -> str:
 
 def _path(value: Any) -> Path:
     text = _str(value).strip()
+    if not text:  # Path("") is the current folder: wherever the app happened to start
+        raise ValueError("a folder path cannot be empty")
     if "\0" in text:  # no OS takes it: making the data folder would crash the start
         raise ValueError("a path cannot contain a NUL character")
     return Path(os.path.expanduser(text))
@@ -274,7 +290,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("port", "proxy", _integer(0, 65535)),
     FieldSpec("hold_seconds", "proxy", _number(0, 600)),
     FieldSpec("data_dir", "store", _path),
-    FieldSpec("log_dir", "store", _path),
+    FieldSpec("log_dir", "store", _opt_path),  # empty: the default, as for the other paths
     FieldSpec("keep_versions", "store", _integer(2, 100)),
     FieldSpec("max_download_bytes", "store", _integer(1024, 64 * 1024**3)),
     FieldSpec("max_extract_bytes", "store", _opt_integer(1024, 256 * 1024**3)),
