@@ -41,7 +41,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -55,7 +54,6 @@ import trayupdater
 from trayupdater.config import Config
 from trayupdater.disk_space import check_room
 from trayupdater.errors import SelfUpdateError, TrayUpdaterError, VerificationError
-from trayupdater.extract import extract, find_executable
 from trayupdater.handover import HandoverFailed, Predecessor, is_successor
 from trayupdater.installation import (
     FileOps,
@@ -70,6 +68,7 @@ from trayupdater.pipeline import download_pace
 from trayupdater.platforms import Platform, pick_asset
 from trayupdater.probation_watch import watch_successor
 from trayupdater.release_model import Asset, Release, parse_version
+from trayupdater.selfupdate_stage import unpack_build
 from trayupdater.selfupdate_state import STATE_FILE, SelfUpdateState
 from trayupdater.sources.github import GitHubSource
 from trayupdater.store import atomic_write_text, read_json_file
@@ -269,31 +268,14 @@ class SelfUpdater:
                     "%s: self-update WITHOUT checksum verification (configured)", asset.name
                 )
             self.source.verify_signature(release, asset, result.path, self.config.public_key)
-            staged = self.installation.sibling(".new")
-            _remove(staged, self.ops)
-            if self.installation.kind == "file":
-                _remove(unpack, self.ops)
-                extract(
-                    result.path,
-                    unpack,
-                    asset_name=asset.name,
-                    max_total_bytes=self.config.extract_limit(result.path.stat().st_size),
-                )
-                exe = find_executable(
-                    unpack,
-                    exe_name=self.installation.executable.name,
-                    repo_name=self.installation.executable.stem,
-                    os_name=self.installation.os,
-                )
-                _copy_synced(exe, staged)
-            else:
-                extract(
-                    result.path,
-                    staged,
-                    asset_name=asset.name,
-                    max_total_bytes=self.config.extract_limit(result.path.stat().st_size),
-                )
-                staged = self._staged_root(staged)
+            staged = unpack_build(
+                result.path,
+                asset.name,
+                self.installation,
+                self.ops,
+                unpack=unpack,
+                max_total_bytes=self.config.extract_limit(result.path.stat().st_size),
+            )
         except OSError as exc:
             raise SelfUpdateError(f"cannot stage {asset.name}: {exc.strerror or exc}") from None
         finally:
@@ -302,25 +284,6 @@ class SelfUpdater:
                 _remove(unpack, self.ops)
         log.info("staged %s %s at %s", self.repo, release.version_text, staged)
         return staged
-
-    def _staged_root(self, unpacked: Path) -> Path:
-        """The folder inside an unpacked archive that replaces the target folder/bundle."""
-        inner = self.installation.inner_executable
-        candidates = [unpacked, *(p for p in sorted(unpacked.iterdir()) if p.is_dir())]
-        for root in candidates:
-            if (root / inner).is_file():
-                if root != unpacked:
-                    # Move it to the top so the swap renames one known path.
-                    holder = unpacked.with_name(unpacked.name + ".tmp")
-                    _remove(holder, self.ops)
-                    self.ops.rename(root, holder)
-                    self.ops.rmtree(unpacked)
-                    self.ops.rename(holder, unpacked)
-                exe = unpacked / inner
-                exe.chmod(exe.stat().st_mode | 0o755)
-                return unpacked
-        self.ops.rmtree(unpacked)
-        raise SelfUpdateError(f"the update has no {inner} (expected a {self.installation.kind})")
 
     # --- replacing and handing over ---
 
@@ -452,17 +415,6 @@ class SelfUpdater:
             data["child_pid"] = None
             data["child_port"] = None
             atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
-
-
-def _copy_synced(src: Path, dest: Path) -> None:
-    """Copy ``src`` to ``dest`` (executable), flushed to disk before anyone can run it."""
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o755)
-    with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-        shutil.copyfileobj(inp, out, 1024 * 1024)
-        out.flush()
-        os.fsync(out.fileno())
-    if os.name == "posix":
-        os.chmod(dest, 0o755)  # noqa: S103 - a program: everyone may run it, as installed
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -10,6 +10,7 @@ guessed at; so is a version whose targets disagree on their rollout (any one of 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterable
@@ -71,6 +72,14 @@ def index_targets(infos: Iterable[TargetFile], targets_url: str) -> TargetIndex:
             digest = info.hashes.get(HASH)
             if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
                 raise TargetFormatError(f"target {info.path[:120]!r} lists no {HASH} hash")
+            # ngclient checks every listed hash; one it cannot compute fails the download
+            # after the fact, as if the mirror had tampered with it, at every check.
+            unknown = next((a for a in info.hashes if not _computable(a)), None)
+            if unknown is not None:
+                raise TargetFormatError(
+                    f"target {info.path[:120]!r} lists a hash this client cannot compute "
+                    f"({unknown[:40]!r})"
+                )
             # tuf checks only "length < 0": true passed as a size of 1.
             if type(info.length) is not int:
                 raise TargetFormatError(
@@ -118,6 +127,21 @@ def index_targets(infos: Iterable[TargetFile], targets_url: str) -> TargetIndex:
             recalled=any(entry.recalled for entry, _ in group),
         )
     return index
+
+
+def _computable(algorithm: str) -> bool:
+    """Whether ngclient can check a hash named ``algorithm`` (as tuf's ``_get_digest`` makes
+    it: hashlib, plus its own "blake2b-256"); a SHAKE has no fixed-length hexdigest."""
+    try:
+        digest = (
+            hashlib.blake2b(digest_size=32)
+            if algorithm == "blake2b-256"
+            else hashlib.new(algorithm)
+        )
+        digest.hexdigest()
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _names(group: list[tuple[TargetEntry, TargetFile]]) -> set[str]:
