@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from proxy_support import RealBackend
+from static_server import StaticServer
+from tuf_support import Publisher
 
 from trayupdater.app import App
 from trayupdater.feed import ReleaseFeed
@@ -76,3 +78,32 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip(f"cannot mount a small tmpfs here ({exc}); needs root")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def app(feed: ReleaseFeed, tmp_path: Path) -> Iterator[App]:
+    """An in-process app serving 1.0.0 from the feed (test_runtime's make_config)."""
+    from support import wait_for
+    from test_runtime import make_config, running
+
+    from trayupdater.demo import publish_version
+
+    publish_version(feed, "1.0.0")
+    application = App(make_config(feed, tmp_path / "data"))
+    application.start()
+    wait_for(running(application, "1.0.0"), what="1.0.0 serving")
+    yield application
+    application.stop()
+
+
+@pytest.fixture
+def publisher(tmp_path: Path) -> Publisher:
+    """A TUF repository made afresh in tmp_path (tuf_support), no version in it yet."""
+    return Publisher(tmp_path).init()
+
+
+@pytest.fixture
+def server(tmp_path: Path, publisher: Publisher) -> Iterator[StaticServer]:
+    """The publisher's repository on a real static web server (static_server)."""
+    with StaticServer(publisher.dir, tmp_path / "server") as running:
+        yield running

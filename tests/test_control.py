@@ -8,13 +8,12 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from support import wait_for
-from test_runtime import get, make_config, running
+from test_runtime import get
 
 from trayupdater.app import App
 from trayupdater.control import CONTROL_FILE, ControlBusyError, ControlClient, ControlServer
@@ -22,16 +21,6 @@ from trayupdater.demo import publish_version
 from trayupdater.feed import ReleaseFeed
 from trayupdater.shown import LogFormatter
 from trayupdater.status import Command, Status
-
-
-@pytest.fixture
-def app(feed: ReleaseFeed, tmp_path: Path) -> Iterator[App]:
-    publish_version(feed, "1.0.0")
-    application = App(make_config(feed, tmp_path / "data"))
-    application.start()
-    wait_for(running(application, "1.0.0"))
-    yield application
-    application.stop()
 
 
 def test_token_file_is_private_and_required(app: App) -> None:

@@ -17,7 +17,6 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,17 +35,6 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX processes and 
 FLEET = 40
 PARALLEL = 4  # the box has two cores: enough to overlap start-up and the network, no more
 SEED = 13
-
-
-@pytest.fixture
-def publisher(tmp_path: Path) -> Publisher:
-    return Publisher(tmp_path).init()
-
-
-@pytest.fixture
-def server(tmp_path: Path, publisher: Publisher) -> Iterator[StaticServer]:
-    with StaticServer(publisher.dir, tmp_path / "server") as running:
-        yield running
 
 
 def source_args(server: StaticServer, publisher: Publisher) -> list[str]:

@@ -18,15 +18,15 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from httpfiles import FileServer
 from proxy_support import ScriptedBackend
-from support import second_loopback_host, wait_for
-from test_runtime import get, make_config, running
+from support import second_loopback_host
+from test_runtime import get
 
 from trayupdater.app import App
 from trayupdater.config import Config
@@ -40,16 +40,6 @@ from trayupdater.status import Command, Phase
 
 TOKEN = "ghp_TESTTOKEN_0123456789abcdef"
 NAME = child_archive("1.1.0")[0]  # the asset name the picker takes on this machine
-
-
-@pytest.fixture
-def app(feed: ReleaseFeed, tmp_path: Path) -> Iterator[App]:
-    publish_version(feed, "1.0.0")
-    application = App(make_config(feed, tmp_path / "data"))
-    application.start()
-    wait_for(running(application, "1.0.0"), what="1.0.0 serving")
-    yield application
-    application.stop()
 
 
 def good_release(

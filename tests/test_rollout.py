@@ -8,7 +8,7 @@ import json
 import multiprocessing
 import random
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,17 +36,6 @@ from trayupdater.tuf_format import TargetFormatError, parse_rollout
 from trayupdater.tuf_rollout import RolloutRequest, set_rollout
 
 DAY = 24 * 3600.0
-
-
-@pytest.fixture
-def publisher(tmp_path: Path) -> Publisher:
-    return Publisher(tmp_path).init()
-
-
-@pytest.fixture
-def server(tmp_path: Path, publisher: Publisher) -> Iterator[StaticServer]:
-    with StaticServer(publisher.dir, tmp_path / "server") as running:
-        yield running
 
 
 def newest_targets(publisher: Publisher) -> dict[str, dict[str, object]]:

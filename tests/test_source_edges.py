@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 from support import wait_for
-from test_runtime import get, make_config, running
+from test_runtime import get, running
 
 from trayupdater.app import App
-from trayupdater.demo import DEMO_REPO, child_archive, publish_version
+from trayupdater.demo import DEMO_REPO, child_archive
 from trayupdater.errors import ExtractionError
 from trayupdater.extract import MAX_DEPTH, extract
 from trayupdater.feed import ReleaseFeed
@@ -32,16 +32,6 @@ from trayupdater.sources.github import GitHubSource
 from trayupdater.status import Command, Phase
 
 NAME, DATA = child_archive("1.1.0")  # the asset the picker takes on this machine
-
-
-@pytest.fixture
-def app(feed: ReleaseFeed, tmp_path: Path) -> Iterator[App]:
-    publish_version(feed, "1.0.0")
-    application = App(make_config(feed, tmp_path / "data"))
-    application.start()
-    wait_for(running(application, "1.0.0"), what="1.0.0 serving")
-    yield application
-    application.stop()
 
 
 def _renamed_release(feed: ReleaseFeed, new_name: str) -> dict:

@@ -13,7 +13,7 @@ import os
 import socket
 import stat
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -122,17 +122,6 @@ def test_a_top_level_link_named_like_the_installation_never_stages_the_running_b
 
 
 # --- TUF: targets the publisher signed, but this client cannot use ---------------------------
-
-
-@pytest.fixture
-def publisher(tmp_path: Path) -> Publisher:
-    return Publisher(tmp_path).init()
-
-
-@pytest.fixture
-def server(tmp_path: Path, publisher: Publisher) -> Iterator[StaticServer]:
-    with StaticServer(publisher.dir, tmp_path / "server") as running:
-        yield running
 
 
 def _resign_newest(publisher: Publisher, change: Callable[[TargetFile], None]) -> None:

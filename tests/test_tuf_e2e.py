@@ -23,17 +23,6 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX processes and 
 
 
 @pytest.fixture
-def publisher(tmp_path: Path) -> Publisher:
-    return Publisher(tmp_path).init()
-
-
-@pytest.fixture
-def server(tmp_path: Path, publisher: Publisher) -> Iterator[StaticServer]:
-    with StaticServer(publisher.dir, tmp_path / "server") as running:
-        yield running
-
-
-@pytest.fixture
 def instance(tmp_path: Path, publisher: Publisher, server: StaticServer) -> Iterator[Instance]:
     inst = Instance.tuf(server.url, publisher.shipped_root, tmp_path / "data", free_port())
     yield inst

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,17 +30,6 @@ from trayupdater.sources.tuf_source import TufSource
 from trayupdater.store import State, VersionStore
 
 ASSET = asset_name(Platform.current())
-
-
-@pytest.fixture
-def publisher(tmp_path: Path) -> Publisher:
-    return Publisher(tmp_path).init()
-
-
-@pytest.fixture
-def server(tmp_path: Path, publisher: Publisher) -> Iterator[StaticServer]:
-    with StaticServer(publisher.dir, tmp_path / "server") as running:
-        yield running
 
 
 # --- what a user gets ------------------------------------------------------------------------
