@@ -90,7 +90,7 @@ def test_global_options_are_accepted_after_the_command(tmp_path: Path, capsys) -
 
 
 def test_every_option_has_help_and_no_raw_metavar(capsys) -> None:
-    from trayupdater.cli import build_parser
+    from trayupdater.cli_parser import build_parser
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -162,7 +162,8 @@ def _login_instance(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[l
     login session, which has none of this shell's TRAYUPDATER_* variables."""
     import os
 
-    from trayupdater.cli import _launch_args, build_parser, config_from_args
+    from trayupdater.cli import _launch_args
+    from trayupdater.cli_parser import build_parser, config_from_args
 
     args = build_parser().parse_args(argv)
     login = _launch_args(args, config_from_args(args))

@@ -311,7 +311,7 @@ def test_the_release_workflow_runs_commands_the_cli_knows() -> None:
     import re
     import shlex
 
-    from trayupdater.cli import build_parser
+    from trayupdater.cli_parser import build_parser
 
     workflow = (Path(__file__).parents[1] / "packaging" / "ci" / "release.yml").read_text()
     joined = workflow.replace("\\\n", " ")  # shell line continuations

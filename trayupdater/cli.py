@@ -1,8 +1,9 @@
 """Command line: ``trayupdater [global options] COMMAND``.
 
-Each command is a small function taking the parsed arguments; the ones that act on a
-running app go through its control endpoint. Expected failures print one line and exit 1;
-a traceback is a bug.
+Each command is a small function taking the parsed arguments; the grammar is
+:mod:`cli_parser`'s, the commands that act on a running app (through its control endpoint)
+are :mod:`cli_control`'s, the publisher's are :mod:`publish`'s. Expected failures print one
+line and exit 1; a traceback is a bug.
 """
 
 from __future__ import annotations
@@ -14,171 +15,20 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from trayupdater import __version__
+from trayupdater.cli_control import cmd_status, control_command, running_app
+from trayupdater.cli_parser import build_parser, config_from_args, config_path_of, open_store
 from trayupdater.config import Config, describe, load_config
 from trayupdater.control import ControlClient
-from trayupdater.errors import StorageError, TrayUpdaterError
+from trayupdater.errors import TrayUpdaterError
 from trayupdater.launch import run_app, start_failed, tray_here
-from trayupdater.publish import add_repo_parser, run_repo
+from trayupdater.publish import run_repo
 from trayupdater.shown import LogFormatter
 from trayupdater.status import Command
-from trayupdater.terminal import print_controls, print_status, say
-
-if TYPE_CHECKING:
-    from trayupdater.store import VersionStore
+from trayupdater.terminal import print_status, say
 
 log = logging.getLogger("trayupdater")
-
-# Flags that map straight onto config keys (the rest go through --set KEY=VALUE):
-# key -> (metavar, help).
-CONFIG_FLAGS: dict[str, tuple[str, str]] = {
-    "repo": ("OWNER/NAME", "the child's GitHub repository (default jischr/simple-server)"),
-    "api_url": ("URL", "GitHub API base (GitHub Enterprise: https://HOST/api/v3)"),
-    "channel": ("CHANNEL", "stable or prerelease"),
-    "check_interval": ("SECONDS", "seconds between checks (default 3600)"),
-    "port": ("PORT", "proxy port (default 8080)"),
-    "bind": ("ADDRESS", "proxy bind address (default 127.0.0.1)"),
-    "data_dir": ("DIR", "where versions and state live (and logs, when given)"),
-    "asset_pattern": ("PATTERN", "asset name pattern with {os} {arch} {version}"),
-}
-
-
-def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
-    """The global options; also accepted after the command (``status --data-dir X``).
-
-    After the command their defaults are SUPPRESS, so an option given only before the
-    command is not reset by the sub-parser; ``--set`` after it collects separately.
-    """
-    default: Any = argparse.SUPPRESS if after_command else None
-    parser.add_argument(
-        "--config", type=Path, metavar="PATH", default=default, help="config file (TOML)"
-    )
-    for key, (metavar, text) in CONFIG_FLAGS.items():
-        parser.add_argument(
-            "--" + key.replace("_", "-"),
-            dest=f"cfg_{key}",
-            metavar=metavar,
-            default=default,
-            help=text,
-        )
-    parser.add_argument(
-        "--set",
-        action="append",
-        dest="set_after" if after_command else "set",
-        default=argparse.SUPPRESS if after_command else [],
-        metavar="KEY=VALUE",
-        help="any config key, e.g. --set probation_seconds=60 (repeatable)",
-    )
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=argparse.SUPPRESS if after_command else False,
-        help="debug logging on the terminal",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="trayupdater",
-        description="Keep a server program running and up to date from GitHub Releases.",
-    )
-    parser.add_argument("--version", action="version", version=f"trayupdater {__version__}")
-    _add_global_options(parser, after_command=False)
-    common = argparse.ArgumentParser(add_help=False)
-    _add_global_options(common, after_command=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="default: run")
-
-    def command(name: str, text: str | None) -> argparse.ArgumentParser:
-        kwargs: dict[str, Any] = {"parents": [common]}
-        if text is not None:
-            kwargs.update(help=text, description=text[:1].upper() + text[1:] + ".")
-        return sub.add_parser(name, **kwargs)
-
-    p = command("check", "ask for a newer release and install it")
-    p.add_argument("--dry-run", action="store_true", help="only report, install nothing")
-    p.add_argument("--json", action="store_true", help="machine-readable output, errors too")
-
-    p = command("pick-asset", "which asset of a release JSON fits each platform")
-    p.add_argument("release_json", metavar="RELEASE_JSON", help="GitHub release JSON file, or -")
-    p.add_argument(
-        "--platform",
-        action="append",
-        default=[],
-        metavar="OS-ARCH",
-        help="e.g. linux-x86_64, darwin-arm64 (repeatable; default: this machine)",
-    )
-
-    command("config", "print the effective configuration")
-
-    p = command("run", "run the app (tray; headless without a desktop)")
-    p.add_argument("--headless", action="store_true", help="no tray icon; stop with SIGINT/SIGTERM")
-
-    p = command("demo", "offline demo: a local release feed and an update to watch")
-    p.add_argument("--headless", action="store_true", help="no tray icon")
-    p.add_argument(
-        "--duration", type=float, default=0, metavar="SECONDS", help="stop after this long"
-    )
-    p.add_argument(
-        "--publish-after",
-        type=float,
-        default=12.0,
-        metavar="SECONDS",
-        help="seconds until 1.1.0 appears (default 12)",
-    )
-
-    # Hidden: how a frozen build runs the demo's child (it has no Python for the script).
-    p = command("demo-child", None)
-    p.add_argument("script", type=Path, help="the demo child script from a demo release")
-    p.add_argument("port", type=int, help="port to listen on (loopback)")
-
-    p = command("status", "what the running app is doing")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    add_repo_parser(sub)
-    for name, text in (
-        ("rollback", "roll the running app back to the previous version"),
-        ("resume", "allow updates to every version that was rolled back from"),
-        ("unpause", "end a pause of updates"),
-        ("quit", "stop the running app"),
-    ):
-        command(name, text)
-    p = command("skip", "never install this version (default: the latest available)")
-    p.add_argument("skip_version", nargs="?", metavar="VERSION", help="e.g. 1.2.0")
-    p = command("allow", "allow a rolled-back or skipped version again")
-    p.add_argument("allow_version", metavar="VERSION", help="e.g. 1.2.0")
-    p = command("pause", "install no updates for a while (checks go on)")
-    p.add_argument(
-        "--for",
-        dest="pause_for",
-        metavar="DURATION",
-        help="e.g. 30m, 1h, 2d (default: until `trayupdater unpause`)",
-    )
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    overrides: dict[str, Any] = {}
-    for key in CONFIG_FLAGS:
-        value = getattr(args, f"cfg_{key}", None)
-        if value is not None:
-            overrides[key] = value
-    for item in [*args.set, *getattr(args, "set_after", [])]:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise TrayUpdaterError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip().replace("-", "_")] = value
-    return load_config(args.config, overrides=overrides)
-
-
-def config_path_of(args: argparse.Namespace) -> Path:
-    """The config file this run reads (or would read: the default may not exist)."""
-    import os
-
-    from trayupdater.config import ENV_PREFIX, default_config_path
-
-    return args.config or Path(os.environ.get(ENV_PREFIX + "CONFIG") or default_config_path())
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -227,20 +77,6 @@ def _repo_from_release(data: dict[str, Any]) -> str | None:
     return None
 
 
-def open_store(data_dir: Path) -> VersionStore:
-    """The data folder's store, or one sentence if the folder cannot be made or used (a file
-    in its place, a read-only mount): what ``run`` says too, never a traceback."""
-    from trayupdater.store import VersionStore
-
-    try:
-        return VersionStore(data_dir)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot use the data folder {data_dir} ({exc.strerror or exc}): make it "
-            "writable, or choose another folder with --data-dir or [store] data_dir"
-        ) from None
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         return _check(args)
@@ -256,7 +92,7 @@ def _check(args: argparse.Namespace) -> int:
     from trayupdater.pipeline import ReleasePipeline
 
     config = config_from_args(args)
-    running = ControlClient.find(config.data_dir)
+    running = ControlClient.find(config.data_dir) if args.dry_run else running_app(config.data_dir)
     if running is not None and not args.dry_run:
         # The running app owns the store: ask it, so it also switches to the new version.
         return print_status(running.command(Command.CHECK), as_json=args.json)
@@ -409,71 +245,6 @@ def cmd_demo_child(args: argparse.Namespace) -> int:
         raise TrayUpdaterError(f"demo-child: {exc}") from None
 
 
-def _client(args: argparse.Namespace) -> ControlClient:
-    config = config_from_args(args)
-    client = ControlClient.find(config.data_dir)
-    if client is None:
-        raise TrayUpdaterError(f"trayupdater is not running (data dir {config.data_dir})")
-    return client
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    client = ControlClient.find(config.data_dir)
-    if client is None:
-        state = open_store(config.data_dir).load_state()
-        data = {
-            "running": False,
-            "active": state.active,
-            "previous": state.previous,
-            "blocked": state.blocked,
-            "last_error": state.last_error,
-            "latest": state.latest_seen,
-            "last_check": state.last_check,
-            "skipped": state.skipped,
-            "paused": state.paused,
-            "paused_until": state.paused_until,
-        }
-        if args.json:
-            print(json.dumps(data, indent=2))
-        else:
-            print(f"not running; installed active version: {state.active or 'none'}")
-            print_controls(data)
-        return 3  # like systemctl status: not running
-    return print_status(client.status(), as_json=args.json)
-
-
-def _command(command: Command) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        params: dict[str, str] = {}
-        client = _client(args)
-        if command is Command.SKIP:
-            version = args.skip_version or _pending_version(client.status())
-            params["version"] = version
-        elif command is Command.ALLOW:
-            params["version"] = args.allow_version
-        elif command is Command.PAUSE and args.pause_for:
-            from trayupdater.preferences import PreferenceError, parse_duration
-
-            try:
-                params["seconds"] = repr(parse_duration(args.pause_for))
-            except PreferenceError as exc:
-                raise TrayUpdaterError(str(exc)) from None
-        status = client.command(command, wait=command is not Command.QUIT, **params)
-        return print_status(status, as_json=False)
-
-    return run
-
-
-def _pending_version(status: dict[str, Any]) -> str:
-    latest, active = status.get("latest"), status.get("active")
-    if not latest or latest == active:
-        raise TrayUpdaterError(
-            "no newer version is available to skip; name one: trayupdater skip VERSION"
-        )
-    return str(latest)
-
-
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": cmd_check,
     "pick-asset": cmd_pick_asset,
@@ -482,14 +253,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "demo-child": cmd_demo_child,
     "status": cmd_status,
-    "rollback": _command(Command.ROLLBACK),
-    "resume": _command(Command.RESUME),
-    "quit": _command(Command.QUIT),
+    "rollback": control_command(Command.ROLLBACK),
+    "resume": control_command(Command.RESUME),
+    "quit": control_command(Command.QUIT),
     "repo": run_repo,
-    "skip": _command(Command.SKIP),
-    "allow": _command(Command.ALLOW),
-    "pause": _command(Command.PAUSE),
-    "unpause": _command(Command.UNPAUSE),
+    "skip": control_command(Command.SKIP),
+    "allow": control_command(Command.ALLOW),
+    "pause": control_command(Command.PAUSE),
+    "unpause": control_command(Command.UNPAUSE),
 }
 
 

@@ -36,7 +36,9 @@ import requests
 from trayupdater import preferences
 from trayupdater.errors import TrayUpdaterError
 from trayupdater.http_server import DeadlineRequestHandler, ThreadingServer
+from trayupdater.instance_lock import held_by_anyone
 from trayupdater.numbers import ascii_int
+from trayupdater.processes import pid_running
 from trayupdater.shown import keep_secret
 from trayupdater.status import Command, Status
 from trayupdater.store import atomic_write_text
@@ -230,6 +232,8 @@ class _Handler(DeadlineRequestHandler):
             return self._json(202, self.status_fn().to_json())
         try:
             status = self.request_fn(command, 600.0, payload)
+        except preferences.PreferenceError as exc:  # refused by the worker (skip the running)
+            return self._json(409, {"error": str(exc)})
         except TrayUpdaterError as exc:
             return self._json(504, {"error": str(exc)})
         self._json(200, status.to_json())
@@ -301,6 +305,15 @@ def _is_loopback_origin(value: str) -> bool:
     return parts.scheme in ("http", "https") and _is_loopback_name(parts.hostname or "")
 
 
+def _stale(data_dir: Path, pid: int) -> bool:
+    """Is control.json surely left over from an app that is gone (killed, crashed)?
+
+    Its process has exited, or nobody holds the data folder's instance lock (the pid may
+    have been reused). Asking the port instead sent the token to whatever program had it
+    since, and took that program's 200 for "already running": the app refused to start."""
+    return not pid_running(pid) or held_by_anyone(data_dir) is False
+
+
 class ControlBusyError(TrayUpdaterError):
     """The app answered 503: more control connections are open than it serves at once."""
 
@@ -321,6 +334,8 @@ class ControlClient:
             client = cls(int(info["port"]), str(info["token"]), int(info["pid"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        if _stale(data_dir, client.pid):
+            return None  # never send the token to whatever listens on that port now
         try:
             client.status()
         except ControlBusyError:

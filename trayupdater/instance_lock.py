@@ -75,6 +75,29 @@ def default_backend() -> LockBackend:
     return WindowsLocking() if os.name == "nt" else PosixLocking()
 
 
+def held_by_anyone(data_dir: Path, *, backend: LockBackend | None = None) -> bool | None:
+    """Does some process hold ``data_dir``'s instance lock (this one included)? None when
+    it cannot be told: no lock file (a build from before the lock) or no locking here.
+
+    Found free, nobody runs on the folder: a control.json there is stale, and its port
+    may belong to another program by now. The probe takes the lock for a moment; a launch
+    that tries it just then retries (App waits for the holder, a successor polls)."""
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return None
+    try:
+        backend = backend or default_backend()
+        if not backend.try_lock(fd):
+            return True
+        backend.unlock(fd)
+        return False
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 class InstanceLock:
     """The lock of one data folder; :meth:`release` gives it up (and ends a wait for it)."""
 

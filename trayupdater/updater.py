@@ -55,6 +55,7 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     payload: object = None
     result: Status | None = None
+    refused: str | None = None  # why the worker refused it (an update control)
 
 
 class Updater:
@@ -121,6 +122,10 @@ class Updater:
         self._enqueue(job)
         if not job.done.wait(timeout):
             raise TrayUpdaterError(f"{command.value} did not finish within {timeout:.0f} s")
+        if job.refused is not None:
+            # Said only in the status message, a refusal looked like success to the CLI
+            # (exit 0): the caller must hear it.
+            raise preferences.PreferenceError(job.refused)
         return job.result or self.status()
 
     def _enqueue(self, job: _Job) -> None:
@@ -206,6 +211,7 @@ class Updater:
             try:
                 message = preferences.apply(self._state, Command(job.command), job.payload)
             except TrayUpdaterError as exc:
+                job.refused = str(exc)
                 self._publish(message=str(exc))
                 return
             self._save()
