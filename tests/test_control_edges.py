@@ -125,16 +125,6 @@ def test_an_app_starts_after_a_crash_whatever_listens_on_the_old_control_port(
 # --- the CLI with odd values -----------------------------------------------------------------
 
 
-@pytest.fixture
-def app(feed: ReleaseFeed, tmp_path: Path) -> Iterator[App]:
-    publish_version(feed, "1.0.0")
-    application = App(make_config(feed, tmp_path / "data"))
-    application.start()
-    wait_for(running(application, "1.0.0"), what="1.0.0 running")
-    yield application
-    application.stop()
-
-
 def _cli(app: App, tmp_path: Path, *args: str) -> int:
     config = tmp_path / "none.toml"
     config.write_text("")

@@ -28,6 +28,7 @@ from trayupdater.demo import DEMO_REPO, child_archive
 from trayupdater.errors import ExtractionError
 from trayupdater.extract import MAX_DEPTH, extract
 from trayupdater.feed import ReleaseFeed
+from trayupdater.release_model import Release
 from trayupdater.sources.github import GitHubSource
 from trayupdater.status import Command, Phase
 
@@ -181,12 +182,7 @@ def test_a_gzip_answer_in_several_members_is_read_whole(feed: ReleaseFeed) -> No
     half = len(data) // 2
     body = gzip.compress(data[:half]) + gzip.compress(data[half:])
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
-    with _serving(body, headers) as api:
-        source = GitHubSource("acme/app", api_url=api, retries=0)
-        try:
-            release = source.check().release
-        finally:
-            source.close()
+    release = _checked(body, headers)
     assert release is not None and release.tag == "v1.1.0"
     assert release.asset(NAME) is not None
 
@@ -196,13 +192,18 @@ def test_bytes_after_a_complete_gzip_member_are_still_ignored(feed: ReleaseFeed)
     feed.publish("acme/app", "v1.1.0", {NAME: DATA})
     data = json.dumps(feed.latest_json("acme/app")).encode()
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
-    with _serving(gzip.compress(data) + b"\0" * 100, headers) as api:
+    release = _checked(gzip.compress(data) + b"\0" * 100, headers)
+    assert release is not None and release.tag == "v1.1.0"
+
+
+def _checked(body: bytes, headers: dict[str, str]) -> Release | None:
+    """What a check finds when the API answers ``body`` with ``headers``."""
+    with _serving(body, headers) as api:
         source = GitHubSource("acme/app", api_url=api, retries=0)
         try:
-            release = source.check().release
+            return source.check().release
         finally:
             source.close()
-    assert release is not None and release.tag == "v1.1.0"
 
 
 def test_folders_an_archive_only_implies_count_against_the_entry_limit(tmp_path: Path) -> None:
