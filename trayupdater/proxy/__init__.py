@@ -76,9 +76,10 @@ Backend death [routing, retry]. The supervisor calls ``backend_down()`` the mome
 exits or fails health. If it is the current backend the proxy switches at once to the
 generation's fallback (probation: the previous version, kept warm), or else to a *holding*
 generation; attempts still waiting for that backend's answer are cut loose. Any request
-that has no response byte yet and whose whole request the proxy holds (no body, or one it
-buffered) is then sent again to whatever is current: a backend's death never fails it. The
-retry policy waits for the routing to change rather than spinning: a moment (20 ms) covers
+that has no response byte yet and whose whole request the proxy holds (no body, one it
+buffered, or a streamed one not begun: still in the client's socket) is then sent again
+to whatever is current: a backend's death never fails it. The retry policy waits for the
+routing to change rather than spinning: a moment (20 ms) covers
 a refused connect that arrives before the exit is reported; past that, an unreachable
 backend's requests are held. Timeouts are not retried (504); a request whose body was being
 streamed cannot be replayed (502); a response already under way is cut short.

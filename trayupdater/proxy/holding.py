@@ -90,7 +90,10 @@ class HoldRoom:
         assert plan is not None and conn.held
         conn.held = False
         plan.hold_gen = None
-        plan.held_seconds += time.monotonic() - plan.held_at
+        held = time.monotonic() - plan.held_at
+        plan.held_seconds += held
+        if plan.body_started:  # the wait was ours: the client's body rate does not pay for it
+            plan.body_started += held
         with self._lock:
             self._count -= 1
             self._bytes -= plan.held_size
@@ -134,7 +137,7 @@ class HeldRequests:
         if plan.hold_gen is not self._generation():  # changed while it was on its way here
             self._release(conn, registered=False)
             return
-        if not self._arm(conn):  # closed meanwhile
+        if not self._watch(conn):  # closed meanwhile
             self._forget(conn, registered=False)
             return
         self._held[conn.fd] = conn
@@ -159,8 +162,12 @@ class HeldRequests:
             return
         if data:
             conn.buf += data
-        # Pipelining more than a head's worth behind a held request: forget it.
-        if len(conn.buf) > http11.RECV_SIZE or not self._arm(conn):
+        if len(conn.buf) > http11.RECV_SIZE:
+            # Pipelined more than a head's worth behind a held request: read no more (the
+            # rest waits in the socket, served in turn once the request is), but keep it.
+            # Forgetting it closed, unanswered, a client served well outside a hold.
+            return
+        if not self._arm(conn):
             self._forget(conn)
 
     def routing_changed(self) -> None:
@@ -195,6 +202,16 @@ class HeldRequests:
 
     def _arm(self, conn: Client) -> bool:
         return self._poller.arm(conn.fd, conn.sock, conn)  # to see the client go away
+
+    def _watch(self, conn: Client) -> bool:
+        """Arm a held connection; False if it is closed. One whose body is to be streamed
+        is not armed: its body waits in the socket for the backend (reading it here would
+        take it for pipelining and forget the request), so its client going away is seen
+        only when the hold ends."""
+        plan = conn.pending
+        if plan is not None and not plan.buffered:
+            return conn.sock.fileno() >= 0
+        return self._arm(conn)
 
     def _unwatch(self, conn: Client, registered: bool) -> None:
         if registered:

@@ -59,5 +59,11 @@ class Plan:
         return self.req.start[0]
 
     @property
+    def replayable(self) -> bool:
+        """Can it be sent (again) whole: its body is in hand, or still all with the client
+        (a streamed body of which nothing was read for a backend yet)?"""
+        return self.buffered or not self.consumed
+
+    @property
     def idempotent(self) -> bool:
         return self.req.start[0] in IDEMPOTENT

@@ -1,7 +1,8 @@
 """What to do when an attempt failed before anything reached the client.
 
-The rule: a request whose whole request the proxy still has (no body, or a buffered one) is
-never failed because a backend died. It is sent again to whatever is current, and when
+The rule: a request whose whole request the proxy still has (no body, or a buffered one) or
+can still have (a streamed body not begun: it is still with the client) is never failed
+because a backend died. It is sent again to whatever is current, and when
 nothing has changed yet it waits for the routing to change rather than spinning:
 
 - the routing changed since the attempt (a switch, the fallback, a hold): retry at once;
@@ -70,13 +71,16 @@ class RetryPolicy:
         now = time.monotonic()
         deadline = self._room.deadline(plan, now)
         changed = self._router.generation is not gen
+        # A streamed body not yet begun is still all with the client: it is held like a
+        # buffered one (it waits in the client's socket), never failed for a restart.
+        replayable = plan.replayable
         if gen.backend is None:  # nothing to try: wait for one if one is coming
-            if now >= deadline or not plan.buffered:
+            if now >= deadline or not replayable:
                 return Step(status=503)
             if changed:
                 return RETRY
             return Step(hold=True, status=503) if gen.holding else Step(status=503)
-        if now >= deadline or (not plan.buffered and plan.consumed):
+        if now >= deadline or not replayable:
             return Step(status=failure.status)
         if changed:
             return RETRY
@@ -88,8 +92,6 @@ class RetryPolicy:
             plan.graced = True
             if self._router.wait_change(gen, min(GRACE, deadline - now)):
                 return RETRY
-        if not plan.buffered:
-            return Step(status=failure.status)
         if kind == ERR_CONNECT:
             return Step(hold=True, status=502, backoff=True)
         if plan.idempotent and first_on_gen:
