@@ -68,12 +68,32 @@ def _part_stem(name: str) -> str:
     return name.encode("utf-8")[:room].decode("utf-8", "ignore")
 
 
+def _own_parts(dest: Path) -> re.Pattern[str]:
+    return re.compile(re.escape(_part_stem(dest.name)) + r"(\.[0-9a-f]{12})?\.part")
+
+
 def remove_parts(dest: Path, keep: Path | None = None) -> None:
     """Remove the unfinished downloads of ``dest`` (but ``keep``)."""
-    own = re.compile(re.escape(_part_stem(dest.name)) + r"(\.[0-9a-f]{12})?\.part")
+    own = _own_parts(dest)
     with contextlib.suppress(FileNotFoundError):
         for path in dest.parent.iterdir():
             if path != keep and own.fullmatch(path.name):
+                _remove(path)
+
+
+def remove_other_downloads(dest: Path) -> None:
+    """Remove the files beside ``dest`` that are neither ``dest`` nor a part of it.
+
+    Asset names often carry the version (goreleaser's default does): a cut download of
+    1.1.0 is never resumed once 1.2.0 is out, and its part would stay forever, one per
+    such release. Only for a folder that holds nothing but downloads of one kind.
+    """
+    own = _own_parts(dest)
+    with contextlib.suppress(FileNotFoundError):
+        for path in dest.parent.iterdir():
+            if path.name == dest.name or own.fullmatch(path.name):
+                continue
+            if path.is_symlink() or path.is_file():
                 _remove(path)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from trayupdater.cancel import Interrupt
 from trayupdater.config import Config
 from trayupdater.disk_space import check_room
-from trayupdater.download import Pace, ProgressCallback, remove_parts
+from trayupdater.download import Pace, ProgressCallback, remove_other_downloads, remove_parts
 from trayupdater.errors import NoMatchingAssetError, StorageError, VerificationError
 from trayupdater.extract import extract, find_executable
 from trayupdater.platforms import Platform, pick_asset
@@ -201,6 +201,10 @@ class ReleasePipeline:
         existing = self.store.get(version)
         if existing is not None:
             return existing
+        dest = self.store.download_path(asset.name)
+        # What earlier releases left (a cut download of an asset named after its version is
+        # never resumed) goes first: it must neither pile up nor count against the room.
+        remove_other_downloads(dest)
         # Before any download, the checksums file included.
         limit = self.config.max_download_bytes
         check_room(self.store.data_dir, asset.size, asset.name, max_bytes=limit)
@@ -212,7 +216,6 @@ class ReleasePipeline:
                 "file, no .sha256 sidecar); refusing to run an unverified download. Set "
                 "[security] require_checksum = false to accept it anyway."
             )
-        dest = self.store.download_path(asset.name)
         try:
             return self._download_and_commit(release, asset, expected, dest)
         except OSError as exc:
