@@ -719,6 +719,17 @@ def test_update_controls_in_the_tray(h):
     ]
 
 
+def test_the_newest_blocked_versions_are_offered_again(h):
+    """Seven releases rolled back from over the years: the five newest are offered, newest
+    first (the oldest were offered before, long gone from every feed)."""
+    blocked = tuple(f"1.0.{n}" for n in range(1, 8))  # oldest first, as state.json keeps them
+    h.controller.publish(blocked=blocked, skipped="1.2.0")
+    texts = [item.text for item in _submenu(h, "Updates") if item.text.startswith("Allow")]
+    assert texts == [f"Allow {v} again" for v in ("1.0.7", "1.0.6", "1.0.5", "1.0.4", "1.0.3")] + [
+        "Allow 1.2.0 again"
+    ]
+
+
 def test_about_tells_versions_and_the_last_check(h):
     import trayupdater
 

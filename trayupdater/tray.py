@@ -307,14 +307,17 @@ class TrayApp:
             return self._status
 
         def allow_items() -> list[Any]:
-            held = [*status().blocked, *([status().skipped] if status().skipped else [])]
+            # The latest blocks, newest first: after years of releases the oldest ones are
+            # long gone, and the one a user wants to allow again is the newest.
+            held = [*reversed(status().blocked)][:MAX_ALLOW_ITEMS]
+            held += [status().skipped] if status().skipped else []
             return [
                 MenuItem(
                     f"Allow {version} again",
                     self._action(lambda version=version: self._send(Command.ALLOW, version)),
                 )
                 for version in dict.fromkeys(held)
-            ][:MAX_ALLOW_ITEMS]
+            ]
 
         return Menu(
             lambda: (
