@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import http.client
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from trayupdater.demo import DEMO_REPO
+from trayupdater.demo import DEMO_REPO, asset_name
 from trayupdater.feed import ReleaseFeed
+from trayupdater.platforms import Platform
 from trayupdater.store import VersionStore
 
 
@@ -229,3 +232,15 @@ class Instance:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def publish_script(feed: ReleaseFeed, version: str, source: str) -> None:
+    """Publish ``version`` of the child as a Python script (``source``), packaged like a
+    release of it for this platform: a child that misbehaves as no demo knob can."""
+    script = f"#!{sys.executable}\n{source}".encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("simple-server")
+        info.size, info.mode, info.mtime = len(script), 0o755, int(time.time())
+        archive.addfile(info, io.BytesIO(script))
+    feed.publish(DEMO_REPO, f"v{version}", {asset_name(Platform.current()): buffer.getvalue()})

@@ -5,26 +5,22 @@ Real feed, real child processes, the real proxy on an OS-assigned port (see test
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal
 import socket
-import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Instance, alive, recorded_child_pid, wait_for
+from support import Instance, alive, publish_script, recorded_child_pid, wait_for
 from test_runtime import get, make_config, running
 
 from trayupdater.app import App
 from trayupdater.children import free_port
-from trayupdater.demo import DEMO_REPO, asset_name, publish_version
+from trayupdater.demo import publish_version
 from trayupdater.feed import ReleaseFeed
-from trayupdater.platforms import Platform
 from trayupdater.status import Command, Phase
 from trayupdater.store import MANIFEST, VersionStore
 
@@ -230,23 +226,13 @@ while True:
 """
 
 
-def _publish_script(feed: ReleaseFeed, version: str, source: str) -> None:
-    script = f"#!{sys.executable}\n{source}".encode()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        info = tarfile.TarInfo("simple-server")
-        info.size, info.mode, info.mtime = len(script), 0o755, int(time.time())
-        archive.addfile(info, io.BytesIO(script))
-    feed.publish(DEMO_REPO, f"v{version}", {asset_name(Platform.current()): buffer.getvalue()})
-
-
 def test_a_child_that_stops_listening_after_probation_is_restarted(
     feed: ReleaseFeed, tmp_path: Path
 ) -> None:
     """Past probation only the child's exit was watched. One whose listener died but whose
     process lived on was "Running" for good while every request was held, then failed
     (503/502): no restart, no error in the status, nothing for the user to see."""
-    _publish_script(feed, "1.0.0", _DROPPING_SERVER)
+    publish_script(feed, "1.0.0", _DROPPING_SERVER)
     app = App(make_config(feed, tmp_path / "data", hold_seconds=2))
     app.start()
     try:

@@ -9,25 +9,21 @@ read, so it could wait in the client's socket until the child was back.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
-import sys
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import wait_for
+from support import publish_script, wait_for
 from test_runtime import make_config, running
 
 from trayupdater.app import App
-from trayupdater.demo import DEMO_REPO, asset_name, publish_version
+from trayupdater.demo import publish_version
 from trayupdater.feed import ReleaseFeed
-from trayupdater.platforms import Platform
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
@@ -80,16 +76,6 @@ BIG = 2 * 1024 * 1024  # past max_buffered_body (1 MiB): streamed
 CHUNKS = 400  # past the chunks the dispatcher walks (256): streamed
 
 
-def _publish_post_server(feed: ReleaseFeed, version: str) -> None:
-    script = f"#!{sys.executable}\n{_POST_SERVER}".encode()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        info = tarfile.TarInfo("simple-server")
-        info.size, info.mode, info.mtime = len(script), 0o755, int(time.time())
-        archive.addfile(info, io.BytesIO(script))
-    feed.publish(DEMO_REPO, f"v{version}", {asset_name(Platform.current()): buffer.getvalue()})
-
-
 class RawRequest:
     """One request sent on a thread (``sendall`` blocks while the proxy does not read the
     body): what came back until the proxy closed, or the error."""
@@ -118,7 +104,7 @@ class RawRequest:
 
 @pytest.fixture
 def post_app(feed: ReleaseFeed, tmp_path: Path) -> Iterator[App]:
-    _publish_post_server(feed, "1.0.0")
+    publish_script(feed, "1.0.0", _POST_SERVER)
     app = App(make_config(feed, tmp_path / "data"))
     app.start()
     try:
